@@ -1,0 +1,153 @@
+"""Reading and writing 3D medical images with their geometry.
+
+Images are held as :class:`Volume`: a NumPy array indexed ``[i, j, k]`` in the file's voxel order and the
+4x4 voxel-to-world affine in **RAS+ millimetres** (nibabel's convention). NIfTI goes through nibabel;
+``.mha``/``.mhd``/``.nrrd`` through SimpleITK (its LPS direction is converted to RAS). Every problem
+raises :class:`ImageError` naming the file. Writing is atomic (temporary file + rename) and never
+replaces an existing input unless explicitly allowed.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+ITK_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr")
+IMAGE_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+
+
+class ImageError(ValueError):
+    """An input image is missing, unreadable or invalid; the message names the file and the problem."""
+
+
+@dataclass
+class Volume:
+    """A 3D image: ``array`` (X, Y, Z) and its voxel-to-world ``affine`` (RAS+, mm)."""
+
+    array: np.ndarray
+    affine: np.ndarray
+    path: str | None = None
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size in mm along the array axes (norms of the affine's columns)."""
+        s = np.linalg.norm(self.affine[:3, :3], axis=0)
+        return (float(s[0]), float(s[1]), float(s[2]))
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(v) for v in self.array.shape)  # type: ignore[return-value]
+
+    @property
+    def voxel_volume_ml(self) -> float:
+        """Volume of one voxel in millilitres (from the header's spacing)."""
+        return float(abs(np.linalg.det(self.affine[:3, :3]))) / 1000.0
+
+    def same_grid(self, other: Volume, atol: float = 1e-3) -> bool:
+        """True when both volumes have the same shape and (to ``atol`` mm) the same affine."""
+        return self.shape == other.shape and bool(np.allclose(self.affine, other.affine, atol=atol))
+
+
+def image_suffix(path: str | Path) -> str:
+    name = str(path).lower()
+    for suf in IMAGE_SUFFIXES:
+        if name.endswith(suf):
+            return suf
+    return ""
+
+
+def strip_image_suffix(name: str) -> str:
+    suf = image_suffix(name)
+    return name[: -len(suf)] if suf else name
+
+
+def read_volume(path: str | Path, *, dtype: np.dtype | type | None = np.float32) -> Volume:
+    """Read a 3D image with its geometry. Raises :class:`ImageError` naming the file on any problem."""
+    path = Path(path)
+    if not path.exists():
+        raise ImageError(f"{path}: file not found")
+    suf = image_suffix(path)
+    if not suf:
+        raise ImageError(f"{path}: unsupported image format (expected one of {', '.join(IMAGE_SUFFIXES)})")
+    try:
+        if suf in NIFTI_SUFFIXES:
+            img = nib.load(str(path))
+            arr = np.asanyarray(img.dataobj)
+            affine = np.asarray(img.affine, dtype=np.float64)
+        else:
+            arr, affine = _read_itk(path)
+    except ImageError:
+        raise
+    except Exception as e:  # nibabel/SimpleITK raise many types for corrupt files
+        raise ImageError(f"{path}: cannot be read as an image ({type(e).__name__}: {e})") from e
+    if arr.ndim == 4 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim != 3:
+        raise ImageError(f"{path}: expected a 3D image, got shape {tuple(arr.shape)}")
+    if dtype is not None:
+        arr = np.asarray(arr, dtype=dtype)
+    return Volume(array=arr, affine=affine, path=str(path))
+
+
+def _read_itk(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    import SimpleITK as sitk
+
+    img = sitk.ReadImage(str(path))
+    if img.GetDimension() != 3:
+        raise ImageError(f"{path}: expected a 3D image, got {img.GetDimension()}D")
+    arr = sitk.GetArrayFromImage(img).transpose(2, 1, 0)  # ITK gives (z, y, x)
+    direction = np.asarray(img.GetDirection(), dtype=np.float64).reshape(3, 3)
+    spacing = np.asarray(img.GetSpacing(), dtype=np.float64)
+    origin = np.asarray(img.GetOrigin(), dtype=np.float64)
+    affine = np.eye(4)
+    affine[:3, :3] = _LPS_TO_RAS @ direction @ np.diag(spacing)
+    affine[:3, 3] = _LPS_TO_RAS @ origin
+    return arr, affine
+
+
+def check_finite(vol: Volume) -> None:
+    """Raise :class:`ImageError` if the image holds NaN or Inf voxels."""
+    if not np.isfinite(vol.array).all():
+        n = int((~np.isfinite(vol.array)).sum())
+        raise ImageError(f"{vol.path}: contains {n} NaN/Inf voxel(s)")
+
+
+def write_volume(
+    path: str | Path,
+    array: np.ndarray,
+    affine: np.ndarray,
+    *,
+    protect: tuple[str | Path, ...] = (),
+) -> Path:
+    """Write ``array`` with ``affine`` as NIfTI, atomically (temp file in the same folder, then rename).
+
+    ``protect`` lists input files that must never be overwritten: writing onto one raises
+    :class:`ImageError`.
+    """
+    path = Path(path)
+    target = path.resolve()
+    for p in protect:
+        if Path(p).resolve() == target:
+            raise ImageError(f"{path}: refusing to overwrite an input file")
+    if image_suffix(path) not in NIFTI_SUFFIXES:
+        raise ImageError(f"{path}: output must be NIfTI (.nii.gz or .nii)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = nib.Nifti1Image(np.asarray(array), np.asarray(affine, dtype=np.float64))
+    img.set_qform(img.affine, code=1)
+    img.set_sform(img.affine, code=1)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=image_suffix(path), dir=path.parent)
+    os.close(fd)
+    try:
+        nib.save(img, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path

@@ -1,0 +1,254 @@
+"""Bi-directional spatial attention (BDSA, paper eq. 1) and 3D window utilities.
+
+One *direction* of BDSA improves a target feature ``E_t`` with a source feature ``E_s``:
+1x1x1 convs give ``Q_tt, K_tt, V_tt, Q_st`` from the target and ``K_st, V_st`` from the source; two
+softmax attentions over the spatial positions follow, target->target and target-queries-over-source.
+:class:`BiDirectionalSpatialAttention` holds both directions (``sa_ct``: CT is the target, PET the
+source; ``sa_pet``: the reverse).
+
+How the two attention results are combined is the main paper/released difference:
+- ``combine="concat"`` (paper): concatenate, then a 3x3x3 conv (inside each window when windowed).
+- ``combine="mean"`` (released code): average, then a 1x1x1 conv and dropout; optionally a residual.
+
+Attention runs through :func:`torch.nn.functional.scaled_dot_product_attention` with queries and keys
+zero-padded to the value width (so PyTorch's fused kernel is eligible); ``impl="reference"`` is a plain
+einsum/softmax formulation used by the tests as ground truth.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+Triple = tuple[int, int, int]
+
+ATTENTION_IMPLS = ("sdpa", "reference")
+
+
+# ----------------------------------------------------------------------------------------------------
+# windows and padding
+# ----------------------------------------------------------------------------------------------------
+def clip_window(window: Triple, shape: tuple[int, ...]) -> Triple:
+    """A window no larger than the map along each axis."""
+    return (min(window[0], shape[0]), min(window[1], shape[1]), min(window[2], shape[2]))
+
+
+def pad_amounts(shape: tuple[int, ...], window: Triple) -> Triple:
+    """Voxels to add at the end of each axis so that ``window`` divides ``shape``."""
+    return tuple((-s) % w for s, w in zip(shape, window, strict=True))  # type: ignore[return-value]
+
+
+def pad_to_multiple(x: torch.Tensor, window: Triple) -> torch.Tensor:
+    """Zero-pad ``(B, C, X, Y, Z)`` at the far end of each axis up to a multiple of ``window``."""
+    px, py, pz = pad_amounts(tuple(x.shape[2:]), window)
+    if px == py == pz == 0:
+        return x
+    return F.pad(x, (0, pz, 0, py, 0, px))
+
+
+def window_partition(x: torch.Tensor, window: Triple) -> torch.Tensor:
+    """``(B, C, X, Y, Z)`` -> ``(B * nW, wx*wy*wz, C)`` tokens, windows in raster order.
+
+    The window must divide the map (see :func:`pad_to_multiple`).
+    """
+    b, c, sx, sy, sz = x.shape
+    wx, wy, wz = window
+    if sx % wx or sy % wy or sz % wz:
+        raise ValueError(f"window {window} does not divide feature map {(sx, sy, sz)}; pad first")
+    x = x.view(b, c, sx // wx, wx, sy // wy, wy, sz // wz, wz)
+    x = x.permute(0, 2, 4, 6, 3, 5, 7, 1)
+    return x.reshape(-1, wx * wy * wz, c)
+
+
+def window_reverse(tokens: torch.Tensor, window: Triple, shape: tuple[int, int, int]) -> torch.Tensor:
+    """Inverse of :func:`window_partition`: ``(B * nW, wx*wy*wz, C)`` -> ``(B, C, X, Y, Z)``."""
+    wx, wy, wz = window
+    sx, sy, sz = shape
+    nx, ny, nz = sx // wx, sy // wy, sz // wz
+    c = tokens.shape[-1]
+    x = tokens.view(-1, nx, ny, nz, wx, wy, wz, c)
+    x = x.permute(0, 7, 1, 4, 2, 5, 3, 6)
+    return x.reshape(-1, c, sx, sy, sz)
+
+
+def windows_to_maps(tokens: torch.Tensor, window: Triple) -> torch.Tensor:
+    """``(N, wx*wy*wz, C)`` -> ``(N, C, wx, wy, wz)``: each window as a small map."""
+    return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], *window)
+
+
+def maps_to_windows(maps: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`windows_to_maps`."""
+    return maps.flatten(2).transpose(1, 2)
+
+
+# ----------------------------------------------------------------------------------------------------
+# attention kernels
+# ----------------------------------------------------------------------------------------------------
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    scale: float,
+    key_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    impl: str = "sdpa",
+) -> torch.Tensor:
+    """Softmax attention ``softmax(q k^T * scale) v`` over the token axis.
+
+    ``q, k``: ``(b, h, n, d_qk)``; ``v``: ``(b, h, n, d_v)``; ``key_mask``: bool ``(b, n)``, True where a
+    key is a real voxel (False for padding). Returns ``(b, h, n, d_v)``.
+    """
+    mask = None if key_mask is None else key_mask[:, None, None, :]
+    if impl == "reference":
+        scores = torch.einsum("bhid,bhjd->bhij", q, k) * scale
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        weights = scores.softmax(dim=-1)
+        if dropout_p > 0.0:
+            weights = F.dropout(weights, dropout_p)
+        return torch.einsum("bhij,bhjd->bhid", weights, v)
+    if impl != "sdpa":
+        raise ValueError(f"unknown attention implementation {impl!r}; choose one of {ATTENTION_IMPLS}")
+    d_qk, d_v = q.shape[-1], v.shape[-1]
+    if d_qk < d_v:  # zero channels change no dot product; equal widths let the fused kernel run
+        q = F.pad(q, (0, d_v - d_qk))
+        k = F.pad(k, (0, d_v - d_qk))
+    return F.scaled_dot_product_attention(
+        q.contiguous(), k.contiguous(), v.contiguous(), attn_mask=mask, dropout_p=dropout_p, scale=scale
+    )
+
+
+# ----------------------------------------------------------------------------------------------------
+# BDSA
+# ----------------------------------------------------------------------------------------------------
+class DirectionalAttention(nn.Module):
+    """One direction of BDSA: the target attends to itself and to the source (paper eq. 1).
+
+    Parameter names follow the released code (``Q_conv_target_target``, ``K_conv_source_target`` ...):
+    ``*_target_target`` project the target; ``Q_conv_source_target`` projects the target too (the
+    queries of the target-over-source attention); ``K/V_conv_source_target`` project the source.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        qk_channels: int,
+        *,
+        combine: str = "concat",
+        residual: bool = False,
+        attn_dropout: float = 0.0,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        c, d = channels, qk_channels
+        self.Q_conv_target_target = nn.Conv3d(c, d, 1, bias=False)
+        self.Q_conv_source_target = nn.Conv3d(c, d, 1, bias=False)
+        self.K_conv_target_target = nn.Conv3d(c, d, 1, bias=False)
+        self.K_conv_source_target = nn.Conv3d(c, d, 1, bias=False)
+        self.V_conv_target_target = nn.Conv3d(c, c, 1, bias=False)
+        self.V_conv_source_target = nn.Conv3d(c, c, 1, bias=False)
+        if combine == "concat":
+            self.out = nn.Conv3d(2 * c, c, 3, padding=1)
+        elif combine == "mean":
+            self.out = nn.Conv3d(c, c, 1, bias=False)
+        else:
+            raise ValueError(f"combine must be 'concat' or 'mean', got {combine!r}")
+        self.combine = combine
+        self.residual = residual
+        self.channels, self.qk_channels = c, d
+        self.attn_dropout = attn_dropout
+        self.drop = nn.Dropout(dropout)
+
+    def forward(
+        self,
+        target: torch.Tensor,
+        source: torch.Tensor,
+        window: Triple | None = None,
+        valid: torch.Tensor | None = None,
+        impl: str = "sdpa",
+    ) -> torch.Tensor:
+        """``target, source``: ``(B, C, X, Y, Z)``; with ``window``, attention runs inside each window
+        (the window must divide the map; ``valid`` is a bool ``(B*nW, n)`` mask of non-padding voxels).
+        Returns the improved target ``(B, C, X, Y, Z)``."""
+        c, d = self.channels, self.qk_channels
+        w_t = torch.cat(
+            [
+                self.Q_conv_target_target.weight,
+                self.K_conv_target_target.weight,
+                self.V_conv_target_target.weight,
+                self.Q_conv_source_target.weight,
+            ]
+        )
+        w_s = torch.cat([self.K_conv_source_target.weight, self.V_conv_source_target.weight])
+        tp, sp = F.conv3d(target, w_t), F.conv3d(source, w_s)
+        shape = tuple(target.shape[2:])
+        if window is None:
+            tt, st = tp.flatten(2).transpose(1, 2), sp.flatten(2).transpose(1, 2)  # (B, N, .)
+        else:
+            tt, st = window_partition(tp, window), window_partition(sp, window)
+        q = torch.stack([tt[..., :d], tt[..., 2 * d + c :]], dim=1)
+        k = torch.stack([tt[..., d : 2 * d], st[..., :d]], dim=1)
+        v = torch.stack([tt[..., 2 * d : 2 * d + c], st[..., d:]], dim=1)
+        o = attention(
+            q,
+            k,
+            v,
+            scale=1.0 / math.sqrt(d),
+            key_mask=valid,
+            dropout_p=self.attn_dropout if self.training else 0.0,
+            impl=impl,
+        )  # (b, 2, n, C): [target->target, target->source]
+        if self.combine == "mean":
+            y = F.linear(0.5 * (o[:, 0] + o[:, 1]), self.out.weight.view(c, c))
+        else:
+            # paper order: concat(A_self, A_cross) with A_self the source-based attention
+            y = torch.cat([o[:, 1], o[:, 0]], dim=-1)
+            if valid is not None:
+                y = y * valid[..., None].to(y.dtype)  # padding must not leak into the 3x3x3 conv
+        if window is None:
+            y = y.transpose(1, 2).reshape(y.shape[0], y.shape[2], *shape)
+            if self.combine == "concat":
+                y = self.out(y)
+        else:
+            if self.combine == "concat":
+                y = maps_to_windows(self.out(windows_to_maps(y, window)))
+            y = window_reverse(y, window, shape)  # type: ignore[arg-type]
+        y = self.drop(y)
+        return target + y if self.residual else y
+
+
+class BiDirectionalSpatialAttention(nn.Module):
+    """BDSA: ``(ct, pet) -> (ct', pet')``, each improved by the other (``sa_ct``, ``sa_pet``)."""
+
+    def __init__(self, channels: int, qk_channels: int, **kwargs: object) -> None:
+        super().__init__()
+        self.sa_ct = DirectionalAttention(channels, qk_channels, **kwargs)  # type: ignore[arg-type]
+        self.sa_pet = DirectionalAttention(channels, qk_channels, **kwargs)  # type: ignore[arg-type]
+        self.impl = "sdpa"
+
+    def forward(
+        self,
+        ct: torch.Tensor,
+        pet: torch.Tensor,
+        window: Triple | None = None,
+        valid: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return (
+            self.sa_ct(ct, pet, window, valid, self.impl),
+            self.sa_pet(pet, ct, window, valid, self.impl),
+        )
+
+
+def valid_window_mask(
+    shape: tuple[int, int, int], window: Triple, batch: int, device: torch.device
+) -> torch.Tensor | None:
+    """Bool ``(batch * nW, wx*wy*wz)``: True at real voxels of the padded map, None if nothing is padded."""
+    if not any(pad_amounts(shape, window)):
+        return None
+    ones = torch.ones((1, 1, *shape), device=device)
+    m = window_partition(pad_to_multiple(ones, window), window)[..., 0] > 0
+    return m.repeat(batch, 1)

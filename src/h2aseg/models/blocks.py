@@ -1,0 +1,74 @@
+"""Residual 3D conv blocks and segmentation heads of the dual-branch ResUNet-3D.
+
+Normalisation is InstanceNorm3d without affine parameters or running statistics, activation PReLU with
+one parameter, as in the authors' released code. Module and attribute names (``conv_block``,
+``conv_skip``, ``conv``) and the index of every layer inside them match the released state_dict.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+
+def norm(channels: int) -> nn.Module:
+    return nn.InstanceNorm3d(channels, affine=False, track_running_stats=False)
+
+
+def conv3(in_ch: int, out_ch: int, stride: int = 1, bias: bool = True) -> nn.Conv3d:
+    return nn.Conv3d(in_ch, out_ch, kernel_size=3, stride=stride, padding=1, bias=bias)
+
+
+class InputResBlock(nn.Module):
+    """Level-1 encoder block: conv3 -> IN -> PReLU -> Dropout -> conv3, plus a conv3 shortcut."""
+
+    def __init__(self, in_ch: int, out_ch: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.conv_block = nn.Sequential(
+            conv3(in_ch, out_ch), norm(out_ch), nn.PReLU(), nn.Dropout3d(dropout), conv3(out_ch, out_ch)
+        )
+        self.conv_skip = nn.Sequential(conv3(in_ch, out_ch))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv_block(x) + self.conv_skip(x)
+
+
+class PreActResBlock(nn.Module):
+    """Pre-activation residual block (levels 2-5 and decoder): ``(B, in, S) -> (B, out, S / stride)``.
+
+    IN -> PReLU -> conv3(stride) -> Dropout -> IN -> PReLU -> conv3, plus IN -> PReLU -> conv3(stride).
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int = 1, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.conv_block = nn.Sequential(
+            norm(in_ch),
+            nn.PReLU(),
+            conv3(in_ch, out_ch, stride),
+            nn.Dropout3d(dropout),
+            norm(out_ch),
+            nn.PReLU(),
+            conv3(out_ch, out_ch),
+        )
+        self.conv_skip = nn.Sequential(norm(in_ch), nn.PReLU(), conv3(in_ch, out_ch, stride))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv_block(x) + self.conv_skip(x)
+
+
+class SegHead(nn.Module):
+    """IN -> PReLU -> conv3 to ``out_channels`` logits."""
+
+    def __init__(self, in_ch: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(norm(in_ch), nn.PReLU(), conv3(in_ch, out_channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class NormAct(nn.Sequential):
+    """IN -> PReLU (the released MCSA's ``IR_*`` modules)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(norm(channels), nn.PReLU())

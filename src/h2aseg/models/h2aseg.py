@@ -1,0 +1,306 @@
+"""H2ASeg: a dual-branch 3D ResUNet with MCSA in the encoder and TAMW in the decoder (MICCAI 2024).
+
+Input ``(B, 2, X, Y, Z)`` with channel 0 = CT and channel 1 = PET (or ``model(ct, pet)``, each
+``(B, 1, X, Y, Z)``, as in the authors' code). Any spatial size works (odd sizes included).
+Output: in training mode a list of 5 logit maps, finest first, each at the input size (deep
+supervision, paper eq. 5); in eval mode the finest map only, unless ``return_all=True``.
+
+Two variants share this code:
+
+- ``variant="paper"`` follows sections 2.1-2.3: MCSA with window (8, 8, 4) after every encoder level
+  (``mcsa_levels``), BDSA with concatenation + 3x3x3 conv and full-width queries/keys (scale
+  ``1/sqrt(C)``), TAMW by eqs. (2)-(4), no dropout (the paper specifies none).
+- ``variant="released"`` reproduces the authors' released code (JinPLu/H2ASeg@8e6caea, see
+  ``docs/released-variant.md``): MCSA only after levels 2-3 with pooling window ``min(window)``, Q/K at
+  ``C/4`` channels, averaged attentions + 1x1x1 conv, InstanceNorm -> PReLU after each MCSA stage,
+  global BDSA with a residual after levels 4-5, TAMW with the minus sign and unmasked decoder feature,
+  ``align_corners=True`` everywhere, dropouts 0.5, two output classes. It loads the released
+  state_dict with ``strict=True``; unlike the released code it is not tied to its training patch size.
+
+``use_mcsa=False, use_tamw=False`` gives the dual-branch ResUNet-3D baseline of Table 2 (skip features
+concatenated), so Table 2's four rows are four configurations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from h2aseg.models.attention import ATTENTION_IMPLS, BiDirectionalSpatialAttention, Triple
+from h2aseg.models.blocks import InputResBlock, PreActResBlock, SegHead
+from h2aseg.models.mcsa import MCSA
+from h2aseg.models.registry import register_network
+from h2aseg.models.tamw import TAMW
+
+VARIANTS = ("paper", "released")
+
+
+def _validate(
+    variant: str,
+    channels: Sequence[int],
+    window_size: Sequence[int],
+    mcsa_levels: Sequence[int],
+    out_channels: int,
+    in_channels: int,
+    dropouts: dict[str, float],
+    attention: str,
+) -> None:
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    if len(channels) != 5 or any(not isinstance(c, int) or c < 1 for c in channels):
+        raise ValueError(f"channels must be 5 positive integers (one per level), got {list(channels)}")
+    if len(window_size) != 3 or any(not isinstance(w, int) or w < 1 for w in window_size):
+        raise ValueError(f"window_size must be 3 positive integers, got {list(window_size)}")
+    bad = [lv for lv in mcsa_levels if lv not in (1, 2, 3, 4, 5)]
+    if bad:
+        raise ValueError(f"mcsa_levels must be levels among 1..5, got {list(mcsa_levels)}")
+    if not isinstance(out_channels, int) or out_channels < 1:
+        raise ValueError(f"out_channels must be a positive integer, got {out_channels!r}")
+    if in_channels != 2:
+        raise ValueError(f"H2ASeg takes 2 input channels (CT, PET), got in_channels={in_channels}")
+    for name, p in dropouts.items():
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"{name} must be in [0, 1), got {p}")
+    if attention not in ATTENTION_IMPLS:
+        raise ValueError(f"attention must be one of {ATTENTION_IMPLS}, got {attention!r}")
+
+
+def foreground_probability(logits: torch.Tensor) -> torch.Tensor:
+    """``(B, K, ...)`` logits -> ``(B, 1, ...)`` probability of any foreground class.
+
+    Sigmoid for one channel; ``1 - softmax[background]`` for two or more (equals ``softmax[:, 1]`` for two).
+    """
+    if logits.shape[1] == 1:
+        return torch.sigmoid(logits)
+    return 1.0 - torch.softmax(logits, dim=1)[:, :1]
+
+
+class DualEncoder(nn.Module):
+    """Two ResUNet-3D encoders (CT, PET) whose levels talk through attention modules ``sa{k}``."""
+
+    def __init__(
+        self,
+        channels: Sequence[int],
+        attention_modules: dict[int, nn.Module],
+        dropout: float,
+    ) -> None:
+        super().__init__()
+        for mod in ("ct", "pet"):
+            prev = 1
+            for k, c in enumerate(channels, start=1):
+                block = InputResBlock(1, c, dropout) if k == 1 else PreActResBlock(prev, c, 2, dropout)
+                setattr(self, f"conv{k}_{mod}", block)
+                prev = c
+        for k, module in attention_modules.items():
+            setattr(self, f"sa{k}", module)
+        self.attention_levels = tuple(sorted(attention_modules))
+
+    def forward(self, ct: torch.Tensor, pet: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Returns ``[(F_ct^k, F_pet^k) for k = 1..5]``; each level's attention output feeds the next."""
+        feats = []
+        for k in range(1, 6):
+            ct = getattr(self, f"conv{k}_ct")(ct)
+            pet = getattr(self, f"conv{k}_pet")(pet)
+            if k in self.attention_levels:
+                ct, pet = getattr(self, f"sa{k}")(ct, pet)
+            feats.append((ct, pet))
+        return feats
+
+
+class Decoder(nn.Module):
+    """Decoder levels 4..1 (TAMW, residual block) and heads at all five levels."""
+
+    def __init__(
+        self,
+        channels: Sequence[int],
+        out_channels: int,
+        *,
+        use_tamw: bool,
+        variant: str,
+        dropout: float,
+        align_corners: bool,
+    ) -> None:
+        super().__init__()
+        c = list(channels)
+        for k in (4, 3, 2, 1):
+            in_ch = 2 * c[k - 1] + 2 * c[k]
+            setattr(self, f"conv{k}", PreActResBlock(in_ch, 2 * c[k - 1], 1, dropout))
+        if use_tamw:
+            for k in (4, 3, 2, 1):
+                setattr(self, f"tamw{k}", TAMW(c[k - 1], 2 * c[k], variant=variant))
+        for k in (5, 4, 3, 2, 1):
+            setattr(self, f"output{k}", SegHead(2 * c[k - 1], out_channels))
+        self.use_tamw = use_tamw
+        self.align_corners = align_corners
+
+    def _up(self, x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        return F.interpolate(x, size=tuple(size), mode="trilinear", align_corners=self.align_corners)
+
+    def forward(self, feats: list[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
+        """Returns the logits of levels 1..5 (finest first), each at its level's resolution."""
+        dec = torch.cat(feats[4], dim=1)
+        logits = [self.output5(dec)]
+        for k in (4, 3, 2, 1):
+            f_ct, f_pet = feats[k - 1]
+            size = f_ct.shape[2:]
+            dec_up = self._up(dec, size)
+            if self.use_tamw:
+                p_fore = foreground_probability(self._up(logits[-1], size))
+                fused = getattr(self, f"tamw{k}")(f_ct, f_pet, dec_up, p_fore)
+            else:
+                fused = torch.cat([f_ct, f_pet, dec_up], dim=1)
+            dec = getattr(self, f"conv{k}")(fused)
+            logits.append(getattr(self, f"output{k}")(dec))
+        return logits[::-1]
+
+
+@register_network("h2aseg")
+class H2ASeg(nn.Module):
+    """H2ASeg (paper or released variant); see the module docstring.
+
+    Args:
+        variant: ``"paper"`` or ``"released"``.
+        channels: encoder widths of levels 1..5 (default ``(8, 16, 32, 64, 128)``).
+        window_size: MCSA window ``(X, Y, Z)``; an int applies one size to all levels, a dict
+            ``{level: (x, y, z)}`` sets each level's window.
+        mcsa_levels: levels followed by MCSA (paper default 1..5; released: 2, 3 with global BDSA at 4, 5).
+        use_mcsa, use_tamw: ablation switches (both off = dual-branch ResUNet-3D baseline).
+        out_channels: 1 (sigmoid, the paper's BCE), 2 (softmax, released), or more classes.
+        attn_dropout, dropout: attention-weight dropout and encoder/decoder Dropout3d probability
+            (paper default 0, released 0.5).
+        qk_reduction: queries/keys have ``C // qk_reduction`` channels (paper 1, released 4 in MCSA).
+        attention: ``"sdpa"`` (fused kernel) or ``"reference"`` (einsum; for tests and comparisons).
+    """
+
+    def __init__(
+        self,
+        variant: str = "paper",
+        channels: Sequence[int] = (8, 16, 32, 64, 128),
+        window_size: Sequence[int] | int | dict[int, Sequence[int]] = (8, 8, 4),
+        mcsa_levels: Sequence[int] | None = None,
+        use_mcsa: bool = True,
+        use_tamw: bool = True,
+        out_channels: int | None = None,
+        in_channels: int = 2,
+        attn_dropout: float | None = None,
+        dropout: float | None = None,
+        qk_reduction: int | None = None,
+        attention: str = "sdpa",
+    ) -> None:
+        super().__init__()
+        released = variant == "released"
+        if out_channels is None:
+            out_channels = 2 if released else 1
+        if mcsa_levels is None:
+            mcsa_levels = (2, 3) if released else (1, 2, 3, 4, 5)
+        attn_dropout = (0.5 if released else 0.0) if attn_dropout is None else attn_dropout
+        dropout = (0.5 if released else 0.0) if dropout is None else dropout
+        windows = self._windows(window_size)
+        _validate(
+            variant,
+            list(channels),
+            list(windows[1]),
+            list(mcsa_levels),
+            out_channels,
+            in_channels,
+            {"attn_dropout": attn_dropout, "dropout": dropout},
+            attention,
+        )
+        qk_reduction = qk_reduction or (4 if released else 1)
+        channels = [int(c) for c in channels]
+
+        attn: dict[int, nn.Module] = {}
+        if use_mcsa:
+            for k in mcsa_levels:
+                c = channels[k - 1]
+                attn[k] = MCSA(
+                    c,
+                    windows[k],
+                    pool_window=(min(windows[k]),) * 3 if released else None,
+                    qk_channels=max(1, c // qk_reduction),
+                    combine="mean" if released else "concat",
+                    norm_act=released,
+                    align_corners=released,
+                    attn_dropout=attn_dropout,
+                    dropout=attn_dropout if released else 0.0,
+                )
+            if released:  # plain global bi-directional attention with a residual after levels 4 and 5
+                for k in (4, 5):
+                    attn[k] = BiDirectionalSpatialAttention(
+                        channels[k - 1],
+                        channels[k - 1],
+                        combine="mean",
+                        residual=True,
+                        attn_dropout=attn_dropout,
+                        dropout=attn_dropout,
+                    )
+        self.encoder = DualEncoder(channels, attn, dropout)
+        self.decoder = Decoder(
+            channels,
+            out_channels,
+            use_tamw=use_tamw,
+            variant=variant,
+            dropout=dropout,
+            align_corners=released,
+        )
+        self.variant = variant
+        self.out_channels = out_channels
+        self.align_corners = released
+        self.set_attention_impl(attention)
+
+    @staticmethod
+    def _windows(window_size: Sequence[int] | int | dict[int, Sequence[int]]) -> dict[int, Triple]:
+        if isinstance(window_size, int):
+            return dict.fromkeys(range(1, 6), (window_size,) * 3)
+        if isinstance(window_size, dict):
+            missing = [k for k in range(1, 6) if k not in window_size]
+            if missing:
+                raise ValueError(f"window_size dict must give levels 1..5, missing {missing}")
+            out = {}
+            for k in range(1, 6):
+                w = tuple(int(v) for v in window_size[k])
+                if len(w) != 3 or min(w) < 1:
+                    raise ValueError(f"window_size[{k}] must be 3 positive integers, got {window_size[k]}")
+                out[k] = w
+            return out  # type: ignore[return-value]
+        w = tuple(window_size)
+        if len(w) != 3:
+            raise ValueError(f"window_size must be 3 positive integers, got {list(w)}")
+        return dict.fromkeys(range(1, 6), w)  # type: ignore[arg-type]
+
+    def set_attention_impl(self, impl: str) -> None:
+        """Switch every BDSA between the fused ``"sdpa"`` path and the einsum ``"reference"``."""
+        if impl not in ATTENTION_IMPLS:
+            raise ValueError(f"attention must be one of {ATTENTION_IMPLS}, got {impl!r}")
+        for m in self.modules():
+            if isinstance(m, BiDirectionalSpatialAttention):
+                m.impl = impl
+
+    def forward(
+        self, x: torch.Tensor, pet: torch.Tensor | None = None, *, return_all: bool | None = None
+    ) -> torch.Tensor | list[torch.Tensor]:
+        if pet is None:
+            if x.ndim != 5 or x.shape[1] != 2:
+                raise ValueError(f"expected input (B, 2, X, Y, Z) with CT then PET, got {tuple(x.shape)}")
+            ct, pet = x[:, :1], x[:, 1:]
+        else:
+            ct = x
+            if ct.shape != pet.shape or ct.ndim != 5 or ct.shape[1] != 1:
+                raise ValueError(
+                    f"expected ct and pet of shape (B, 1, X, Y, Z), got {tuple(ct.shape)}, {tuple(pet.shape)}"
+                )
+        size = ct.shape[2:]
+        logits = self.decoder(self.encoder(ct, pet))
+        if return_all is None:
+            return_all = self.training
+        if not return_all:
+            return logits[0]
+        return [
+            out
+            if out.shape[2:] == size
+            else F.interpolate(out, size=tuple(size), mode="trilinear", align_corners=self.align_corners)
+            for out in logits
+        ]

@@ -1,0 +1,45 @@
+"""Every network by name: ``register_network`` / ``build_network`` / ``list_networks``.
+
+All registered networks take ``(B, 2, X, Y, Z)`` (channel 0 = CT, channel 1 = PET) and return logits:
+a list of maps, finest first, when they use deep supervision in training mode, one map otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch.nn as nn
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_network(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator registering a network class or factory under ``name``."""
+
+    def deco(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _REGISTRY:
+            raise ValueError(f"network {name!r} is already registered")
+        _REGISTRY[name] = factory
+        return factory
+
+    return deco
+
+
+def _ensure_loaded() -> None:
+    # Importing the modules registers their networks (kept lazy to avoid import cycles).
+    from h2aseg.models import h2aseg  # noqa: F401
+
+
+def list_networks() -> list[str]:
+    """Names of all registered networks, sorted."""
+    _ensure_loaded()
+    return sorted(_REGISTRY)
+
+
+def build_network(name: str, **kwargs: Any) -> nn.Module:
+    """Build the network registered as ``name`` with constructor keyword arguments ``kwargs``."""
+    _ensure_loaded()
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown network {name!r}; registered: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name](**kwargs)
