@@ -293,6 +293,12 @@ class H2ASeg(nn.Module):
                     f"expected ct and pet of shape (B, 1, X, Y, Z), got {tuple(ct.shape)}, {tuple(pet.shape)}"
                 )
         size = ct.shape[2:]
+        deepest = [(s + 15) // 16 for s in size]
+        if self.training and deepest[0] * deepest[1] * deepest[2] == 1:
+            raise ValueError(
+                f"input {tuple(size)} is too small to train: the 16x down-sampled level has one voxel, "
+                "which instance normalisation cannot normalise; use patches of >= 32 voxels along an axis"
+            )
         logits = self.decoder(self.encoder(ct, pet))
         if return_all is None:
             return_all = self.training

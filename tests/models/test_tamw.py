@@ -1,0 +1,96 @@
+"""TAMW on small hand-checked examples (paper eqs. 2-4 and the released variant)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from h2aseg.models.h2aseg import foreground_probability
+from h2aseg.models.tamw import TAMW
+
+
+def _constant_weights(tamw: TAMW, w_fore: float, w_back: float) -> None:
+    """Make the MLPs output constant weights: fc1 = 0, so W = tanh(bias of fc2)."""
+    with torch.no_grad():
+        for mlp, w in ((tamw.CA_fore, w_fore), (tamw.CA_back, w_back)):
+            mlp.fc1.weight.zero_()
+            mlp.fc1.bias.zero_()
+            mlp.fc2.weight.zero_()
+            mlp.fc2.bias.fill_(math.atanh(w))
+
+
+def _inputs() -> tuple[torch.Tensor, ...]:
+    f_ct = torch.full((1, 1, 2, 1, 1), 2.0)
+    f_pet = torch.full((1, 1, 2, 1, 1), 3.0)
+    dec = torch.full((1, 2, 2, 1, 1), 1.0)
+    p = torch.tensor([1.0, 0.25]).view(1, 1, 2, 1, 1)  # voxel 0 tumour, voxel 1 mostly background
+    return f_ct, f_pet, dec, p
+
+
+def test_paper_equation_four_by_hand() -> None:
+    tamw = TAMW(1, 2, variant="paper")
+    _constant_weights(tamw, 0.5, -0.25)
+    f_ct, f_pet, dec, p = _inputs()
+    out = tamw(f_ct, f_pet, dec, p)
+    # F = concat(F_pet, F_ct, D); F_enh = F + 0.5 * p * F - 0.25 * (1 - p) * F
+    # voxel 0 (p=1): F * 1.5; voxel 1 (p=0.25): F * (1 + 0.125 - 0.1875) = F * 0.9375
+    feat = torch.tensor([3.0, 2.0, 1.0, 1.0])
+    torch.testing.assert_close(out[0, :, 0, 0, 0], feat * 1.5)
+    torch.testing.assert_close(out[0, :, 1, 0, 0], feat * 0.9375)
+
+
+def test_released_minus_sign_and_unmasked_decoder_by_hand() -> None:
+    tamw = TAMW(1, 2, variant="released")
+    _constant_weights(tamw, 0.5, 0.25)
+    f_ct, f_pet, dec, p = _inputs()
+    out = tamw(f_ct, f_pet, dec, p)
+    # F = concat(ct, pet, dec); fore = (p ct, p pet, dec); back = ((1-p) ct, (1-p) pet, dec)
+    # out = F + 0.5 fore - 0.25 back
+    v0 = torch.tensor([2 + 0.5 * 2 - 0, 3 + 0.5 * 3 - 0, 1 + 0.5 - 0.25, 1 + 0.5 - 0.25])
+    v1 = torch.tensor(
+        [2 + 0.5 * 0.5 - 0.25 * 1.5, 3 + 0.5 * 0.75 - 0.25 * 2.25, 1 + 0.5 - 0.25, 1 + 0.5 - 0.25]
+    )
+    torch.testing.assert_close(out[0, :, 0, 0, 0], v0)
+    torch.testing.assert_close(out[0, :, 1, 0, 0], v1)
+
+
+def test_mlp_sees_global_average_of_foreground_features() -> None:
+    tamw = TAMW(1, 2, variant="paper")
+    f_ct, f_pet, dec, p = _inputs()
+    seen = {}
+    tamw.CA_fore.register_forward_hook(lambda m, i, o: seen.setdefault("fore", i[0].clone()))
+    tamw.CA_back.register_forward_hook(lambda m, i, o: seen.setdefault("back", i[0].clone()))
+    tamw(f_ct, f_pet, dec, p)
+    feat = torch.tensor([3.0, 2.0, 1.0, 1.0])
+    torch.testing.assert_close(seen["fore"][0], feat * (1.0 + 0.25) / 2)
+    torch.testing.assert_close(seen["back"][0], feat * (0.0 + 0.75) / 2)
+
+
+def test_tamw_works_at_any_size() -> None:
+    tamw = TAMW(2, 4, variant="paper")
+    for shape in [(3, 5, 7), (8, 8, 4)]:
+        out = tamw(
+            torch.randn(1, 2, *shape),
+            torch.randn(1, 2, *shape),
+            torch.randn(1, 4, *shape),
+            torch.rand(1, 1, *shape),
+        )
+        assert out.shape == (1, 8, *shape)
+
+
+def test_rejects_unknown_variant() -> None:
+    with pytest.raises(ValueError, match="variant"):
+        TAMW(1, 2, variant="v3")
+
+
+def test_foreground_probability() -> None:
+    logits = torch.tensor([0.3, -1.0]).view(1, 2, 1, 1, 1)
+    torch.testing.assert_close(foreground_probability(logits), torch.softmax(logits, 1)[:, 1:])
+    one = torch.tensor([0.7]).view(1, 1, 1, 1, 1)
+    torch.testing.assert_close(foreground_probability(one), torch.sigmoid(one))
+    three = torch.tensor([0.2, 0.1, -0.4]).view(1, 3, 1, 1, 1)
+    torch.testing.assert_close(
+        foreground_probability(three), torch.softmax(three, 1)[:, 1:].sum(1, keepdim=True)
+    )
