@@ -1,0 +1,1 @@
+"""Figures: segmentation overlays and PET MIPs (Fig. 3 style), training curves."""

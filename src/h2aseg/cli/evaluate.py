@@ -1,0 +1,142 @@
+"""``h2aseg evaluate`` (score a prediction folder), ``h2aseg evaluate-table`` (Table 1 from several runs)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+_err = Console(stderr=True, soft_wrap=True)
+
+
+class Protocol(StrEnum):
+    paper = "paper"
+    autopet = "autopet"
+    hecktor = "hecktor"
+
+
+class HD95Convention(StrEnum):
+    medpy = "medpy"
+    monai = "monai"
+
+
+class GTLayout(StrEnum):
+    auto = "auto"
+    folder = "folder"
+    autopet = "autopet"
+    autopet_nnunet = "autopet-nnunet"
+    hecktor = "hecktor"
+    csv = "csv"
+
+
+def _fail(msg: str) -> typer.Exit:
+    _err.print(f"[red]error:[/red] {escape(msg)}")
+    return typer.Exit(code=2)
+
+
+def evaluate(
+    pred: Path = typer.Option(..., "--pred", help="Folder of predicted masks named <case_id>.nii.gz."),
+    gt: Path = typer.Option(..., "--gt", help="Ground truth: a dataset root (any supported layout), a CSV "
+                            "manifest, or a plain folder of masks named <case_id>.nii.gz."),
+    out: Path = typer.Option(..., "--out", help="Output folder for per_case.csv, summary.json, summary.md."),
+    protocol: Protocol = typer.Option(Protocol.paper, "--protocol", help="paper: Table 1 (Dice, HD95, "
+                                      "precision, recall); autopet: Dice, FPV, FNV; hecktor: per-class and "
+                                      "aggregated Dice (labels 0/1/2)."),
+    gt_layout: GTLayout = typer.Option(GTLayout.auto, "--gt-layout", help="Layout of --gt."),
+    hd95: HD95Convention = typer.Option(HD95Convention.medpy, "--hd95", help="medpy: 95th percentile of both "
+                                        "directions pooled (the paper); monai: max of the directed 95th "
+                                        "percentiles."),
+    hd95_empty_penalty: float | None = typer.Option(None, "--hd95-empty-penalty", help="HD95 (mm) for a "
+                                                    "lesion case with an empty prediction; default: "
+                                                    "excluded (NaN)."),
+    resample: bool = typer.Option(False, "--resample", help="Resample predictions on another grid onto the "
+                                  "ground truth (nearest neighbour) instead of refusing them."),
+    allow_missing: bool = typer.Option(False, "--allow-missing", help="Score cases without a prediction as "
+                                       "empty predictions instead of failing."),
+    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Cases evaluated in parallel (processes)."),
+) -> None:
+    """Score predictions against ground truth by case id; writes per-case and summary tables."""
+    from h2aseg.data.io import ImageError
+    from h2aseg.evaluation.matching import EvaluationError
+    from h2aseg.evaluation.pipeline import evaluate_folders
+    from h2aseg.evaluation.report import METRICS, format_cell, write_evaluation
+
+    if not pred.is_dir():
+        raise _fail(f"{pred}: prediction folder not found")
+    try:
+        with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
+                      MofNCompleteColumn(), TimeRemainingColumn(), console=_err, transient=True) as prog:
+            task = prog.add_task("evaluating", total=None)
+
+            def _tick(case_id: str, done: int, total: int) -> None:
+                prog.update(task, completed=done, total=total, description=f"evaluated {escape(case_id)}")
+
+            res = evaluate_folders(
+                pred, gt, protocol=protocol.value, gt_layout=gt_layout.value, hd95_convention=hd95.value,
+                hd95_empty_penalty=hd95_empty_penalty, resample=resample, allow_missing=allow_missing,
+                jobs=jobs, on_case=_tick,
+            )
+        paths = write_evaluation(out, res.rows, res.summary)
+    except (EvaluationError, ImageError, ValueError, OSError) as e:
+        raise _fail(str(e)) from None
+
+    con = Console()
+    if res.matching.extra:
+        _err.print(f"[yellow]warning:[/yellow] {len(res.matching.extra)} prediction(s) without ground truth, "
+                   f"not scored: {escape(', '.join(res.matching.extra[:8]))}"
+                   + (" ..." if len(res.matching.extra) > 8 else ""))
+    if res.matching.missing:
+        _err.print(f"[yellow]warning:[/yellow] {len(res.matching.missing)} case(s) without prediction scored "
+                   f"as empty: {escape(', '.join(res.matching.missing[:8]))}"
+                   + (" ..." if len(res.matching.missing) > 8 else ""))
+    s = res.summary
+    table = Table(title=f"{s['protocol']} protocol: {s['n_cases']} cases "
+                        f"({s['n_lesion_cases']} with lesions), HD95 {s['hd95_convention']}")
+    table.add_column("metric")
+    table.add_column("mean ± std", justify="right")
+    table.add_column("n", justify="right")
+    for key in s["columns"]:
+        m = s["metrics"][key]
+        info = METRICS[key]
+        table.add_row(f"{info.label} [{info.unit}]" if info.unit else info.label,
+                      format_cell(m["mean"], m["std"]), str(m["n"]))
+    con.print(table)
+    for p in paths.values():
+        con.print(f"wrote {escape(str(p))}")
+
+
+def evaluate_table(
+    run: list[str] = typer.Option(..., "--run", help="METHOD=PATH or METHOD@DATASET=PATH, PATH being an "
+                                  "evaluation folder or its summary.json; repeat (same METHOD[@DATASET] "
+                                  "again = another run, averaged)."),
+    out: Path = typer.Option(..., "--out", help="Output folder for table.md, table.tex, table.json."),
+) -> None:
+    """Aggregate runs (mean of run means ± mean of per-case stds) into a Table-1 style table."""
+    from h2aseg.evaluation.report import load_summary, write_runs_table
+
+    runs: dict[str, dict[str, list[dict]]] = {}
+    try:
+        for spec in run:
+            key, sep, path = spec.partition("=")
+            if not sep or not key or not path:
+                raise ValueError(f"--run {spec!r}: expected METHOD=PATH or METHOD@DATASET=PATH")
+            method, _, group = key.partition("@")
+            runs.setdefault(method, {}).setdefault(group, []).append(load_summary(path))
+        paths = write_runs_table(runs, out)
+    except (ValueError, OSError) as e:
+        raise _fail(str(e)) from None
+    con = Console()
+    con.print(paths["markdown"].read_text(encoding="utf-8"))
+    for p in paths.values():
+        con.print(f"wrote {escape(str(p))}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``evaluate`` and ``evaluate-table`` to the ``h2aseg`` app."""
+    app.command("evaluate")(evaluate)
+    app.command("evaluate-table")(evaluate_table)

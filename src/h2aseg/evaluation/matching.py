@@ -1,0 +1,204 @@
+"""Pair prediction masks with ground truth by case id, and load each pair onto one voxel grid.
+
+Ground truth comes from a dataset layout (:func:`h2aseg.data.layouts.discover`; each case's ``label``) or a
+plain folder of mask files (case id = file name without its image suffix). Predictions are a plain folder
+of ``<case_id>.nii.gz`` (what ``h2aseg predict`` writes). Every problem raises :class:`EvaluationError`
+(a ``ValueError``) with a one-line message that names the files or cases.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from h2aseg.data.io import ImageError, Volume, image_suffix, read_volume, strip_image_suffix
+
+
+class EvaluationError(ValueError):
+    """Inputs that cannot be evaluated (missing cases, mismatched grids, bad labels); message is one line."""
+
+
+GT_LAYOUTS = ("auto", "folder", "autopet", "autopet-nnunet", "hecktor", "csv")
+
+
+@dataclass(frozen=True)
+class CasePair:
+    """One case to score: its id, the ground-truth mask file and the prediction (None: missing)."""
+
+    case_id: str
+    gt: Path
+    pred: Path | None
+
+
+@dataclass
+class Matching:
+    """Result of :func:`match_cases`: pairs in case-id order, and ids present on one side only."""
+
+    pairs: list[CasePair]
+    missing: list[str] = field(default_factory=list)  # GT without prediction
+    extra: list[str] = field(default_factory=list)  # prediction without GT
+
+
+def _list_ids(ids: Sequence[str], limit: int = 8) -> str:
+    shown = ", ".join(ids[:limit])
+    return shown + (f", ... ({len(ids)} in all)" if len(ids) > limit else "")
+
+
+def mask_folder(root: str | Path) -> dict[str, Path]:
+    """``{case_id: file}`` for the image files directly inside ``root`` (hidden files ignored)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise EvaluationError(f"{root}: not a folder")
+    out: dict[str, Path] = {}
+    for f in sorted(root.iterdir()):
+        if f.name.startswith(".") or not f.is_file() or not image_suffix(f):
+            continue
+        cid = strip_image_suffix(f.name)
+        if cid in out:
+            raise EvaluationError(f"{root}: two mask files for case {cid!r}: {out[cid].name} and {f.name}")
+        out[cid] = f
+    return out
+
+
+def ground_truth_masks(root: str | Path, layout: str = "auto") -> dict[str, Path]:
+    """``{case_id: label file}`` from a layout root (or CSV manifest) or a plain folder of masks.
+
+    ``layout="auto"``: a folder holding image files directly is a plain folder; anything else goes to
+    :func:`h2aseg.data.layouts.discover` (auto-detection). ``"folder"`` forces a plain folder.
+    """
+    root = Path(root)
+    if layout not in GT_LAYOUTS:
+        raise EvaluationError(f"unknown ground-truth layout {layout!r} (choose from {', '.join(GT_LAYOUTS)})")
+    if not root.exists():
+        raise EvaluationError(f"{root}: ground truth not found")
+    if layout == "folder" or (layout == "auto" and root.is_dir() and mask_folder(root)):
+        masks = mask_folder(root)
+        if not masks:
+            raise EvaluationError(f"{root}: no mask files (.nii.gz, .nii, .mha, .nrrd) in this folder")
+        return masks
+    from h2aseg.data.layouts import LayoutError, discover
+
+    try:
+        cases = discover(root, "auto" if layout == "auto" else layout)
+    except LayoutError as e:
+        raise EvaluationError(f"{root}: {e}") from e
+    out: dict[str, Path] = {}
+    for case in cases:
+        if case.label is not None:
+            if case.case_id in out:
+                raise EvaluationError(f"{root}: case id {case.case_id!r} appears twice")
+            out[case.case_id] = Path(case.label)
+    if not out:
+        raise EvaluationError(f"{root}: the dataset has no ground-truth labels ({len(cases)} case(s) found)")
+    return out
+
+
+def match_cases(
+    pred: Mapping[str, Path], gt: Mapping[str, Path], *, allow_missing: bool = False
+) -> Matching:
+    """Pair by case id. Missing predictions raise unless ``allow_missing`` (then ``pred=None``: empty mask).
+
+    Predictions without ground truth are listed in ``extra`` and not scored.
+    """
+    missing = sorted(set(gt) - set(pred))
+    extra = sorted(set(pred) - set(gt))
+    if not set(gt) & set(pred) and not allow_missing:
+        raise EvaluationError(
+            "no prediction matches a ground-truth case id "
+            f"(predictions: {_list_ids(sorted(pred)) or 'none'}; ground truth: {_list_ids(sorted(gt))})"
+        )
+    if missing and not allow_missing:
+        raise EvaluationError(
+            f"{len(missing)} case(s) have no prediction: {_list_ids(missing)} "
+            "(use --allow-missing to score them as empty predictions)"
+        )
+    pairs = [CasePair(cid, Path(gt[cid]), Path(pred[cid]) if cid in pred else None) for cid in sorted(gt)]
+    return Matching(pairs=pairs, missing=missing, extra=extra)
+
+
+@dataclass
+class LoadedPair:
+    """Prediction and ground-truth label arrays on the ground truth's grid."""
+
+    case_id: str
+    pred: np.ndarray
+    gt: np.ndarray
+    spacing: tuple[float, float, float]
+    voxel_ml: float
+    resampled: bool
+
+
+def _read_mask(path: Path, role: str) -> Volume:
+    vol = read_volume(path, dtype=None)
+    arr = vol.array
+    if arr.dtype.kind == "f":
+        if not np.isfinite(arr).all():
+            raise EvaluationError(f"{path}: {role} mask contains NaN/Inf")
+        if not np.array_equal(arr, np.round(arr)):
+            raise EvaluationError(f"{path}: {role} mask has non-integer values (probabilities?)")
+    elif arr.dtype.kind not in "biu":
+        raise EvaluationError(f"{path}: {role} mask has unsupported data type {arr.dtype}")
+    if arr.dtype != bool and arr.size:
+        lo, hi = arr.min(), arr.max()
+        if lo < 0 or hi > 255:
+            raise EvaluationError(f"{path}: {role} mask has labels outside 0..255 ({lo}..{hi})")
+    vol.array = arr.astype(np.uint8)
+    return vol
+
+
+def _grid_difference(a: Volume, b: Volume) -> str:
+    if a.shape != b.shape:
+        return f"shape {a.shape} vs {b.shape}"
+    sa, sb = np.round(a.spacing, 4), np.round(b.spacing, 4)
+    if not np.allclose(a.spacing, b.spacing, atol=1e-3):
+        return f"spacing {tuple(sa.tolist())} vs {tuple(sb.tolist())} mm"
+    if not np.allclose(a.affine[:3, 3], b.affine[:3, 3], atol=1e-3):
+        return f"origin {tuple(np.round(a.affine[:3, 3], 2))} vs {tuple(np.round(b.affine[:3, 3], 2))} mm"
+    return "orientation differs"
+
+
+def resample_nearest(moving: Volume, target: Volume) -> np.ndarray:
+    """``moving``'s labels on ``target``'s grid by nearest neighbour (world coordinates; outside = 0)."""
+    m = np.linalg.inv(moving.affine) @ target.affine
+    return ndimage.affine_transform(
+        moving.array.astype(np.uint8), m[:3, :3], offset=m[:3, 3], output_shape=target.shape,
+        order=0, mode="constant", cval=0, prefilter=False,
+    )
+
+
+def load_pair(
+    pair: CasePair, *, resample: bool = False, allowed_labels: Sequence[int] | None = None
+) -> LoadedPair:
+    """Read both masks; check labels (``allowed_labels``, e.g. HECKTOR's 0/1/2) and the grids.
+
+    Different grids raise :class:`EvaluationError` unless ``resample`` (prediction -> GT grid, nearest
+    neighbour). A missing prediction (``pair.pred is None``) becomes an empty mask.
+    """
+    try:
+        gt = _read_mask(pair.gt, "ground-truth")
+        pred = _read_mask(pair.pred, "prediction") if pair.pred is not None else None
+    except ImageError as e:
+        raise EvaluationError(str(e)) from e
+    resampled = False
+    if pred is None:
+        p = np.zeros(gt.shape, dtype=np.uint8)
+    elif gt.same_grid(pred):
+        p = pred.array
+    elif resample:
+        p, resampled = resample_nearest(pred, gt), True
+    else:
+        raise EvaluationError(
+            f"{pair.pred} and {pair.gt} are on different grids ({_grid_difference(pred, gt)}); "
+            "pass --resample to resample the prediction onto the ground truth (nearest neighbour)"
+        )
+    if allowed_labels is not None:
+        for arr, path in ((gt.array, pair.gt), (p, pair.pred)):
+            present = np.flatnonzero(np.bincount(arr.reshape(-1), minlength=256))
+            bad = sorted(set(present.tolist()) - set(allowed_labels))
+            if bad:
+                raise EvaluationError(f"{path}: labels {bad} not allowed (expected {sorted(allowed_labels)})")
+    return LoadedPair(pair.case_id, p, gt.array, gt.spacing, float(np.prod(gt.spacing)) / 1000.0, resampled)
