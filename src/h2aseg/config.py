@@ -60,12 +60,13 @@ class ModelConfig:
     variant: str = "paper"  # paper | released
     channels: tuple[int, ...] = (8, 16, 32, 64, 128)
     window_size: Triple = (8, 8, 4)
-    mcsa_levels: tuple[int, ...] = (1, 2, 3, 4, 5)
+    mcsa_levels: tuple[int, ...] | None = None  # None: the variant's (paper 1-5, released 2-3)
     use_mcsa: bool = True
     use_tamw: bool = True
     out_channels: int = 1  # 1: sigmoid + BCE (paper); 2: softmax + CE (released); >2: multi-class
-    attn_dropout: float = 0.0
-    dropout: float = 0.0
+    attn_dropout: float | None = None  # None: the variant's (paper 0, released 0.5)
+    dropout: float | None = None  # None: the variant's (paper 0, released 0.5)
+    gradient_checkpointing: bool = False  # recompute activations in backward (less memory)
     extra: dict[str, Any] = field(default_factory=dict)  # any further keyword of the network
 
 
@@ -235,7 +236,9 @@ def load_config(path_or_preset: str | Path, overrides: list[str] | tuple[str, ..
     if str(path_or_preset) in PRESETS:
         p = preset_path(str(path_or_preset))
     elif not p.is_file():
-        raise ConfigError(f"config {path_or_preset!s}: no such preset or file (presets: {', '.join(PRESETS)})")
+        raise ConfigError(
+            f"config {path_or_preset!s}: no such preset or file (presets: {', '.join(PRESETS)})"
+        )
     try:
         raw = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:

@@ -121,3 +121,15 @@ def test_bad_input_shape_message() -> None:
     net = build_network("h2aseg", channels=(2, 4, 4, 8, 8))
     with pytest.raises(ValueError, match=r"\(B, 2, X, Y, Z\)"):
         net(torch.randn(1, 3, 16, 16, 8))
+
+
+def test_gradient_checkpointing_gives_the_same_gradients() -> None:
+    kwargs = {**TINY["h2aseg"]}
+    net = build_network("h2aseg", **kwargs)
+    twin = build_network("h2aseg", gradient_checkpointing=True, **kwargs)
+    twin.load_state_dict(net.state_dict())
+    x = torch.randn(1, 2, 48, 48, 32)
+    for model in (net, twin):
+        sum(o.square().mean() for o in model(x)).backward()
+    for (name, a), b in zip(net.named_parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6, msg=name)

@@ -15,7 +15,7 @@ app = typer.Typer(
 )
 
 # Command modules, in the order they appear in --help. Each defines ``register(app: typer.Typer)``.
-COMMAND_MODULES = ("synth", "train", "predict", "evaluate", "demo", "info")
+COMMAND_MODULES = ("synth", "train", "predict", "evaluate", "demo")
 
 for _name in COMMAND_MODULES:
     try:

@@ -1,0 +1,54 @@
+"""Checkpoint files: written atomically, read with clear errors.
+
+A checkpoint is a dict saved with :func:`torch.save` holding at least ``format`` (``"h2aseg-checkpoint"``),
+``version`` (the package version that wrote it), ``config`` (the full :class:`~h2aseg.config.Config` as a
+dict) and ``model`` (the state_dict). Training checkpoints add the epoch, optimizer, scheduler and RNG
+states, the split and the metrics history (see :mod:`h2aseg.training.trainer`).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FORMAT = "h2aseg-checkpoint"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, unreadable or not an h2aseg checkpoint."""
+
+
+def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
+    """``torch.save`` to a temporary file in the same folder, then rename (never a half-written file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save({"format": FORMAT, **payload}, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load and check an h2aseg checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as e:
+        raise CheckpointError(f"{path}: cannot be read as a checkpoint ({type(e).__name__}: {e})") from e
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not an h2aseg checkpoint (no 'format: {FORMAT}' entry)")
+    for key in ("config", "model"):
+        if key not in payload:
+            raise CheckpointError(f"{path}: checkpoint lacks its {key!r} entry")
+    return payload

@@ -1,0 +1,40 @@
+"""Helpers shared by the CLI commands: one-line errors, config loading from preset + flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from h2aseg.config import Config, ConfigError, load_config
+
+err_console = Console(stderr=True, soft_wrap=True)
+
+
+def fail(msg: str) -> typer.Exit:
+    """Print ``error: msg`` on stderr and return an Exit(2) to raise."""
+    err_console.print(f"[red]error:[/red] {escape(str(msg))}")
+    return typer.Exit(code=2)
+
+
+def build_config(
+    preset: str, config_file: Path | None, assignments: list[str], fields: dict[str, object]
+) -> Config:
+    """Preset (or YAML file), then ``--set`` assignments, then the explicit flags (``fields``: dotted
+    config field -> value; ``None`` values are left alone)."""
+    try:
+        cfg = load_config(config_file if config_file is not None else preset, assignments)
+        explicit = [f"{k}={_yaml(v)}" for k, v in fields.items() if v is not None]
+        return cfg.override(explicit) if explicit else cfg
+    except ConfigError as e:
+        raise fail(str(e)) from None
+
+
+def _yaml(value: object) -> str:
+    import yaml
+
+    if isinstance(value, Path):
+        value = str(value)
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()

@@ -1,0 +1,127 @@
+"""Segment new patients with a trained checkpoint; masks written in the original CT geometry.
+
+The model is rebuilt from the config stored inside the checkpoint and its weights; preprocessing is the
+one the model was trained with (``config.data``). Nothing here imports :mod:`h2aseg.training`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from h2aseg.checkpoint import load_checkpoint
+from h2aseg.config import Config
+from h2aseg.data.io import ImageError, write_volume
+from h2aseg.data.layouts import Case
+from h2aseg.data.preprocess import PreprocessedCase, preprocess_images, restore_to_ct_grid
+from h2aseg.inference.sliding import predict_probabilities, probabilities_to_mask, resolve_device
+from h2aseg.models.factory import build_from_config
+
+
+@dataclass
+class Prediction:
+    """A case's mask (uint8, original CT shape) and, optionally, its foreground probability map."""
+
+    case_id: str
+    mask: np.ndarray
+    affine: np.ndarray
+    probability: np.ndarray | None = None
+
+
+class Predictor:
+    """``Predictor.from_checkpoint(path)`` then :meth:`predict_files` or :meth:`predict_preprocessed`."""
+
+    def __init__(self, model: nn.Module, cfg: Config, device: torch.device) -> None:
+        self.model = model.to(device).eval()
+        self.cfg = cfg
+        self.device = device
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, cfg_overrides: list[str] | None = None) -> Predictor:
+        payload = load_checkpoint(path)
+        cfg = Config.from_dict(payload["config"], source=f"{path} (stored config)")
+        if cfg_overrides:
+            cfg = cfg.override(cfg_overrides)
+        model = build_from_config(cfg.model)
+        model.load_state_dict(payload["model"], strict=True)
+        return cls(model, cfg, resolve_device(cfg.infer.device))
+
+    @property
+    def roi_size(self) -> tuple[int, int, int]:
+        roi = self.cfg.infer.roi_size or self.cfg.data.patch_size
+        return tuple(int(v) for v in roi)  # type: ignore[return-value]
+
+    def probabilities(self, pc: PreprocessedCase) -> torch.Tensor:
+        """``(C, X, Y, Z)`` class probabilities on the preprocessed grid."""
+        image = torch.from_numpy(np.ascontiguousarray(pc.image, dtype=np.float32))
+        return predict_probabilities(self.model, image, self.cfg.infer, self.roi_size, self.device)
+
+    def predict_preprocessed(self, pc: PreprocessedCase, *, keep_probability: bool = False) -> Prediction:
+        """Mask (and foreground probability) for a preprocessed case, mapped back to the CT grid."""
+        probs = self.probabilities(pc)
+        mask = probabilities_to_mask(probs, self.cfg.infer.threshold).numpy()
+        mask_ct = restore_to_ct_grid(mask, pc.geometry, order=0).astype(np.uint8)
+        prob_ct = None
+        if keep_probability:
+            fg = probs[0] if probs.shape[0] == 1 else 1.0 - probs[0]
+            prob_ct = restore_to_ct_grid(fg.numpy().astype(np.float32), pc.geometry, order=1)
+        return Prediction(pc.case_id, mask_ct, pc.geometry.ct_affine, prob_ct)
+
+    def predict_files(self, ct: str | Path, pet: str | Path, case_id: str = "case") -> Prediction:
+        pc = preprocess_images(ct, pet, self.cfg.data, case_id=case_id)
+        return self.predict_preprocessed(pc, keep_probability=self.cfg.infer.save_probabilities)
+
+
+def probability_path(mask_path: Path) -> Path:
+    name = mask_path.name
+    stem = name[: -len(".nii.gz")] if name.endswith(".nii.gz") else mask_path.stem
+    return mask_path.with_name(f"{stem}_probability.nii.gz")
+
+
+def write_prediction(pred: Prediction, out: str | Path, *, inputs: Iterable[str | Path] = ()) -> Path:
+    """Write the mask (uint8 NIfTI with the CT's affine) and, if present, the probability map beside it.
+
+    Refuses to overwrite any of ``inputs``. Writes are atomic.
+    """
+    out = Path(out)
+    protect = tuple(inputs)
+    if pred.probability is not None:
+        write_volume(probability_path(out), pred.probability.astype(np.float32), pred.affine, protect=protect)
+    return write_volume(out, pred.mask.astype(np.uint8), pred.affine, protect=protect)
+
+
+def predict_cases(
+    predictor: Predictor,
+    cases: list[Case],
+    out_dir: str | Path,
+    *,
+    overwrite: bool = False,
+    on_case: Callable[[str, str], None] | None = None,
+) -> list[Path]:
+    """Predict every case into ``out_dir/<case_id>.nii.gz``.
+
+    Existing outputs are kept (so an interrupted run resumes where it stopped) unless ``overwrite``.
+    ``on_case(case_id, status)`` reports progress (``"done"`` or ``"skipped"``).
+    """
+    out_dir = Path(out_dir)
+    input_files = {str(Path(p).resolve()) for c in cases for p in (c.ct, c.pet, c.label) if p is not None}
+    if str(out_dir.resolve()) in {str(Path(p).parent) for p in input_files}:
+        raise ImageError(f"{out_dir}: output folder holds input images; choose a separate --out-dir")
+    written = []
+    for case in cases:
+        target = out_dir / f"{case.case_id}.nii.gz"
+        if target.exists() and not overwrite:
+            written.append(target)
+            if on_case:
+                on_case(case.case_id, "skipped")
+            continue
+        pred = predictor.predict_files(case.ct, case.pet, case_id=case.case_id)
+        written.append(write_prediction(pred, target, inputs=input_files))
+        if on_case:
+            on_case(case.case_id, "done")
+    return written

@@ -1,0 +1,105 @@
+"""Sliding-window probabilities for a whole preprocessed volume (MONAI's inferer + flip TTA).
+
+Used by prediction and by validation during training. Imports nothing from ``h2aseg.training``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+from monai.inferers import sliding_window_inference
+
+from h2aseg.config import InferConfig
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``"auto"``: CUDA when present, else CPU; otherwise the named device (clear error if unavailable)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available on this machine")
+    return dev
+
+
+def autocast_context(amp: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast for ``amp`` in ``auto | bf16 | fp16 | off`` (``auto``: fp16 on CUDA, off on CPU)."""
+    if amp not in ("auto", "bf16", "fp16", "off"):
+        raise ValueError(f"amp must be auto, bf16, fp16 or off, got {amp!r}")
+    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    if device.type == "cpu" and dtype == torch.float16:
+        raise ValueError("fp16 autocast is for CUDA; use amp=bf16 on CPU")
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def logits_to_probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """Sigmoid for one output channel, softmax over channels otherwise."""
+    return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
+
+
+def probabilities_to_mask(probs: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """``(C, X, Y, Z)`` probabilities -> uint8 labels: threshold for one channel, argmax otherwise."""
+    if probs.shape[0] == 1:
+        return (probs[0] >= threshold).to(torch.uint8)
+    return probs.argmax(dim=0).to(torch.uint8)
+
+
+def _flip_sets(tta: bool) -> list[tuple[int, ...]]:
+    if not tta:
+        return [()]
+    axes = (2, 3, 4)
+    return [c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
+
+
+@torch.no_grad()
+def predict_probabilities(
+    model: nn.Module,
+    image: torch.Tensor,
+    cfg: InferConfig,
+    roi_size: Sequence[int],
+    device: torch.device | None = None,
+) -> torch.Tensor:
+    """Probabilities ``(C, X, Y, Z)`` (float32, on CPU) for ``image`` ``(2, X, Y, Z)`` [CT, PET].
+
+    Sliding windows of ``roi_size`` with ``cfg.overlap`` and Gaussian (or constant) blending; with
+    ``cfg.tta_flips`` the probabilities are averaged over all 8 combinations of axis flips.
+    """
+    if image.ndim != 4 or image.shape[0] != 2:
+        raise ValueError(f"expected image (2, X, Y, Z) with CT then PET, got {tuple(image.shape)}")
+    if cfg.blend not in ("gaussian", "constant"):
+        raise ValueError(f"infer.blend must be gaussian or constant, got {cfg.blend!r}")
+    if not 0.0 <= cfg.overlap < 1.0:
+        raise ValueError(f"infer.overlap must be in [0, 1), got {cfg.overlap}")
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    x = image[None].to(device)
+    total: torch.Tensor | None = None
+    flips = _flip_sets(cfg.tta_flips)
+    try:
+        for axes in flips:
+            xin = torch.flip(x, axes) if axes else x
+            with autocast_context(cfg.amp, device):
+                logits = sliding_window_inference(
+                    xin,
+                    roi_size=tuple(int(v) for v in roi_size),
+                    sw_batch_size=cfg.sw_batch_size,
+                    predictor=model,
+                    overlap=cfg.overlap,
+                    mode=cfg.blend,
+                    sw_device=device,
+                    device=torch.device("cpu"),
+                )
+            probs = logits_to_probabilities(logits.float())
+            probs = torch.flip(probs, axes) if axes else probs
+            total = probs if total is None else total + probs
+    finally:
+        model.train(was_training)
+    assert total is not None
+    return (total / len(flips))[0]
