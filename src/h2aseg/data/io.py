@@ -5,6 +5,9 @@ Images are held as :class:`Volume`: a NumPy array indexed ``[i, j, k]`` in the f
 ``.mha``/``.mhd``/``.nrrd`` through SimpleITK (its LPS direction is converted to RAS). Every problem
 raises :class:`ImageError` naming the file. Writing is atomic (temporary file + rename) and never
 replaces an existing input unless explicitly allowed.
+
+The ``check_*`` functions validate what preprocessing relies on (finite voxels, CT/PET overlap in physical
+space, label values, label grid == CT grid, channel order); each error names the file(s) and the problem.
 """
 
 from __future__ import annotations
@@ -117,6 +120,90 @@ def check_finite(vol: Volume) -> None:
     if not np.isfinite(vol.array).all():
         n = int((~np.isfinite(vol.array)).sum())
         raise ImageError(f"{vol.path}: contains {n} NaN/Inf voxel(s)")
+
+
+def describe_grid(vol: Volume) -> str:
+    """A one-line description of a volume's grid (shape, spacing, origin) for error messages."""
+    sp = ", ".join(f"{v:.4g}" for v in vol.spacing)
+    org = ", ".join(f"{v:.4g}" for v in vol.affine[:3, 3])
+    return f"shape {vol.shape}, spacing ({sp}) mm, origin ({org}) mm"
+
+
+def world_bounds(vol: Volume) -> tuple[np.ndarray, np.ndarray]:
+    """Axis-aligned world (RAS mm) bounding box of the volume's voxels, edges included."""
+    n = np.asarray(vol.shape, dtype=np.float64)
+    corners = np.array(
+        [[a, b, c] for a in (-0.5, n[0] - 0.5) for b in (-0.5, n[1] - 0.5) for c in (-0.5, n[2] - 0.5)]
+    )
+    world = corners @ vol.affine[:3, :3].T + vol.affine[:3, 3]
+    return world.min(axis=0), world.max(axis=0)
+
+
+def overlap_fraction(a: Volume, b: Volume) -> float:
+    """Fraction of ``a``'s world bounding box that lies inside ``b``'s (0 when they do not overlap)."""
+    lo_a, hi_a = world_bounds(a)
+    lo_b, hi_b = world_bounds(b)
+    inter = np.clip(np.minimum(hi_a, hi_b) - np.maximum(lo_a, lo_b), 0.0, None)
+    size_a = np.maximum(hi_a - lo_a, 1e-9)
+    return float(np.prod(inter / size_a))
+
+
+def check_overlap(ct: Volume, pet: Volume, min_fraction: float = 0.1) -> None:
+    """Raise :class:`ImageError` unless PET covers at least ``min_fraction`` of the CT's physical extent."""
+    frac = overlap_fraction(ct, pet)
+    if frac <= 0.0:
+        raise ImageError(
+            f"{pet.path}: PET does not overlap the CT {ct.path} in physical space "
+            f"(CT: {describe_grid(ct)}; PET: {describe_grid(pet)})"
+        )
+    if frac < min_fraction:
+        raise ImageError(
+            f"{pet.path}: PET covers only {100 * frac:.1f}% of the CT {ct.path} in physical space "
+            f"(CT: {describe_grid(ct)}; PET: {describe_grid(pet)}); check the origins"
+        )
+
+
+def check_same_grid(label: Volume, ct: Volume, atol: float = 1e-3) -> None:
+    """Raise :class:`ImageError` when the label is not on the CT's voxel grid (shape and affine)."""
+    if not label.same_grid(ct, atol=atol):
+        raise ImageError(
+            f"{label.path}: label grid ({describe_grid(label)}) differs from the CT grid of {ct.path} "
+            f"({describe_grid(ct)})"
+        )
+
+
+def check_label_values(label: Volume, allowed: set[int] | tuple[int, ...] | range) -> None:
+    """Raise :class:`ImageError` when the label holds values outside ``allowed`` (or non-integer values)."""
+    arr = label.array
+    allowed_set = {int(v) for v in allowed}
+    if arr.dtype.kind == "f":
+        if not np.isfinite(arr).all():
+            raise ImageError(f"{label.path}: label contains NaN/Inf voxels")
+        if not np.array_equal(arr, np.round(arr)):
+            raise ImageError(f"{label.path}: label contains non-integer values")
+    lo, hi = min(allowed_set), max(allowed_set)
+    if allowed_set == set(range(lo, hi + 1)):  # contiguous: only values outside [lo, hi] can be wrong
+        outside = arr[(arr < lo) | (arr > hi)]
+        bad = sorted(int(v) for v in np.unique(outside))
+    else:
+        bad = sorted(int(v) for v in np.unique(arr) if int(v) not in allowed_set)
+    if bad:
+        shown = ", ".join(str(v) for v in bad[:10]) + (", ..." if len(bad) > 10 else "")
+        raise ImageError(
+            f"{label.path}: label values {{{shown}}} outside the expected set "
+            f"{{{', '.join(str(v) for v in sorted(allowed_set))}}}"
+        )
+
+
+def check_modalities(ct: Volume, pet: Volume) -> None:
+    """Raise :class:`ImageError` when CT and PET look swapped (the 'CT' has no air, the 'PET' has HU)."""
+    ct_min = float(np.min(ct.array))
+    pet_min = float(np.min(pet.array))
+    if ct_min > -200.0 and pet_min < -500.0:
+        raise ImageError(
+            f"{ct.path} / {pet.path}: CT and PET look swapped (CT minimum {ct_min:.0f}, PET minimum "
+            f"{pet_min:.0f}); for nnU-Net layouts with _0000 = PET set swap_channels"
+        )
 
 
 def write_volume(

@@ -1,0 +1,85 @@
+"""``h2aseg synth``: write a synthetic PET/CT cohort in a real dataset layout."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+
+class SynthLayout(StrEnum):
+    autopet = "autopet"
+    autopet_nnunet = "autopet-nnunet"
+    hecktor = "hecktor"
+    csv = "csv"
+
+
+def synth(
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (must be empty or absent)."),
+    cases: int = typer.Option(8, "--cases", "-n", help="Number of studies."),
+    layout: SynthLayout = typer.Option(SynthLayout.autopet, "--layout", help="Dataset layout to write."),
+    seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives identical files."),
+    shape: tuple[int, int, int] | None = typer.Option(
+        None, "--shape", help="Grid size X Y Z (CT grid; default 128 128 160)."
+    ),
+    spacing: tuple[float, float, float] | None = typer.Option(
+        None, "--spacing", help="Voxel size X Y Z in mm (default 4 4 5 whole body, 2 2 2 head and neck)."
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty folder."),
+) -> None:
+    """Write N synthetic PET/CT studies (whole body for AutoPET layouts, head and neck for HECKTOR)."""
+    from h2aseg.data.phantom import PhantomError, check_output_dir, write_cohort
+
+    console = Console(stderr=True)
+    if cases < 1:
+        raise typer.BadParameter(f"must be >= 1, got {cases}", param_hint="--cases")
+    if shape is not None and any(v < 8 for v in shape):
+        raise typer.BadParameter(
+            f"each size must be >= 8 voxels, got {' '.join(map(str, shape))}", param_hint="--shape"
+        )
+    if spacing is not None and any(not v > 0 for v in spacing):
+        raise typer.BadParameter(
+            f"each spacing must be > 0 mm, got {' '.join(map(str, spacing))}", param_hint="--spacing"
+        )
+    try:
+        check_output_dir(out, overwrite)
+    except PhantomError as e:
+        console.print(f"[red]error:[/red] {e} (use --overwrite to write into it)", highlight=False)
+        raise typer.Exit(code=2) from None
+    with Progress(
+        TextColumn("[bold]synth[/bold] {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
+        task = progress.add_task(layout.value, total=cases)
+        try:
+            written = write_cohort(
+                out,
+                cases,
+                layout.value,
+                seed,
+                shape=shape,
+                spacing=spacing,
+                overwrite=overwrite,
+                progress=lambda done, total, cid: progress.update(task, completed=done),
+            )
+        except (PhantomError, OSError) as e:
+            progress.stop()
+            console.print(f"[red]error:[/red] {e}", highlight=False)
+            raise typer.Exit(code=2) from None
+    patients = len({c.patient_id for c in written})
+    console.print(
+        f"wrote {len(written)} studies of {patients} patients to {out} (layout {layout.value})",
+        highlight=False,
+    )
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``synth`` command to ``app``."""
+    app.command("synth")(synth)

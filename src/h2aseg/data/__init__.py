@@ -1,0 +1,42 @@
+"""PET/CT data: dataset layouts, image I/O and checks, preprocessing and caching, splits, phantom.
+
+The MONAI training pipelines live in :mod:`h2aseg.data.transforms` (not imported here, to keep this package
+light: it pulls in torch and MONAI).
+"""
+
+from h2aseg.data.io import ImageError, Volume, read_volume, write_volume
+from h2aseg.data.layouts import Case, LayoutError, discover
+from h2aseg.data.phantom import PhantomError, synth_case, write_cohort
+from h2aseg.data.preprocess import (
+    CaseCache,
+    Geometry,
+    PreprocessedCase,
+    preprocess_case,
+    preprocess_images,
+    restore_to_ct_grid,
+)
+from h2aseg.data.splits import Split, SplitError, load_split, make_split, save_split
+
+__all__ = [
+    "Case",
+    "CaseCache",
+    "Geometry",
+    "ImageError",
+    "LayoutError",
+    "PhantomError",
+    "PreprocessedCase",
+    "Split",
+    "SplitError",
+    "Volume",
+    "discover",
+    "load_split",
+    "make_split",
+    "preprocess_case",
+    "preprocess_images",
+    "read_volume",
+    "restore_to_ct_grid",
+    "save_split",
+    "synth_case",
+    "write_cohort",
+    "write_volume",
+]

@@ -1,0 +1,141 @@
+"""MONAI pipelines: patch size, 1:1 positive/negative crops, body crop, axial rotation, determinism."""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from monai.transforms import Rotate
+from torch.utils.data import default_collate
+
+from h2aseg.config import DataConfig
+from h2aseg.data.preprocess import Geometry, PreprocessedCase
+from h2aseg.data.transforms import (
+    RandAxialRotated,
+    _rotate_axial,
+    body_threshold,
+    case_to_dict,
+    inference_transforms,
+    train_transforms,
+    val_transforms,
+)
+
+PATCH = (16, 16, 8)
+
+
+def _case(shape=(48, 44, 30), lesion=True, body=None) -> PreprocessedCase:
+    img = np.zeros((2, *shape), np.float32)
+    sl = body or tuple(slice(3, n - 3) for n in shape)
+    img[0][sl] = 0.52  # soft tissue (HU ~ 40) inside the body, air (0) outside
+    img[1][sl] = 0.05
+    lab = np.zeros(shape, np.uint8)
+    if lesion:
+        c = [n // 2 for n in shape]
+        lab[c[0] - 2 : c[0] + 2, c[1] - 2 : c[1] + 2, c[2] - 1 : c[2] + 2] = 1
+        img[1][lab > 0] = 0.5
+    g = Geometry(np.eye(4), shape, np.array([[0, 1], [1, 1], [2, 1]]), np.eye(4), shape, np.eye(4), shape)
+    return PreprocessedCase("c0", img, lab, img[1] * 20, g)
+
+
+def _cfg(**kw) -> DataConfig:
+    return dataclasses.replace(DataConfig(), patch_size=PATCH, **kw)
+
+
+def test_train_output_shapes_and_types() -> None:
+    cfg = _cfg(crops_per_case=3)
+    out = train_transforms(cfg)(case_to_dict(_case()))
+    assert isinstance(out, list) and len(out) == 3
+    for d in out:
+        assert type(d["image"]) is torch.Tensor and type(d["label"]) is torch.Tensor
+        assert d["image"].shape == (2, *PATCH) and d["image"].dtype == torch.float32
+        assert d["label"].shape == (1, *PATCH) and d["label"].dtype == torch.uint8
+        assert d["case_id"] == "c0"
+    batch = default_collate(out)
+    assert batch["image"].shape == (3, 2, *PATCH) and batch["label"].shape == (3, 1, *PATCH)
+
+
+@pytest.mark.parametrize("pos_fraction", [0.5, 1.0, 0.0])
+def test_positive_negative_ratio(pos_fraction: float) -> None:
+    cfg = _cfg(pos_fraction=pos_fraction, rotate_prob=0.0, flip_prob=0.0, intensity_jitter=0.0)
+    t = train_transforms(cfg).set_random_state(seed=0)
+    data = case_to_dict(_case())
+    centre = tuple(p // 2 for p in PATCH)
+    hits = [int(d["label"][(0, *centre)]) for _ in range(150) for d in t(data)]
+    frac = float(np.mean(hits))
+    if pos_fraction in (0.0, 1.0):
+        assert frac == pos_fraction
+    else:
+        assert 0.4 < frac < 0.6
+
+
+def test_lesion_free_case_gives_negative_crops_quietly() -> None:
+    t = train_transforms(_cfg())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = t(case_to_dict(_case(lesion=False)))
+    assert len(out) == 2 and all(int(d["label"].sum()) == 0 for d in out)
+
+
+def test_unlabelled_case_dict() -> None:
+    pc = _case()
+    pc.label = None
+    d = case_to_dict(pc)
+    assert d["label"].shape == (1, *pc.image.shape[1:]) and not d["has_label"] and d["label"].max() == 0
+
+
+def test_small_volume_is_padded_to_the_patch() -> None:
+    out = train_transforms(_cfg())(case_to_dict(_case(shape=(12, 10, 5))))
+    assert all(d["image"].shape == (2, *PATCH) for d in out)
+
+
+def test_crop_to_body() -> None:
+    shape = (64, 64, 40)
+    body = (slice(24, 44), slice(20, 40), slice(12, 30))
+    data = case_to_dict(_case(shape, lesion=False, body=body))
+    thr = body_threshold(DataConfig())
+    assert 0.2 < thr < 0.3  # -500 HU in the default window
+    for crop, expect in ((True, 0.5), (False, 0.0)):
+        t = train_transforms(_cfg(crop_to_body=crop, rotate_prob=0.0, pos_fraction=0.0)).set_random_state(1)
+        fractions = [float((d["image"][0] > thr).float().mean()) for _ in range(40) for d in t(data)]
+        if crop:
+            assert min(fractions) > expect
+        else:
+            assert min(fractions) == expect  # without the body crop some patches are all air
+
+
+def test_axial_rotation_matches_monai_and_keeps_slices() -> None:
+    x = torch.rand(2, 30, 22, 6)
+    a = _rotate_axial(x, 0.6, "bilinear")
+    b = Rotate(angle=(0.0, 0.0, 0.6), mode="bilinear", padding_mode="zeros", align_corners=False)(x)
+    assert torch.allclose(a, torch.as_tensor(b), atol=1e-4)
+    lab = torch.zeros(1, 30, 22, 6, dtype=torch.uint8)
+    lab[0, 10:20, 8:14, 3] = 1
+    r = RandAxialRotated(["label"], prob=1.0, max_deg=45, modes="nearest").set_random_state(0)
+    out = r({"label": lab})["label"]
+    assert out.dtype == torch.uint8 and out[0, :, :, 3].sum() > 0
+    assert out[0].sum(dim=(0, 1)).nonzero().flatten().tolist() == [3]  # rotation about the axial axis only
+    assert r.angle != 0.0
+
+
+def test_train_is_reproducible_with_a_seed() -> None:
+    data = case_to_dict(_case())
+    a = train_transforms(_cfg()).set_random_state(5)(data)
+    b = train_transforms(_cfg()).set_random_state(5)(data)
+    assert all(
+        torch.equal(x["image"], y["image"]) and torch.equal(x["label"], y["label"])
+        for x, y in zip(a, b, strict=True)
+    )
+
+
+def test_validation_and_inference_are_deterministic() -> None:
+    pc = _case()
+    data = case_to_dict(pc)
+    v1, v2 = val_transforms(_cfg())(data), val_transforms(_cfg())(data)
+    assert torch.equal(v1["image"], v2["image"]) and v1["image"].shape == (2, *pc.image.shape[1:])
+    assert torch.equal(v1["image"], torch.from_numpy(pc.image)) and v1["label"].dtype == torch.uint8
+    inf = inference_transforms(_cfg())({"image": pc.image})
+    assert type(inf["image"]) is torch.Tensor and torch.equal(inf["image"], v1["image"])
+    assert "label" not in val_transforms(_cfg())({"image": pc.image})
