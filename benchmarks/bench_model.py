@@ -112,10 +112,9 @@ def main() -> None:
         print(json.dumps(out))
         return
 
+    import torch
     from rich.console import Console
     from rich.table import Table
-
-    import torch
 
     device = "CUDA " + torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     threads = torch.get_num_threads()
@@ -123,7 +122,9 @@ def main() -> None:
         title=f"H2ASeg at {'x'.join(map(str, args.size))}, eval batch 1, train batch {args.batch} "
         f"({device}, {threads} threads, torch {torch.__version__})"
     )
-    for col in ("model", "precision", "params (M)", "GFLOP", "eval s", "eval GB", "GFLOP/s", "train s", "train GB"):
+    columns = ("model", "precision", "params (M)", "GFLOP", "eval s", "eval GB", "GFLOP/s")
+    columns += ("train s", "train GB")
+    for col in columns:
         table.add_column(col, justify="right" if col not in ("model", "precision") else "left")
     for name in [r.strip() for r in args.rows.split(",") if r.strip()]:
         for precision in args.precisions.split(","):

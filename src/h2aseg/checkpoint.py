@@ -37,6 +37,25 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
+def export_checkpoint(src: str | Path, dst: str | Path, *, half: bool = True, note: str = "") -> Path:
+    """Keep what prediction and fine-tuning need (config, weights, version, provenance), drop optimizer
+    and RNG states; ``half`` stores floating-point weights as float16 (loaded back into float32 models)."""
+    payload = load_checkpoint(src)
+    weights = {k: v.half() if half and v.is_floating_point() else v for k, v in payload["model"].items()}
+    slim = {
+        "version": payload.get("version"),
+        "config": payload["config"],
+        "model": weights,
+        "provenance": {
+            "source": str(src),
+            "epoch": payload.get("epoch"),
+            "best_val_dice": payload.get("best_val_dice"),
+            "note": note,
+        },
+    }
+    return save_checkpoint(slim, dst)
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load and check an h2aseg checkpoint."""
     path = Path(path)

@@ -21,7 +21,7 @@ duplicate ids, an empty folder, an unrecognised layout) raises :class:`LayoutErr
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -205,65 +205,65 @@ def nnunet_patient_id(case_id: str) -> str:
     return case_id
 
 
-def _discover_nnunet(root: Path, swap_channels: bool) -> list[Case]:
+def _discover_paired(
+    root: Path,
+    layout: str,
+    title: str,
+    separator: str,
+    channels: tuple[str, str],
+    example: str,
+    make_case: Callable[[str, dict[str, Path], Path | None], Case],
+) -> list[Case]:
+    """Cases from ``imagesTr/<id><separator><channel>`` files (one per channel) and ``labelsTr/<id>``."""
     dirs = _image_dirs(root)
     if dirs is None:
-        raise LayoutError(f"{root}: no imagesTr (or imagesTs) folder for the autopet-nnunet layout")
+        raise LayoutError(f"{root}: no imagesTr (or imagesTs) folder for the {layout} layout")
     images, labels = dirs
-    chans: dict[str, dict[str, Path]] = {}
+    found: dict[str, dict[str, Path]] = {}
     for p in _images_in(images):
-        stem = strip_image_suffix(p.name)
-        cid, sep, ch = stem.rpartition("_")
-        if not sep or not (len(ch) == 4 and ch.isdigit()):
-            raise LayoutError(f"{p}: not an nnU-Net image name (<id>_0000.nii.gz / <id>_0001.nii.gz)")
-        if ch in chans.setdefault(cid, {}):
-            raise LayoutError(f"{images}: duplicate case id {cid!r} ({chans[cid][ch]} and {p})")
-        chans[cid][ch] = p
+        cid, sep, ch = strip_image_suffix(p.name).rpartition(separator)
+        if not sep or ch not in channels:
+            raise LayoutError(f"{p}: not {title} image name ({example})")
+        if ch in found.setdefault(cid, {}):
+            raise LayoutError(f"{images}: duplicate case id {cid!r} ({found[cid][ch]} and {p})")
+        found[cid][ch] = p
     have_labels = labels.is_dir()
     cases, missing = [], []
-    for cid, ch in sorted(chans.items()):
-        for need in ("0000", "0001"):
-            if need not in ch:
-                missing.append(images / f"{cid}_{need}.nii.gz")
+    for cid, files in sorted(found.items()):
+        missing += [images / f"{cid}{separator}{need}.nii.gz" for need in channels if need not in files]
         lab = _find(labels, cid) if have_labels else None
         if have_labels and lab is None:
             missing.append(labels / f"{cid}.nii.gz")
-        if "0000" in ch and "0001" in ch:
-            ct, pet = (ch["0001"], ch["0000"]) if swap_channels else (ch["0000"], ch["0001"])
-            cases.append(Case(cid, nnunet_patient_id(cid), ct, pet, lab))
+        if all(need in files for need in channels):
+            cases.append(make_case(cid, files, lab))
     if missing:
-        raise LayoutError(f"{root}: missing file(s) in the autopet-nnunet layout: {_listing(missing)}")
+        raise LayoutError(f"{root}: missing file(s) in the {layout} layout: {_listing(missing)}")
     return cases
+
+
+def _discover_nnunet(root: Path, swap_channels: bool) -> list[Case]:
+    def make(cid: str, ch: dict[str, Path], lab: Path | None) -> Case:
+        ct, pet = (ch["0001"], ch["0000"]) if swap_channels else (ch["0000"], ch["0001"])
+        return Case(cid, nnunet_patient_id(cid), ct, pet, lab)
+
+    return _discover_paired(
+        root,
+        "autopet-nnunet",
+        "an nnU-Net",
+        "_",
+        ("0000", "0001"),
+        "<id>_0000.nii.gz / <id>_0001.nii.gz",
+        make,
+    )
 
 
 def _discover_hecktor(root: Path) -> list[Case]:
-    dirs = _image_dirs(root)
-    if dirs is None:
-        raise LayoutError(f"{root}: no imagesTr (or imagesTs) folder for the hecktor layout")
-    images, labels = dirs
-    mods: dict[str, dict[str, Path]] = {}
-    for p in _images_in(images):
-        stem = strip_image_suffix(p.name)
-        cid, sep, mod = stem.rpartition("__")
-        if not sep or mod not in ("CT", "PT"):
-            raise LayoutError(f"{p}: not a HECKTOR image name (<ID>__CT.nii.gz / <ID>__PT.nii.gz)")
-        if mod in mods.setdefault(cid, {}):
-            raise LayoutError(f"{images}: duplicate case id {cid!r} ({mods[cid][mod]} and {p})")
-        mods[cid][mod] = p
-    have_labels = labels.is_dir()
-    cases, missing = [], []
-    for cid, m in sorted(mods.items()):
-        for need in ("CT", "PT"):
-            if need not in m:
-                missing.append(images / f"{cid}__{need}.nii.gz")
-        lab = _find(labels, cid) if have_labels else None
-        if have_labels and lab is None:
-            missing.append(labels / f"{cid}.nii.gz")
-        if "CT" in m and "PT" in m:
-            cases.append(Case(cid, cid, m["CT"], m["PT"], lab))
-    if missing:
-        raise LayoutError(f"{root}: missing file(s) in the hecktor layout: {_listing(missing)}")
-    return cases
+    def make(cid: str, m: dict[str, Path], lab: Path | None) -> Case:
+        return Case(cid, cid, m["CT"], m["PT"], lab)
+
+    return _discover_paired(
+        root, "hecktor", "a HECKTOR", "__", ("CT", "PT"), "<ID>__CT.nii.gz / <ID>__PT.nii.gz", make
+    )
 
 
 def _discover_csv(root: Path) -> list[Case]:

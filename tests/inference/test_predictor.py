@@ -1,0 +1,110 @@
+"""Prediction writes uint8 masks whose shape and affine equal the input CT's, and never over inputs."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from h2aseg.checkpoint import CheckpointError, save_checkpoint
+from h2aseg.config import load_config
+from h2aseg.data.io import ImageError
+from h2aseg.data.layouts import discover
+from h2aseg.data.phantom import write_cohort
+from h2aseg.inference.predictor import Predictor, predict_cases, write_prediction
+from h2aseg.inference.sliding import predict_probabilities
+from h2aseg.models.factory import build_from_config
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "training"))
+from test_trainer import TINY
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cfg = load_config("synthetic", [*TINY, "infer.tta_flips=true"])
+    model = build_from_config(cfg.model)
+    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
+    save_checkpoint({"config": cfg.to_dict(), "model": model.state_dict(), "version": "test"}, path)
+    return path
+
+
+@pytest.mark.parametrize("layout", ["hecktor", "autopet"])
+def test_masks_in_original_ct_geometry(checkpoint: Path, tmp_path: Path, layout: str) -> None:
+    root = tmp_path / "data"
+    spacing = (6.0, 6.0, 6.0) if layout == "hecktor" else (10.0, 10.0, 12.0)
+    write_cohort(root, 2, layout, seed=2, shape=(36, 40, 30), spacing=spacing)
+    cases = discover(root)
+    predictor = Predictor.from_checkpoint(checkpoint, ["infer.save_probabilities=true"])
+    out = tmp_path / "pred"
+    paths = predict_cases(predictor, cases, out)
+    assert [p.name for p in paths] == [f"{c.case_id}.nii.gz" for c in cases]
+    for case, path in zip(cases, paths, strict=True):
+        ct, mask = nib.load(case.ct), nib.load(path)
+        assert mask.shape == ct.shape
+        np.testing.assert_allclose(mask.affine, ct.affine, atol=1e-5)
+        assert mask.get_data_dtype() == np.uint8
+        assert set(np.unique(np.asanyarray(mask.dataobj))) <= {0, 1}
+        prob = nib.load(str(path).replace(".nii.gz", "_probability.nii.gz"))
+        assert prob.shape == ct.shape
+    # a second run resumes: existing outputs are kept, not recomputed
+    stamp = paths[0].stat().st_mtime_ns
+    seen = []
+    predict_cases(predictor, cases, out, on_case=lambda cid, status: seen.append(status))
+    assert seen == ["skipped", "skipped"] and paths[0].stat().st_mtime_ns == stamp
+
+
+def test_refuses_to_overwrite_an_input(checkpoint: Path, tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    cases = write_cohort(root, 1, "autopet-nnunet", seed=1, shape=(32, 32, 32), spacing=(10.0, 10.0, 10.0))
+    predictor = Predictor.from_checkpoint(checkpoint)
+    pred = predictor.predict_files(cases[0].ct, cases[0].pet)
+    before = cases[0].ct.read_bytes()
+    with pytest.raises(ImageError, match="refusing to overwrite"):
+        write_prediction(pred, cases[0].ct, inputs=(cases[0].ct, cases[0].pet))
+    assert cases[0].ct.read_bytes() == before
+    with pytest.raises(ImageError, match="holds input images"):
+        predict_cases(predictor, cases, cases[0].ct.parent)
+
+
+def test_flip_tta_averages_flipped_predictions() -> None:
+    cfg = load_config("synthetic", TINY)
+    model = build_from_config(cfg.model).eval()
+    image = torch.rand(2, 32, 32, 32)
+    plain = predict_probabilities(model, image, cfg.infer, (32, 32, 32))
+    tta = predict_probabilities(model, image, cfg.override(["infer.tta_flips=true"]).infer, (32, 32, 32))
+    with torch.no_grad():
+        manual = torch.stack(
+            [
+                torch.flip(torch.sigmoid(model(torch.flip(image[None], axes))), axes)[0]
+                for axes in [(), (2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4)]
+            ]
+        ).mean(0)
+    torch.testing.assert_close(tta, manual, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(plain, tta)
+
+
+def test_bad_checkpoint_messages(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="not found"):
+        Predictor.from_checkpoint(tmp_path / "missing.pt")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        Predictor.from_checkpoint(junk)
+    torch.save({"weights": {}}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not an h2aseg checkpoint"):
+        Predictor.from_checkpoint(tmp_path / "other.pt")
+
+
+def test_inference_imports_nothing_from_training() -> None:
+    import subprocess
+
+    code = (
+        "import sys, h2aseg.inference.predictor, h2aseg.cli.predict; "
+        "print([m for m in sys.modules if m.startswith('h2aseg.training')])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
