@@ -133,3 +133,13 @@ def test_gradient_checkpointing_gives_the_same_gradients() -> None:
         sum(o.square().mean() for o in model(x)).backward()
     for (name, a), b in zip(net.named_parameters(), twin.parameters(), strict=True):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_instance_norm_statistics_in_float32_under_bf16_autocast() -> None:
+    from h2aseg.models.blocks import norm
+
+    x = (1000.0 + 1e-2 * torch.randn(1, 2, 32, 32, 16)).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = norm(2)(x)
+    assert y.dtype == torch.bfloat16 and torch.isfinite(y).all()
+    torch.testing.assert_close(y.float(), torch.nn.functional.instance_norm(x.float()), rtol=0.02, atol=0.02)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -12,6 +13,7 @@ from h2aseg.checkpoint import load_checkpoint
 from h2aseg.config import Config, load_config
 from h2aseg.data.phantom import write_cohort
 from h2aseg.models.factory import build_from_config
+from h2aseg.training.losses import DeepSupervisedDiceCE
 from h2aseg.training.sampling import EpochSampler
 from h2aseg.training.trainer import RunDirError, lr_lambda, train
 
@@ -122,3 +124,35 @@ def test_lr_schedules() -> None:
     cfg = cfg.override(["train.lr_schedule=cosine", "train.warmup_steps=4"])
     f = lr_lambda(cfg, steps_per_epoch=5)
     assert f(0) == pytest.approx(0.25) and f(4) == pytest.approx(1.0) and f(49) < 0.05
+
+
+class _NaNAt(DeepSupervisedDiceCE):
+    """The real loss, except NaN at the listed calls."""
+
+    calls = 0
+    nan_calls: tuple[int, ...] = ()
+
+    def forward(self, outputs, target):  # type: ignore[no-untyped-def]
+        loss = super().forward(outputs, target)
+        type(self).calls += 1
+        return loss * float("nan") if type(self).calls in self.nan_calls else loss
+
+
+def test_non_finite_steps_are_skipped_then_stop(
+    cohort: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import h2aseg.training.trainer as trainer
+
+    monkeypatch.setattr(trainer, "DeepSupervisedDiceCE", _NaNAt)
+    _NaNAt.calls, _NaNAt.nan_calls = 0, (2,)
+    result = train(
+        tiny_config(cohort, epochs=1, extra=("train.val_every=0",)), tmp_path / "a", progress=False
+    )
+    weights = _weights(result.last_checkpoint)
+    assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
+    assert np.isfinite(result.history[0]["train_loss"])
+
+    _NaNAt.calls, _NaNAt.nan_calls = 0, tuple(range(1, 100))
+    cfg = tiny_config(cohort, epochs=1, extra=("train.val_every=0", "train.steps_per_epoch=6"))
+    with pytest.raises(FloatingPointError, match="consecutive non-finite"):
+        train(cfg, tmp_path / "b", progress=False)

@@ -1,5 +1,9 @@
-"""Networks: H2ASeg (paper and released variants) and baselines, built by name from a registry."""
+"""Networks: H2ASeg (paper and released variants), built by name from a registry.
 
+Importing this package registers every network (the modules below call ``register_network``).
+"""
+
+from h2aseg.models import h2aseg as _h2aseg  # noqa: F401  (registers "h2aseg")
 from h2aseg.models.registry import build_network, list_networks, register_network
 
 __all__ = ["build_network", "list_networks", "register_network"]

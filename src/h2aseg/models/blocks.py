@@ -11,8 +11,22 @@ import torch
 import torch.nn as nn
 
 
+class InstanceNorm3dFP32(nn.InstanceNorm3d):
+    """InstanceNorm3d computed in float32 even under bf16/fp16 autocast, cast back to the input dtype.
+
+    CPU autocast runs instance norm in bf16, where the variance of a large, nearly constant map can come
+    out negative and produce NaN; the statistics need float32.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32:
+            return super().forward(x)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return super().forward(x.float()).to(x.dtype)
+
+
 def norm(channels: int) -> nn.Module:
-    return nn.InstanceNorm3d(channels, affine=False, track_running_stats=False)
+    return InstanceNorm3dFP32(channels, affine=False, track_running_stats=False)
 
 
 def conv3(in_ch: int, out_ch: int, stride: int = 1, bias: bool = True) -> nn.Conv3d:

@@ -26,20 +26,13 @@ def register_network(name: str) -> Callable[[Callable[..., nn.Module]], Callable
     return deco
 
 
-def _ensure_loaded() -> None:
-    # Importing the modules registers their networks (kept lazy to avoid import cycles).
-    from h2aseg.models import h2aseg  # noqa: F401
-
-
 def list_networks() -> list[str]:
     """Names of all registered networks, sorted."""
-    _ensure_loaded()
     return sorted(_REGISTRY)
 
 
 def build_network(name: str, **kwargs: Any) -> nn.Module:
     """Build the network registered as ``name`` with constructor keyword arguments ``kwargs``."""
-    _ensure_loaded()
     if name not in _REGISTRY:
         raise ValueError(f"unknown network {name!r}; registered: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name](**kwargs)

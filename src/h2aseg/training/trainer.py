@@ -55,6 +55,7 @@ from h2aseg.models.factory import build_from_config
 from h2aseg.training.losses import DeepSupervisedDiceCE
 from h2aseg.training.sampling import EpochSampler, PatchDataset, mix_seed, seed_everything
 
+MAX_BAD_STEPS = 5  # consecutive non-finite steps before training stops
 CSV_COLUMNS = ("epoch", "step", "train_loss", "val_dice", "lr", "seconds")
 
 
@@ -306,7 +307,7 @@ def train(
     use_scaler = device.type == "cuda" and cfg.train.amp in ("auto", "fp16")
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
 
-    start_epoch, step, best, history = 0, 0, None, []
+    start_epoch, step, best, history, bad_steps = 0, 0, None, [], 0
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -342,20 +343,33 @@ def train(
                 if not cfg.train.deep_supervision and isinstance(outs, list):
                     outs = outs[0]
                 loss = loss_fn(outs, y)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1}, step {step}")
                 scaler.scale(loss).backward()
-                if cfg.train.grad_clip:
-                    scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
+                scaler.unscale_(optimizer)
+                norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip or float("inf"))
+                finite = bool(torch.isfinite(loss)) and bool(torch.isfinite(norm))
+                if not finite and not use_scaler:  # the fp16 scaler skips such steps itself
+                    bad_steps += 1
+                    bar.console.print(
+                        f"warning: non-finite loss or gradient at step {step + 1}; step skipped",
+                        highlight=False,
+                    )
+                    if bad_steps >= MAX_BAD_STEPS:
+                        raise FloatingPointError(
+                            f"{bad_steps} consecutive non-finite steps (epoch {epoch + 1}, step {step + 1}); "
+                            "lower train.lr, set train.grad_clip, or train with train.amp=off"
+                        )
+                    optimizer.zero_grad(set_to_none=True)
+                else:
+                    bad_steps = 0
+                    scaler.step(optimizer)
+                    scaler.update()
                 scheduler.step()
                 step += 1
-                loss_sum += float(loss.detach())
-                n_batches += 1
-                bar.update(task, advance=1, loss=loss_sum / n_batches, epoch=epoch + 1)
-                if writer:
+                if finite:
+                    loss_sum += float(loss.detach())
+                    n_batches += 1
+                bar.update(task, advance=1, loss=loss_sum / max(1, n_batches), epoch=epoch + 1)
+                if writer and finite:
                     writer.add_scalar("train/loss", float(loss.detach()), step)
                     writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], step)
             loss_sum, n_batches = dd.sum([loss_sum, float(n_batches)], device)

@@ -1,0 +1,79 @@
+"""Whole-case prediction time at AutoPET size (400 x 400 x 326 at 2.04 x 2.04 x 3 mm); prints a table.
+
+Each row builds the network of a preset (random weights: the time does not depend on them), writes one
+synthetic whole-body case of that size as NIfTI, and times ``Predictor.predict_files`` end to end
+(reading, preprocessing, sliding-window inference, mapping back to the CT grid) for several overlap and
+precision settings. The AutoPET III challenge allowed 5 minutes per case.
+
+    python benchmarks/bench_predict.py [--shape 400 400 326] [--rows paper-bf16-0.25,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROWS = {
+    # name: (preset, overrides)
+    "autopet2 paper, fp32, overlap 0.5": ("autopet2", ["infer.amp=off", "infer.overlap=0.5"]),
+    "autopet2 paper, bf16, overlap 0.25": ("autopet2", ["infer.amp=bf16", "infer.overlap=0.25"]),
+    "autopet2 released, bf16, overlap 0.25": (
+        "autopet2",
+        ["model.variant=released", "model.out_channels=2", "infer.amp=bf16", "infer.overlap=0.25"],
+    ),
+    "synthetic (demo model), bf16, overlap 0.25": ("synthetic", ["infer.amp=bf16", "infer.overlap=0.25"]),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shape", type=int, nargs=3, default=[400, 400, 326])
+    ap.add_argument("--spacing", type=float, nargs=3, default=[2.0364, 2.0364, 3.0])
+    ap.add_argument("--rows", default=",".join(ROWS), help="comma-separated row names")
+    args = ap.parse_args()
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from h2aseg.config import load_config
+    from h2aseg.data.io import write_volume
+    from h2aseg.data.phantom import synth_case
+    from h2aseg.inference.predictor import Predictor
+    from h2aseg.inference.sliding import resolve_device
+    from h2aseg.models.factory import build_from_config
+
+    device = resolve_device("auto")
+    table = Table(
+        title=f"Prediction of one {'x'.join(map(str, args.shape))} case "
+        f"({'CUDA ' + torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}, "
+        f"{torch.get_num_threads()} threads)"
+    )
+    for col in ("setting", "patch", "windows", "seconds", "minutes"):
+        table.add_column(col, justify="left" if col == "setting" else "right")
+    with tempfile.TemporaryDirectory() as tmp:
+        case = synth_case("wholebody", seed=0, shape=tuple(args.shape), spacing=tuple(args.spacing))
+        ct, pet = Path(tmp) / "ct.nii.gz", Path(tmp) / "pet.nii.gz"
+        write_volume(ct, case["ct"], case["ct_affine"])
+        write_volume(pet, case["pet"], case["pet_affine"])
+        for name in [r.strip() for r in args.rows.split(",") if r.strip()]:
+            preset, overrides = ROWS[name]
+            cfg = load_config(preset, overrides)
+            predictor = Predictor(build_from_config(cfg.model), cfg, device)
+            t0 = time.perf_counter()
+            predictor.predict_files(ct, pet)
+            seconds = time.perf_counter() - t0
+            roi = predictor.roi_size
+            steps = [max(1, int(r * (1 - cfg.infer.overlap))) for r in roi]
+            n = 1
+            for s, r, st in zip(args.shape, roi, steps, strict=True):
+                n *= max(1, -(-(s - r) // st) + 1)
+            table.add_row(name, "x".join(map(str, roi)), str(n), f"{seconds:.0f}", f"{seconds / 60:.1f}")
+    Console(width=140).print(table)
+
+
+if __name__ == "__main__":
+    main()
