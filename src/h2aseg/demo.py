@@ -56,7 +56,7 @@ REPORT_METRICS = (
 @dataclass
 class DemoOptions:
     out: Path
-    cases: int = 30
+    cases: int = 40
     seed: int = 2024
     from_scratch: bool = False
     epochs: int | None = None  # None: the preset's (scratch) or the fine-tuning default
@@ -137,13 +137,16 @@ def run_demo(opts: DemoOptions, log: Callable[[str], None] = print) -> dict[str,
     cfg = cfg.override([f"data.split_file={split_file}", f"data.cache_dir={out / 'cache'}"])
     run = out / "run"
     log(f"[2/6] training H2ASeg ({how}) in {run}")
-    t0 = time.perf_counter()
-    resume = (run / "checkpoints" / "last.pt").exists() and not (run / "finished.json").exists()
-    force = (run / "finished.json").exists()
-    result = train(cfg, run, resume=resume, force=force, progress=opts.progress)
-    train_s = time.perf_counter() - t0
-    ckpt = result.best_checkpoint or result.last_checkpoint
-    assert ckpt is not None
+    if (run / "finished.json").exists():  # a re-run after a later step failed: keep the trained model
+        log("      (reusing the finished training run)")
+        finished = json.loads((run / "finished.json").read_text())
+        epochs, best_val, train_s = finished["epochs"], finished["best_val_dice"], finished["seconds"]
+    else:
+        resume = (run / "checkpoints" / "last.pt").exists()
+        result = train(cfg, run, resume=resume, progress=opts.progress)
+        epochs, best_val = result.epochs, result.best_val_dice
+        train_s = sum(row.get("seconds") or 0.0 for row in result.history)
+    ckpt = run / "checkpoints" / ("best.pt" if (run / "checkpoints" / "best.pt").exists() else "last.pt")
 
     by_id = {c.case_id: c for c in cases}
     test_cases = [by_id[i] for i in split.test]
@@ -171,9 +174,9 @@ def run_demo(opts: DemoOptions, log: Callable[[str], None] = print) -> dict[str,
     summary = {
         "training": {
             "how": how,
-            "epochs": result.epochs,
+            "epochs": epochs,
             "seconds": round(train_s, 1),
-            "best_val_dice": result.best_val_dice,
+            "best_val_dice": best_val,
             "checkpoint": str(ckpt),
             "preset": "synthetic",
         },
@@ -192,7 +195,8 @@ def run_demo(opts: DemoOptions, log: Callable[[str], None] = print) -> dict[str,
 def _manifest(cases: list[Case], path: Path) -> Path:
     lines = ["case_id,patient_id,ct,pet,label"]
     for c in cases:
-        lines.append(",".join(f'"{v}"' for v in (c.case_id, c.patient_id, c.ct, c.pet, c.label or "")))
+        paths = [Path(p).resolve() if p else "" for p in (c.ct, c.pet, c.label)]
+        lines.append(",".join(f'"{v}"' for v in (c.case_id, c.patient_id, *paths)))
     path.write_text("\n".join(lines) + "\n")
     return path
 

@@ -156,3 +156,17 @@ def test_non_finite_steps_are_skipped_then_stop(
     cfg = tiny_config(cohort, epochs=1, extra=("train.val_every=0", "train.steps_per_epoch=6"))
     with pytest.raises(FloatingPointError, match="consecutive non-finite"):
         train(cfg, tmp_path / "b", progress=False)
+
+
+def test_fine_tuning_keeps_the_initial_weights_unless_validation_improves(
+    cohort: Path, tmp_path: Path
+) -> None:
+    base = train(tiny_config(cohort, epochs=1), tmp_path / "base", progress=False)
+    cfg = tiny_config(
+        cohort, epochs=1, extra=(f"train.init_checkpoint={base.last_checkpoint}", "train.lr=0.0")
+    )
+    tuned = train(cfg, tmp_path / "tuned", progress=False)
+    best = load_checkpoint(tuned.best_checkpoint)
+    assert best["epoch"] == 0  # lr 0 cannot improve, so best.pt holds the starting weights
+    for k, v in _weights(base.last_checkpoint).items():
+        torch.testing.assert_close(best["model"][k], v, rtol=0, atol=0)

@@ -13,7 +13,7 @@ def demo(
     out: Path = typer.Option(
         Path("demo_out"), "--out", help="Output folder (data, run, predictions, report)."
     ),
-    cases: int = typer.Option(30, "--cases", help="Synthetic studies to generate (split 6:2:2 by patient)."),
+    cases: int = typer.Option(40, "--cases", help="Synthetic studies to generate (split 6:2:2 by patient)."),
     seed: int = typer.Option(2024, "--seed", help="Seed of the synthetic cohort and split."),
     from_scratch: bool = typer.Option(
         False,

@@ -321,11 +321,34 @@ def train(
             state["history"],
         )
 
+    def payload_at(epoch: int) -> dict[str, Any]:
+        return {
+            "version": __version__,
+            "config": cfg.to_dict(),
+            "model": model.state_dict(),
+            "split": asdict(split),
+            "epoch": epoch,
+            "step": step,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "rng": _rng_state(),
+            "best_val_dice": best,
+            "history": history,
+        }
+
     writer = _tensorboard(run_dir) if dd.main else None
     bar = _progress(progress and dd.main)
     task = bar.add_task("train", total=(cfg.train.epochs - start_epoch) * steps_per_epoch, loss=float("nan"))
     ckpt_dir = run_dir / "checkpoints"
     best_path = ckpt_dir / "best.pt" if (ckpt_dir / "best.pt").exists() else None
+    if state is None and cfg.train.init_checkpoint and val_cases and cfg.train.val_every > 0:
+        # fine-tuning: the starting weights are the first candidate for best.pt, so that a fine-tune
+        # that does not help never replaces them
+        best = validate(model, val_cases, cache, cfg, device, dd)
+        if dd.main and best is not None:
+            bar.console.print(f"epoch 0 (initial weights): val Dice {best:.1f}%", highlight=False)
+            best_path = save_checkpoint(payload_at(0), ckpt_dir / "best.pt")
     with bar:
         for epoch in range(start_epoch, cfg.train.epochs):
             t0 = time.perf_counter()
@@ -393,20 +416,7 @@ def train(
             if improved:
                 best = row["val_dice"]
             if dd.main:
-                payload = {
-                    "version": __version__,
-                    "config": cfg.to_dict(),
-                    "model": model.state_dict(),
-                    "split": asdict(split),
-                    "epoch": epoch + 1,
-                    "step": step,
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "rng": _rng_state(),
-                    "best_val_dice": best,
-                    "history": history,
-                }
+                payload = payload_at(epoch + 1)
                 save_checkpoint(payload, ckpt_dir / "last.pt")
                 if improved:
                     best_path = save_checkpoint(payload, ckpt_dir / "best.pt")
@@ -439,7 +449,12 @@ def _finish(run_dir: Path, history: list[dict[str, Any]], best: float | None) ->
 
     if history:
         plot_training_curves(run_dir / "metrics.csv", run_dir / "curves.png")
-    summary = {"epochs": len(history), "best_val_dice": best, "final": history[-1] if history else None}
+    summary = {
+        "epochs": len(history),
+        "best_val_dice": best,
+        "seconds": round(sum(row.get("seconds") or 0.0 for row in history), 1),
+        "final": history[-1] if history else None,
+    }
     tmp = run_dir / "finished.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2))
     tmp.replace(run_dir / "finished.json")
