@@ -77,12 +77,13 @@ def demo_config(opts: DemoOptions, data_root: Path) -> tuple[Config, str]:
     overrides = [f"data.root={data_root}", "data.layout=autopet"]
     init = None if opts.from_scratch else shipped_checkpoint()
     if init is not None:
-        epochs = opts.epochs or 6
-        overrides += [
+        epochs = opts.epochs or 4
+        overrides += [  # gentle: a fresh Adam state at a high lr would undo the pre-training
             f"train.init_checkpoint={init}",
             f"train.epochs={epochs}",
-            "train.lr=3.0e-4",
-            "train.warmup_steps=0",
+            "train.lr=5.0e-5",
+            "train.warmup_steps=5",
+            f"train.val_every={max(1, epochs // 2)}",
         ]
         how = (
             f"fine-tuned for {epochs} epochs from the checkpoint shipped with the package "

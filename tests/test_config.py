@@ -1,0 +1,46 @@
+"""Typed config: presets load, overrides parse as users type them, bad fields are named."""
+
+from __future__ import annotations
+
+import pytest
+
+from h2aseg.config import PRESETS, Config, ConfigError, load_config, save_config
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_presets_load_and_round_trip(preset: str, tmp_path) -> None:
+    cfg = load_config(preset)
+    save_config(cfg, tmp_path / "c.yaml")
+    assert load_config(tmp_path / "c.yaml") == cfg
+
+
+def test_paper_recipe_in_autopet_preset() -> None:
+    t = load_config("autopet2").train
+    assert (t.lr, t.weight_decay, t.epochs, t.batch_size, t.optimizer) == (1e-4, 1e-5, 200, 2, "adam")
+    assert load_config("autopet2").data.patch_size == (128, 128, 64)
+    assert load_config("hecktor2022").data.target_spacing == (1.0, 1.0, 1.0)
+
+
+def test_overrides_as_users_type_them() -> None:
+    cfg = load_config("synthetic", ["train.lr=5e-5", "train.amp=off", "model.channels=[4,8,16,32,64]"])
+    assert cfg.train.lr == 5e-5 and cfg.train.amp == "off" and cfg.model.channels == (4, 8, 16, 32, 64)
+    assert Config().override(["data.target_spacing=null"]).data.target_spacing is None
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ("train.epoch=3", "unknown config field"),
+        ("train.epochs=three", "expected an integer"),
+        ("model.window_size=[8,8]", "expected 3 values"),
+        ("trainepochs", "section.key=value"),
+    ],
+)
+def test_bad_overrides_are_named(item: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Config().override([item])
+
+
+def test_unknown_preset_or_file() -> None:
+    with pytest.raises(ConfigError, match="no such preset or file"):
+        load_config("autopet3")
