@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from h2aseg.config import Config, load_config
 from h2aseg.data.io import write_volume
@@ -148,6 +149,14 @@ def run_demo(opts: DemoOptions, log: Callable[[str], None] = print) -> dict[str,
         epochs, best_val = result.epochs, result.best_val_dice
         train_s = sum(row.get("seconds") or 0.0 for row in result.history)
     ckpt = run / "checkpoints" / ("best.pt" if (run / "checkpoints" / "best.pt").exists() else "last.pt")
+    best_epoch = int(torch.load(ckpt, map_location="cpu", weights_only=False)["epoch"])
+    if best_epoch == 0:
+        how += (
+            "; the fine-tuning did not raise the validation Dice, so the best checkpoint, used below, holds "
+            "the shipped weights unchanged"
+        )
+    else:
+        how += f"; the best validation Dice came after epoch {best_epoch}, whose weights are used below"
 
     by_id = {c.case_id: c for c in cases}
     test_cases = [by_id[i] for i in split.test]
@@ -178,6 +187,7 @@ def run_demo(opts: DemoOptions, log: Callable[[str], None] = print) -> dict[str,
             "epochs": epochs,
             "seconds": round(train_s, 1),
             "best_val_dice": best_val,
+            "best_epoch": best_epoch,
             "checkpoint": str(ckpt),
             "preset": "synthetic",
         },
@@ -230,8 +240,8 @@ def _figures(out: Path, cases: list[Case], preds: Path, rows: list[dict[str, Any
     if (run / "curves.png").exists():
         shutil.copyfile(run / "curves.png", fig_dir / "training_curves.png")
         figures.append(fig_dir / "training_curves.png")
-    lesion_rows = [r for r in rows if r.get("gt_volume_ml", r.get("n_gt_lesions", 0))]
-    lesion_rows.sort(key=lambda r: -(r.get("dice") or 0.0) if r.get("dice") == r.get("dice") else 0.0)
+    lesion_rows = [r for r in rows if r.get("has_lesion")]
+    lesion_rows.sort(key=lambda r: -r["dice"] if r.get("dice") == r.get("dice") else 0.0)  # best first
     by_id = {c.case_id: c for c in cases}
     for r in lesion_rows[:3]:
         case = by_id[r["case_id"]]
