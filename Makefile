@@ -1,5 +1,5 @@
 # Each target creates .venv when it is missing (pinned CPU torch first, then the package).
-PY ?= python3.11
+PY ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed

@@ -5,7 +5,7 @@ synthetic whole-body case of that size as NIfTI, and times ``Predictor.predict_f
 (reading, preprocessing, sliding-window inference, mapping back to the CT grid) for several overlap and
 precision settings. The AutoPET III challenge allowed 5 minutes per case.
 
-    python benchmarks/bench_predict.py [--shape 400 400 326] [--rows paper-bf16-0.25,...]
+    python benchmarks/bench_predict.py [--shape 400 400 326] [--rows "released bf16 overlap-0.25,..."]
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ import torch
 
 ROWS = {
     # name: (preset, overrides)
-    "autopet2 paper, fp32, overlap 0.5": ("autopet2", ["infer.amp=off", "infer.overlap=0.5"]),
-    "autopet2 paper, bf16, overlap 0.25": ("autopet2", ["infer.amp=bf16", "infer.overlap=0.25"]),
-    "autopet2 released, bf16, overlap 0.25": (
+    "paper fp32 overlap-0.5": ("autopet2", ["infer.amp=off", "infer.overlap=0.5"]),
+    "paper bf16 overlap-0.25": ("autopet2", ["infer.amp=bf16", "infer.overlap=0.25"]),
+    "released bf16 overlap-0.25": (
         "autopet2",
         ["model.variant=released", "model.out_channels=2", "infer.amp=bf16", "infer.overlap=0.25"],
     ),
-    "synthetic (demo model), bf16, overlap 0.25": ("synthetic", ["infer.amp=bf16", "infer.overlap=0.25"]),
+    "demo-model bf16 overlap-0.25": ("synthetic", ["infer.amp=bf16", "infer.overlap=0.25"]),
 }
 
 
@@ -72,6 +72,7 @@ def main() -> None:
             for s, r, st in zip(args.shape, roi, steps, strict=True):
                 n *= max(1, -(-(s - r) // st) + 1)
             table.add_row(name, "x".join(map(str, roi)), str(n), f"{seconds:.0f}", f"{seconds / 60:.1f}")
+            print(f"{name}: {seconds:.0f} s for {n} windows of {roi}", flush=True)
     Console(width=140).print(table)
 
 
