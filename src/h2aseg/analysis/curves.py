@@ -87,8 +87,10 @@ def plot_training_curves(metrics_csv: str | Path, out_png: str | Path, *, title:
     if has_lr:
         ax_lr = ax_loss.twinx()
         lr_e = sorted(data["lr"])
-        ax_lr.plot(lr_e, [data["lr"][e][-1] for e in lr_e], "--", color="tab:gray", linewidth=1)
-        ax_lr.set_yscale("log")
+        lrs = [data["lr"][e][-1] for e in lr_e]
+        ax_lr.plot(lr_e, lrs, "--", color="tab:gray", linewidth=1)
+        if min(lrs) > 0:  # a zero learning rate (frozen run) cannot be drawn on a log axis
+            ax_lr.set_yscale("log")
         ax_lr.set_ylabel("learning rate", color="tab:gray")
     dice = data["val_dice"]
     if dice:
