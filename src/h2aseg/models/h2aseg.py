@@ -185,7 +185,7 @@ class H2ASeg(nn.Module):
             (paper default 0, released 0.5).
         qk_reduction: queries/keys have ``C // qk_reduction`` channels (paper 1, released 4 in MCSA).
         attention: ``"sdpa"`` (fused kernel) or ``"reference"`` (einsum; for tests and comparisons).
-        gradient_checkpointing: recompute block activations in backward (about 3x less training memory).
+        gradient_checkpointing: recompute block activations in backward (less memory, more compute).
     """
 
     def __init__(
