@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from h2aseg.files import atomic_write_text
+
 Triple = tuple[int, int, int]
 FloatTriple = tuple[float, float, float]
 
@@ -256,7 +258,4 @@ def load_config(path_or_preset: str | Path, overrides: list[str] | tuple[str, ..
 
 def save_config(cfg: Config, path: str | Path) -> None:
     """Write the full config as YAML (atomically)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    tmp.replace(path)
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
+from h2aseg.checkpoint import load_checkpoint
 from h2aseg.config import Config, load_config
 from h2aseg.data.io import write_volume
 from h2aseg.data.layouts import Case, discover
@@ -35,6 +35,7 @@ from h2aseg.data.preprocess import CaseCache, restore_to_ct_grid
 from h2aseg.data.splits import make_split
 from h2aseg.evaluation.pipeline import evaluate_folders
 from h2aseg.evaluation.report import write_evaluation
+from h2aseg.files import atomic_write_text
 from h2aseg.inference.predictor import Predictor, predict_cases
 from h2aseg.inference.thresholding import relative_threshold, suv_threshold
 
@@ -149,7 +150,7 @@ def run_demo(opts: DemoOptions, log: Callable[[str], None] = print) -> dict[str,
         epochs, best_val = result.epochs, result.best_val_dice
         train_s = sum(row.get("seconds") or 0.0 for row in result.history)
     ckpt = run / "checkpoints" / ("best.pt" if (run / "checkpoints" / "best.pt").exists() else "last.pt")
-    best_epoch = int(torch.load(ckpt, map_location="cpu", weights_only=False)["epoch"])
+    best_epoch = int(load_checkpoint(ckpt)["epoch"])
     if best_epoch == 0:
         how += (
             "; the fine-tuning did not raise the validation Dice, so the best checkpoint, used below, holds "
@@ -198,8 +199,8 @@ def run_demo(opts: DemoOptions, log: Callable[[str], None] = print) -> dict[str,
         "figures": [str(f) for f in figures],
         "total_seconds": round(time.perf_counter() - t_start, 1),
     }
-    _write_json(out / "summary.json", summary)
-    (out / "report.md").write_text(_report(summary, figures, out))
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=float))
+    atomic_write_text(out / "report.md", _report(summary, figures, out))
     return summary
 
 
@@ -266,12 +267,6 @@ def _figures(out: Path, cases: list[Case], preds: Path, rows: list[dict[str, Any
 
 def _safe(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)[:60]
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=float))
-    tmp.replace(path)
 
 
 def _report(summary: dict[str, Any], figures: list[Path], out: Path) -> str:

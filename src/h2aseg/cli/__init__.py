@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
-
 import typer
+
+from h2aseg.cli import demo, evaluate, predict, synth, train
 
 app = typer.Typer(
     name="h2aseg",
@@ -14,16 +14,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-# Command modules, in the order they appear in --help. Each defines ``register(app: typer.Typer)``.
-COMMAND_MODULES = ("synth", "train", "predict", "evaluate", "demo")
-
-for _name in COMMAND_MODULES:
-    try:
-        _mod = importlib.import_module(f"h2aseg.cli.{_name}")
-    except ModuleNotFoundError as _e:  # a command whose module is not part of this build
-        if _e.name != f"h2aseg.cli.{_name}":
-            raise
-        continue
+# Each command module defines ``register(app: typer.Typer)``; the order is the order in --help.
+for _mod in (synth, train, predict, evaluate, demo):
     _mod.register(app)
 
 

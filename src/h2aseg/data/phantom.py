@@ -26,6 +26,7 @@ from scipy import ndimage
 
 from h2aseg.data.io import write_volume
 from h2aseg.data.layouts import Case, nnunet_patient_id
+from h2aseg.files import atomic_write_text
 
 PHANTOM_VERSION = 1
 KINDS = ("wholebody", "headneck")
@@ -1243,14 +1244,14 @@ def write_cohort(
             "file_ending": ".nii.gz",
             "name": "h2aseg phantom",
         }
-        _write_text(out / "dataset.json", json.dumps(ds, indent=1))
+        atomic_write_text(out / "dataset.json", json.dumps(ds, indent=1))
     if layout == "csv":
         rows = [["case_id", "patient_id", "ct", "pet", "label"]]
         rows += [
             [c.case_id, c.patient_id, *(str(q.relative_to(out)) for q in (c.ct, c.pet, c.label))]  # type: ignore[union-attr]
             for c in cases
         ]
-        _write_text(out / "manifest.csv", "".join(",".join(r) + "\n" for r in rows))
+        atomic_write_text(out / "manifest.csv", "".join(",".join(r) + "\n" for r in rows))
     doc = {
         "generator": "h2aseg.data.phantom",
         "phantom_version": PHANTOM_VERSION,
@@ -1260,11 +1261,6 @@ def write_cohort(
         "spacing": [float(v) for v in sp],
         "cases": records,
     }
-    _write_text(out / "phantom.json", json.dumps(doc, indent=1, sort_keys=True))
+    atomic_write_text(out / "phantom.json", json.dumps(doc, indent=1, sort_keys=True))
     return sorted(cases, key=lambda c: c.case_id)
 
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text(text)
-    tmp.replace(path)

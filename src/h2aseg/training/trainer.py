@@ -19,6 +19,7 @@ rank 0 writes.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -45,6 +46,7 @@ from h2aseg.data.preprocess import CaseCache
 from h2aseg.data.splits import Split, load_split, make_split, save_split
 from h2aseg.data.transforms import train_transforms
 from h2aseg.evaluation.metrics import dice
+from h2aseg.files import atomic_write_text
 from h2aseg.inference.sliding import (
     autocast_context,
     predict_probabilities,
@@ -167,13 +169,12 @@ def prepare_run_dir(run_dir: Path, *, resume: bool, force: bool) -> None:
 
 
 def _write_metrics_csv(path: Path, history: list[dict[str, Any]]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
-        w.writeheader()
-        for row in history:
-            w.writerow({k: ("" if row.get(k) is None else row[k]) for k in CSV_COLUMNS})
-    tmp.replace(path)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS)
+    w.writeheader()
+    for row in history:
+        w.writerow({k: ("" if row.get(k) is None else row[k]) for k in CSV_COLUMNS})
+    atomic_write_text(path, buf.getvalue())
 
 
 def _rng_state() -> dict[str, Any]:
@@ -339,7 +340,8 @@ def train(
 
     writer = _tensorboard(run_dir) if dd.main else None
     bar = _progress(progress and dd.main)
-    task = bar.add_task("train", total=(cfg.train.epochs - start_epoch) * steps_per_epoch, loss=float("nan"))
+    total = (cfg.train.epochs - start_epoch) * steps_per_epoch
+    task = bar.add_task("train", total=total, loss=float("nan"), epoch=start_epoch)
     ckpt_dir = run_dir / "checkpoints"
     best_path = ckpt_dir / "best.pt" if (ckpt_dir / "best.pt").exists() else None
     if state is None and cfg.train.init_checkpoint and val_cases and cfg.train.val_every > 0:
@@ -455,9 +457,7 @@ def _finish(run_dir: Path, history: list[dict[str, Any]], best: float | None) ->
         "seconds": round(sum(row.get("seconds") or 0.0 for row in history), 1),
         "final": history[-1] if history else None,
     }
-    tmp = run_dir / "finished.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    tmp.replace(run_dir / "finished.json")
+    atomic_write_text(run_dir / "finished.json", json.dumps(summary, indent=2))
 
 
 def _preprocess_all(cache: CaseCache, cases: list[Case], progress: bool) -> None:
@@ -483,16 +483,7 @@ def _progress(enabled: bool, *, loss: bool = True) -> Any:
     if loss:
         cols.append(TextColumn("epoch {task.fields[epoch]} loss {task.fields[loss]:.4f}"))
     cols += [TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
-    bar = Progress(*cols, disable=not enabled, transient=False)
-    if loss:
-        original = bar.add_task
-
-        def add_task(*args: Any, **kwargs: Any) -> Any:
-            kwargs.setdefault("epoch", 0)
-            return original(*args, **kwargs)
-
-        bar.add_task = add_task  # type: ignore[method-assign]
-    return bar
+    return Progress(*cols, disable=not enabled, transient=False)
 
 
 def _tensorboard(run_dir: Path) -> Any:
