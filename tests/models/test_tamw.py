@@ -94,3 +94,35 @@ def test_foreground_probability() -> None:
     torch.testing.assert_close(
         foreground_probability(three), torch.softmax(three, 1)[:, 1:].sum(1, keepdim=True)
     )
+
+
+def _tamw_by_equations(tamw: TAMW, f_ct, f_pet, dec, p):  # type: ignore[no-untyped-def]
+    """Eqs. (2)-(4) written out literally (and the released variant's form), as the reference."""
+    if tamw.variant == "paper":
+        feat = torch.cat([f_pet, f_ct, dec], dim=1)
+        fore, back = p * feat, (1.0 - p) * feat
+        sign = 1.0
+    else:
+        feat = torch.cat([f_ct, f_pet, dec], dim=1)
+        fore = torch.cat([p * f_ct, p * f_pet, dec], dim=1)
+        back = torch.cat([(1.0 - p) * f_ct, (1.0 - p) * f_pet, dec], dim=1)
+        sign = -1.0
+    w_fore = tamw.CA_fore(fore.mean(dim=(2, 3, 4)))[..., None, None, None]
+    w_back = tamw.CA_back(back.mean(dim=(2, 3, 4)))[..., None, None, None]
+    return feat + w_fore * fore + sign * (w_back * back)
+
+
+@pytest.mark.parametrize("variant", ["paper", "released"])
+def test_factored_form_equals_the_equations(variant: str) -> None:
+    torch.manual_seed(3)
+    tamw = TAMW(3, 4, variant=variant)
+    f_ct, f_pet = torch.randn(2, 3, 5, 6, 7), torch.randn(2, 3, 5, 6, 7) + 1.0
+    dec, p = torch.randn(2, 4, 5, 6, 7), torch.rand(2, 1, 5, 6, 7)
+    inputs = [t.requires_grad_() for t in (f_ct, f_pet, dec)]
+    out = tamw(*inputs, p)
+    ref = _tamw_by_equations(tamw, *inputs, p)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    grads = torch.autograd.grad(out.square().sum(), inputs)
+    ref_grads = torch.autograd.grad(ref.square().sum(), inputs)
+    for g, r in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4)

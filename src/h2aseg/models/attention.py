@@ -87,6 +87,9 @@ def maps_to_windows(maps: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------------
 # attention kernels
 # ----------------------------------------------------------------------------------------------------
+SCORE_CHUNK = 1 << 21  # attention-score elements materialised at once by the chunked path (4 MB in bf16)
+
+
 def attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -101,6 +104,12 @@ def attention(
 
     ``q, k``: ``(b, h, n, d_qk)``; ``v``: ``(b, h, n, d_v)``; ``key_mask``: bool ``(b, n)``, True where a
     key is a real voxel (False for padding). Returns ``(b, h, n, d_v)``.
+
+    ``impl="sdpa"`` picks the fastest exact route: PyTorch's fused kernel in general; for bf16/fp16
+    inference on CPU, where the fused kernel is slow for the small head widths of H2ASeg, softmax
+    attention over chunks of windows small enough to stay in cache; with attention-weight dropout
+    (released variant, training), explicit softmax with a dropout mask drawn by ``torch.rand``, several
+    times faster on CPU than the per-element Bernoulli draws of the fused kernels' fallback.
     """
     mask = None if key_mask is None else key_mask[:, None, None, :]
     if impl == "reference":
@@ -113,6 +122,16 @@ def attention(
         return torch.einsum("bhij,bhjd->bhid", weights, v)
     if impl != "sdpa":
         raise ValueError(f"unknown attention implementation {impl!r}; choose one of {ATTENTION_IMPLS}")
+    if dropout_p > 0.0:
+        weights = torch.matmul(q, k.transpose(-1, -2)).mul_(scale)
+        if mask is not None:
+            weights = weights.masked_fill(~mask, float("-inf"))
+        weights = weights.softmax(dim=-1)
+        keep = torch.rand(weights.shape, device=weights.device) >= dropout_p
+        return torch.matmul(weights * keep / (1.0 - dropout_p), v)
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    if not grad and q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
+        return _chunked_attention(q, k, v, scale, mask)
     d_qk, d_v = q.shape[-1], v.shape[-1]
     if d_qk < d_v:  # zero channels change no dot product; equal widths let the fused kernel run
         q = F.pad(q, (0, d_v - d_qk))
@@ -120,6 +139,28 @@ def attention(
     return F.scaled_dot_product_attention(
         q.contiguous(), k.contiguous(), v.contiguous(), attn_mask=mask, dropout_p=dropout_p, scale=scale
     )
+
+
+def _chunked_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, mask: torch.Tensor | None
+) -> torch.Tensor:
+    """Inference-only softmax attention computed a few windows (or query rows) at a time."""
+    b, h, n_q, _ = q.shape
+    n_k = k.shape[2]
+    out = torch.empty((b, h, n_q, v.shape[-1]), dtype=v.dtype, device=v.device)
+    per_item = h * n_q * n_k
+    if per_item <= SCORE_CHUNK:
+        step = SCORE_CHUNK // per_item
+        spans = [(slice(i, i + step), slice(None)) for i in range(0, b, step)]
+    else:  # one window alone is too large: split its queries
+        rows = max(1, SCORE_CHUNK // (h * n_k))
+        spans = [(slice(i, i + 1), slice(j, j + rows)) for i in range(b) for j in range(0, n_q, rows)]
+    for items, queries in spans:
+        scores = torch.matmul(q[items, :, queries], k[items].transpose(-1, -2)).mul_(scale)
+        if mask is not None:
+            scores.masked_fill_(~mask[items], float("-inf"))
+        torch.matmul(scores.softmax(dim=-1), v[items], out=out[items, :, queries])
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 
 class InstanceNorm3dFP32(nn.InstanceNorm3d):
@@ -44,13 +45,22 @@ class InputResBlock(nn.Module):
         self.conv_skip = nn.Sequential(conv3(in_ch, out_ch))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv_block(x) + self.conv_skip(x)
+        # both paths start with a conv of x: one conv with the two weight sets stacked (one pass over x)
+        first, skip = self.conv_block[0], self.conv_skip[0]
+        both = F.conv3d(
+            x, torch.cat([first.weight, skip.weight]), torch.cat([first.bias, skip.bias]), padding=1
+        )
+        h, s = both.split(first.out_channels, dim=1)
+        for layer in self.conv_block[1:]:
+            h = layer(h)
+        return h.add_(s)
 
 
 class PreActResBlock(nn.Module):
     """Pre-activation residual block (levels 2-5 and decoder): ``(B, in, S) -> (B, out, S / stride)``.
 
     IN -> PReLU -> conv3(stride) -> Dropout -> IN -> PReLU -> conv3, plus IN -> PReLU -> conv3(stride).
+    The instance norm that opens both paths has no parameters, so it is computed once.
     """
 
     def __init__(self, in_ch: int, out_ch: int, stride: int = 1, dropout: float = 0.0) -> None:
@@ -67,7 +77,13 @@ class PreActResBlock(nn.Module):
         self.conv_skip = nn.Sequential(norm(in_ch), nn.PReLU(), conv3(in_ch, out_ch, stride))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv_block(x) + self.conv_skip(x)
+        # the two paths open with the same parameter-free instance norm: normalise once
+        n = self.conv_block[0](x)
+        h = n
+        for layer in self.conv_block[1:]:
+            h = layer(h)
+        s = self.conv_skip[2](self.conv_skip[1](n))
+        return h.add_(s)  # h is a conv output that no backward needs: add in place
 
 
 class SegHead(nn.Module):
