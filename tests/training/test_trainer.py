@@ -97,6 +97,16 @@ def test_finished_run_is_not_overwritten_without_force(cohort: Path, tmp_path: P
         train(cfg, tmp_path / "other", resume=True, progress=False)
     result = train(cfg, tmp_path / "run", force=True, progress=False)
     assert result.epochs == 1
+    with pytest.raises(RunDirError, match=r"raise train\.epochs"):
+        train(cfg, tmp_path / "run", resume=True, progress=False)
+
+
+def test_finished_run_is_extended_by_resume_with_more_epochs(cohort: Path, tmp_path: Path) -> None:
+    train(tiny_config(cohort, epochs=1), tmp_path / "run", progress=False)
+    longer = train(tiny_config(cohort, epochs=2), tmp_path / "run", resume=True, progress=False)
+    assert longer.epochs == 2 and [row["epoch"] for row in longer.history] == [1, 2]
+    assert (tmp_path / "run" / "finished.json").is_file()
+    assert load_checkpoint(longer.last_checkpoint)["epoch"] == 2
 
 
 def test_missing_data_root_is_a_clear_error(tmp_path: Path) -> None:

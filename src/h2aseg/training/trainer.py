@@ -152,11 +152,9 @@ def prepare_run_dir(run_dir: Path, *, resume: bool, force: bool) -> None:
     """Refuse to clobber a finished run (unless ``force``) or silently restart an unfinished one."""
     finished = (run_dir / "finished.json").exists()
     last = (run_dir / "checkpoints" / "last.pt").exists()
-    if resume:
+    if resume:  # a finished run may be extended: train() checks that train.epochs was raised
         if not last:
             raise RunDirError(f"{run_dir}: nothing to resume (no checkpoints/last.pt)")
-        if finished and not force:
-            raise RunDirError(f"{run_dir}: the run there has finished; raise train.epochs to continue it")
         return
     if (finished or last) and not force:
         what = "a finished run" if finished else "an unfinished run (continue it with --resume)"
@@ -251,8 +249,11 @@ def train(
     state = load_checkpoint(run_dir / "checkpoints" / "last.pt") if resume else None
     if state is not None and state["epoch"] >= cfg.train.epochs:
         raise RunDirError(
-            f"{run_dir}: already trained {state['epoch']} epochs (train.epochs={cfg.train.epochs})"
+            f"{run_dir}: already trained {state['epoch']} epochs (train.epochs={cfg.train.epochs}); "
+            "raise train.epochs (--epochs) to continue it"
         )
+    if state is not None and dd.main:
+        (run_dir / "finished.json").unlink(missing_ok=True)  # extended: finished again when it ends
 
     cases = discover(cfg.data.root, cfg.data.layout, swap_channels=cfg.data.swap_channels)
     split = _resolve_split(cfg, cases, run_dir, state["split"] if state else None)
