@@ -126,3 +126,17 @@ def test_factored_form_equals_the_equations(variant: str) -> None:
     ref_grads = torch.autograd.grad(ref.square().sum(), inputs)
     for g, r in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_autocast_stays_finite_on_large_maps(dtype: torch.dtype) -> None:
+    # the global sums run over every voxel: in fp16 they would overflow (65504) on a 64x64x32 map
+    torch.manual_seed(0)
+    tamw = TAMW(4, 8, variant="paper")
+    f_ct, f_pet = torch.randn(1, 4, 64, 64, 32) + 3.0, torch.randn(1, 4, 64, 64, 32) + 3.0
+    dec, p = torch.randn(1, 8, 64, 64, 32) + 3.0, torch.rand(1, 1, 64, 64, 32)
+    ref = tamw(f_ct, f_pet, dec, p)
+    with torch.no_grad(), torch.autocast("cpu", dtype=dtype):
+        out = tamw(f_ct.to(dtype), f_pet.to(dtype), dec.to(dtype), p)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out.float(), ref, rtol=0.05, atol=0.05)

@@ -70,9 +70,12 @@ class TAMW(nn.Module):
         feat = torch.cat([f_pet, f_ct, dec] if paper else [f_ct, f_pet, dec], dim=1)
         b, c = feat.shape[:2]
         p = p_fore.to(feat.dtype)
-        # one pass over F: per-channel sums of F * P~ and of F (a (B, C, N) @ (B, N, 2) product)
-        weights = torch.stack([p.flatten(1), torch.ones_like(p).flatten(1)], dim=-1)
-        sums = torch.bmm(feat.view(b, c, -1), weights) / feat[0, 0].numel()
+        # one pass over F: per-channel sums of F * P~ and of F (a (B, C, N) @ (B, N, 2) product), outside
+        # autocast and never in fp16, where a sum over a million voxels overflows
+        acc = torch.float32 if feat.dtype == torch.float16 else feat.dtype
+        weights = torch.stack([p.flatten(1), torch.ones_like(p).flatten(1)], dim=-1).to(acc)
+        with torch.autocast(feat.device.type, enabled=False):
+            sums = torch.bmm(feat.view(b, c, -1).to(acc), weights) / feat[0, 0].numel()
         mean_pf, mean_f = sums[..., 0], sums[..., 1]
         if paper:
             fore, back = mean_pf, mean_f - mean_pf
