@@ -65,6 +65,19 @@ def test_chunked_low_precision_inference_equals_reference(chunk: int, monkeypatc
         torch.testing.assert_close(fast.float(), ref, rtol=0.05, atol=0.05)
 
 
+@pytest.mark.parametrize("p", [0.5, 0.2])
+def test_dropout_keep_mask_rate_and_shape(p: float) -> None:
+    from h2aseg.models.attention import dropout_keep_mask
+
+    torch.manual_seed(0)
+    mask = dropout_keep_mask(torch.Size([7, 3, 101]), p, torch.device("cpu"))
+    assert mask.shape == (7, 3, 101) and mask.dtype == torch.bool
+    assert abs(mask.float().mean().item() - (1 - p)) < 0.03
+    # neighbouring elements are independent (no repeated byte patterns along the last axis)
+    flat = mask.flatten().float()
+    assert abs((flat[1:] * flat[:-1]).mean().item() - (1 - p) ** 2) < 0.03
+
+
 def test_attention_dropout_keeps_the_expectation_and_is_reproducible() -> None:
     torch.manual_seed(2)
     q, k, v = torch.randn(64, 2, 30, 4), torch.randn(64, 2, 30, 4), torch.randn(64, 2, 30, 8)

@@ -108,7 +108,7 @@ def attention(
     ``impl="sdpa"`` picks the fastest exact route: PyTorch's fused kernel in general; for bf16/fp16
     inference on CPU, where the fused kernel is slow for the small head widths of H2ASeg, softmax
     attention over chunks of windows small enough to stay in cache; with attention-weight dropout
-    (released variant, training), explicit softmax with a dropout mask drawn by ``torch.rand``, several
+    (released variant, training), explicit softmax with a dropout mask from :func:`dropout_keep_mask`, several
     times faster on CPU than the per-element Bernoulli draws of the fused kernels' fallback.
     """
     mask = None if key_mask is None else key_mask[:, None, None, :]
@@ -127,7 +127,7 @@ def attention(
         if mask is not None:
             weights = weights.masked_fill(~mask, float("-inf"))
         weights = weights.softmax(dim=-1)
-        keep = torch.rand(weights.shape, device=weights.device) >= dropout_p
+        keep = dropout_keep_mask(weights.shape, dropout_p, weights.device)
         return torch.matmul(weights * keep / (1.0 - dropout_p), v)
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
     if not grad and q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
@@ -139,6 +139,21 @@ def attention(
     return F.scaled_dot_product_attention(
         q.contiguous(), k.contiguous(), v.contiguous(), attn_mask=mask, dropout_p=dropout_p, scale=scale
     )
+
+
+def dropout_keep_mask(shape: torch.Size, p: float, device: torch.device) -> torch.Tensor:
+    """Bool mask, True with probability ``1 - p``, from the global RNG (so activation checkpointing, which
+    restores the RNG state, recomputes the same mask).
+
+    For ``p = 0.5`` (the released code's rate) every random byte gives eight mask bits, about four times
+    faster than one uniform draw per element.
+    """
+    n = math.prod(shape)
+    if p == 0.5:
+        rand = torch.randint(0, 256, (-(-n // 8),), dtype=torch.uint8, device=device)
+        bits = torch.arange(8, dtype=torch.uint8, device=device)
+        return ((rand[:, None] >> bits) & 1).view(torch.bool).view(-1)[:n].view(shape)
+    return torch.rand(shape, device=device) >= p
 
 
 def _chunked_attention(
