@@ -30,7 +30,7 @@ ROWS = {
 }
 
 
-def _measure(kwargs: dict, size: list[int], batch: int, precision: str, checkpointing: bool) -> dict:
+def _measure(kwargs: dict, size: list[int], batch: int, precision: str, checkpointing: str) -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -41,7 +41,7 @@ def _measure(kwargs: dict, size: list[int], batch: int, precision: str, checkpoi
     torch.manual_seed(0)
     net = build_network("h2aseg", **kwargs).to(device)
     if checkpointing:
-        net.gradient_checkpointing = True
+        net.gradient_checkpointing = [int(v) for v in checkpointing.split(",")]
     params = sum(p.numel() for p in net.parameters())
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
@@ -103,7 +103,13 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4, help="training-step batch (0 skips the training step)")
     ap.add_argument("--rows", default=",".join(ROWS), help="comma-separated row names")
     ap.add_argument("--precisions", default="fp32,bf16")
-    ap.add_argument("--checkpointing", action="store_true", help="activation checkpointing in training")
+    ap.add_argument(
+        "--checkpointing",
+        nargs="?",
+        const="1,2,3,4,5",
+        default="",
+        help="activation checkpointing in training: every level, or the levels given (e.g. 1)",
+    )
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -130,7 +136,9 @@ def main() -> None:
         for precision in args.precisions.split(","):
             spec = json.dumps({"kwargs": ROWS[name], "precision": precision})
             cmd = [sys.executable, __file__, "--child", spec, "--size", *map(str, args.size)]
-            cmd += ["--batch", str(args.batch)] + (["--checkpointing"] if args.checkpointing else [])
+            cmd += ["--batch", str(args.batch)]
+            if args.checkpointing:
+                cmd += ["--checkpointing", args.checkpointing]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
                 table.add_row(name, precision, "failed: " + proc.stderr.strip().splitlines()[-1][:60])

@@ -44,3 +44,11 @@ def test_bad_overrides_are_named(item: str, message: str) -> None:
 def test_unknown_preset_or_file() -> None:
     with pytest.raises(ConfigError, match="no such preset or file"):
         load_config("autopet3")
+
+
+def test_gradient_checkpointing_is_a_switch_or_levels() -> None:
+    assert load_config("autopet2", ["model.gradient_checkpointing=true"]).model.gradient_checkpointing is True
+    cfg = load_config("autopet2", ["model.gradient_checkpointing=[1,2]"])
+    assert cfg.model.gradient_checkpointing == (1, 2)
+    with pytest.raises(ConfigError, match="gradient_checkpointing"):
+        load_config("autopet2", ["model.gradient_checkpointing=level1"])

@@ -68,7 +68,7 @@ class ModelConfig:
     out_channels: int = 1  # 1: sigmoid + BCE (paper); 2: softmax + CE (released); >2: multi-class
     attn_dropout: float | None = None  # None: the variant's (paper 0, released 0.5)
     dropout: float | None = None  # None: the variant's (paper 0, released 0.5)
-    gradient_checkpointing: bool = False  # recompute activations in backward (less memory)
+    gradient_checkpointing: bool | tuple[int, ...] = False  # recompute in backward: all levels, or e.g. [1]
     extra: dict[str, Any] = field(default_factory=dict)  # any further keyword of the network
 
 

@@ -123,16 +123,23 @@ def test_bad_input_shape_message() -> None:
         net(torch.randn(1, 3, 16, 16, 8))
 
 
-def test_gradient_checkpointing_gives_the_same_gradients() -> None:
+@pytest.mark.parametrize("levels", [True, (1,), (1, 2)])
+def test_gradient_checkpointing_gives_the_same_gradients(levels: bool | tuple[int, ...]) -> None:
     kwargs = {**TINY["h2aseg"]}
     net = build_network("h2aseg", **kwargs)
-    twin = build_network("h2aseg", gradient_checkpointing=True, **kwargs)
+    twin = build_network("h2aseg", gradient_checkpointing=levels, **kwargs)
+    assert twin.gradient_checkpointing == ((1, 2, 3, 4, 5) if levels is True else levels)
     twin.load_state_dict(net.state_dict())
     x = torch.randn(1, 2, 48, 48, 32)
     for model in (net, twin):
         sum(o.square().mean() for o in model(x)).backward()
     for (name, a), b in zip(net.named_parameters(), twin.parameters(), strict=True):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_gradient_checkpointing_levels_are_checked() -> None:
+    with pytest.raises(ValueError, match=r"levels must be among 1\.\.5"):
+        build_network("h2aseg", **TINY["h2aseg"], gradient_checkpointing=(0, 6))
 
 
 def test_instance_norm_statistics_in_float32_under_bf16_autocast() -> None:

@@ -106,16 +106,17 @@ class DualEncoder(nn.Module):
         for k, module in attention_modules.items():
             setattr(self, f"sa{k}", module)
         self.attention_levels = tuple(sorted(attention_modules))
-        self.checkpointed = False
+        self.checkpointed: frozenset[int] = frozenset()  # levels whose blocks are recomputed in backward
 
     def forward(self, ct: torch.Tensor, pet: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Returns ``[(F_ct^k, F_pet^k) for k = 1..5]``; each level's attention output feeds the next."""
         feats = []
         for k in range(1, 6):
-            ct = run_block(getattr(self, f"conv{k}_ct"), ct, checkpointed=self.checkpointed)
-            pet = run_block(getattr(self, f"conv{k}_pet"), pet, checkpointed=self.checkpointed)
+            ckpt = k in self.checkpointed
+            ct = run_block(getattr(self, f"conv{k}_ct"), ct, checkpointed=ckpt)
+            pet = run_block(getattr(self, f"conv{k}_pet"), pet, checkpointed=ckpt)
             if k in self.attention_levels:
-                ct, pet = run_block(getattr(self, f"sa{k}"), ct, pet, checkpointed=self.checkpointed)
+                ct, pet = run_block(getattr(self, f"sa{k}"), ct, pet, checkpointed=ckpt)
             feats.append((ct, pet))
         return feats
 
@@ -145,17 +146,17 @@ class Decoder(nn.Module):
             setattr(self, f"output{k}", SegHead(2 * c[k - 1], out_channels))
         self.use_tamw = use_tamw
         self.align_corners = align_corners
-        self.checkpointed = False
+        self.checkpointed: frozenset[int] = frozenset()
 
     def _up(self, x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
         return F.interpolate(x, size=tuple(size), mode="trilinear", align_corners=self.align_corners)
 
     def forward(self, feats: list[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
         """Returns the logits of levels 1..5 (finest first), each at its level's resolution."""
-        ckpt = self.checkpointed
         dec = torch.cat(feats[4], dim=1)
         logits = [self.output5(dec)]
         for k in (4, 3, 2, 1):
+            ckpt = k in self.checkpointed
             f_ct, f_pet = feats[k - 1]
             size = f_ct.shape[2:]
             dec_up = self._up(dec, size)
@@ -185,7 +186,9 @@ class H2ASeg(nn.Module):
             (paper default 0, released 0.5).
         qk_reduction: queries/keys have ``C // qk_reduction`` channels (paper 1, released 4 in MCSA).
         attention: ``"sdpa"`` (fused kernel) or ``"reference"`` (einsum; for tests and comparisons).
-        gradient_checkpointing: recompute block activations in backward (less memory, more compute).
+        gradient_checkpointing: recompute block activations in backward (less memory, more compute):
+            ``True`` for every level, or the levels to checkpoint, e.g. ``(1,)`` for the full-resolution
+            level alone, which holds most of the activations.
     """
 
     def __init__(
@@ -202,7 +205,7 @@ class H2ASeg(nn.Module):
         dropout: float | None = None,
         qk_reduction: int | None = None,
         attention: str = "sdpa",
-        gradient_checkpointing: bool = False,
+        gradient_checkpointing: bool | Sequence[int] = False,
     ) -> None:
         super().__init__()
         released = variant == "released"
@@ -287,13 +290,19 @@ class H2ASeg(nn.Module):
         return dict.fromkeys(range(1, 6), w)  # type: ignore[arg-type]
 
     @property
-    def gradient_checkpointing(self) -> bool:
-        """Activation checkpointing of every encoder, attention and decoder block in training."""
-        return self.encoder.checkpointed
+    def gradient_checkpointing(self) -> tuple[int, ...]:
+        """Levels whose encoder, attention and decoder blocks are recomputed in backward (empty: none)."""
+        return tuple(sorted(self.encoder.checkpointed))
 
     @gradient_checkpointing.setter
-    def gradient_checkpointing(self, value: bool) -> None:
-        self.encoder.checkpointed = self.decoder.checkpointed = bool(value)
+    def gradient_checkpointing(self, value: bool | Sequence[int]) -> None:
+        if isinstance(value, bool):
+            levels = frozenset(range(1, 6)) if value else frozenset()
+        else:
+            levels = frozenset(int(v) for v in value)
+            if not levels <= set(range(1, 6)):
+                raise ValueError(f"gradient_checkpointing levels must be among 1..5, got {sorted(levels)}")
+        self.encoder.checkpointed = self.decoder.checkpointed = levels
 
     def set_attention_impl(self, impl: str) -> None:
         """Switch every BDSA between the fused ``"sdpa"`` path and the einsum ``"reference"``."""
