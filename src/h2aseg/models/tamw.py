@@ -95,7 +95,7 @@ class TAMW(nn.Module):
             a = torch.cat([a[:, :n_skip], 1.0 + w_fore[:, n_skip:] - w_back[:, n_skip:]], dim=1)
             slope = torch.cat([slope[:, :n_skip], torch.zeros_like(slope[:, n_skip:])], dim=1)
         # a + slope * P~ for every channel and voxel, as a rank-1 batched product (fast in bf16 too)
-        coef = torch.baddbmm(a.view(b, c, 1), slope.view(b, c, 1), p.view(b, 1, -1)).view(feat.shape)
+        coef = torch.baddbmm(a.view(b, c, 1), slope.view(b, c, 1), p.reshape(b, 1, -1)).view(feat.shape)
         if torch.is_grad_enabled():
             return feat * coef
         return feat.mul_(coef)  # feat is this call's own concatenation
