@@ -381,45 +381,24 @@ def section_cli(rep: Report, device: torch.device, quick: bool) -> None:
             "--set",
             "train.val_max_cases=2",
         ]
+        dev, amp = device.type, low_precisions(device)[-1]
+        train = [
+            "train",
+            "--data",
+            str(data),
+            "--out",
+            str(run_dir),
+            "--device",
+            dev,
+            "--amp",
+            amp,
+            "--no-progress",
+            *sets,
+        ]
         try:
             run(["synth", "--out", str(data), "--cases", "8", "--shape", *shape])
-            dev = device.type
-            amp = low_precisions(device)[-1]
-            run(
-                [
-                    "train",
-                    "--data",
-                    str(data),
-                    "--out",
-                    str(run_dir),
-                    "--epochs",
-                    "2",
-                    "--device",
-                    dev,
-                    "--amp",
-                    amp,
-                    "--no-progress",
-                    *sets,
-                ]
-            )
-            run(
-                [
-                    "train",
-                    "--data",
-                    str(data),
-                    "--out",
-                    str(run_dir),
-                    "--epochs",
-                    "3",
-                    "--device",
-                    dev,
-                    "--amp",
-                    amp,
-                    "--resume",
-                    "--no-progress",
-                    *sets,
-                ]
-            )
+            run([*train, "--epochs", "2"])
+            run([*train, "--epochs", "3", "--resume"])  # extends the finished 2-epoch run
             best = run_dir / "checkpoints" / "best.pt"
             run(
                 [
