@@ -41,13 +41,15 @@ class ChannelWeights(nn.Module):
 class TAMW(nn.Module):
     """Re-weights the concatenated skip and decoder features by foreground / background emphasis.
 
-    Eq. (4) is evaluated in its factored form: with ``F_fore = P~ F`` and ``F_back = (1 - P~) F``,
-    ``F + W_f F_fore + s W_b F_back = F * (a + b P~)`` per channel, ``a = 1 + s W_b``, ``b = W_f - s W_b``
-    (``s = +1`` paper, ``-1`` released; the released decoder channels are unmasked, so there
-    ``a = 1 + W_f - W_b, b = 0``). The GAP of ``F_fore`` is one weighted sum ``sum(F P~)``, and that of
-    ``F_back`` is ``mean(F) - mean(F_fore)``. The result equals eqs. (2)-(4) term by term (tested against
-    them) but reads the full-resolution features about three times instead of about twenty, and keeps
-    no ``F_fore``/``F_back`` copies for the backward pass.
+    Eq. (4) is evaluated in its factored form. With ``m_c = 1`` for channels masked by ``P~`` (all of them in
+    the paper; the CT and PET channels in the released code, whose decoder channels enter both branches
+    unmasked), ``F_fore = (m P~ + 1 - m) F`` and ``F_back = (m (1 - P~) + 1 - m) F``, so
+    ``F + W_f F_fore + s W_b F_back = F (a + b P~)`` per channel with ``a = 1 + W_f (1 - m) + s W_b`` and
+    ``b = m (W_f - s W_b)`` (``s = +1`` paper, ``-1`` released). Both GAPs come from one weighted sum:
+    ``GAP(F_fore) = mean(F) - m (mean(F) - mean(F P~))``, ``GAP(F_back) = mean(F) - m mean(F P~)``. The
+    result equals eqs. (2)-(4) term by term (tested against them) but reads the full-resolution features
+    about three times instead of about twenty, and keeps no ``F_fore``/``F_back`` copies for the backward
+    pass.
     """
 
     def __init__(self, skip_channels: int, dec_channels: int, *, variant: str = "paper", reduction: int = 4):
@@ -58,7 +60,11 @@ class TAMW(nn.Module):
         self.CA_fore = ChannelWeights(total, reduction)
         self.CA_back = ChannelWeights(total, reduction)
         self.variant = variant
-        self.skip_channels = skip_channels
+        masked = torch.ones(total)
+        if variant == "released":
+            masked[2 * skip_channels :] = 0.0
+        self.register_buffer("masked", masked, persistent=False)  # m_c: 1 where P~ masks the channel
+        self.sign = 1.0 if variant == "paper" else -1.0
         self.last_weights: tuple[torch.Tensor, torch.Tensor] | None = None  # (W_fore, W_back) for analysis
         self.record = False
 
@@ -66,36 +72,25 @@ class TAMW(nn.Module):
         self, f_ct: torch.Tensor, f_pet: torch.Tensor, dec: torch.Tensor, p_fore: torch.Tensor
     ) -> torch.Tensor:
         """Returns ``F_enh`` with ``2 C_k + 2 C_{k+1}`` channels at the level's resolution."""
-        paper = self.variant == "paper"
-        feat = torch.cat([f_pet, f_ct, dec] if paper else [f_ct, f_pet, dec], dim=1)
+        feat = torch.cat([f_pet, f_ct, dec] if self.variant == "paper" else [f_ct, f_pet, dec], dim=1)
         b, c = feat.shape[:2]
-        p = p_fore.to(feat.dtype)
+        p = p_fore.to(feat.dtype).reshape(b, 1, -1)
         # one pass over F: per-channel sums of F * P~ and of F (a (B, C, N) @ (B, N, 2) product), outside
         # autocast and never in fp16, where a sum over a million voxels overflows
         acc = torch.float32 if feat.dtype == torch.float16 else feat.dtype
-        weights = torch.stack([p.flatten(1), torch.ones_like(p).flatten(1)], dim=-1).to(acc)
+        weights = torch.cat([p, torch.ones_like(p)], dim=1).transpose(1, 2).to(acc)
         with torch.autocast(feat.device.type, enabled=False):
-            sums = torch.bmm(feat.view(b, c, -1).to(acc), weights) / feat[0, 0].numel()
+            sums = torch.bmm(feat.view(b, c, -1).to(acc), weights).float() / p.shape[-1]
         mean_pf, mean_f = sums[..., 0], sums[..., 1]
-        if paper:
-            fore, back = mean_pf, mean_f - mean_pf
-        else:  # the released decoder channels enter both branches unmasked
-            n_skip = 2 * self.skip_channels
-            fore = torch.cat([mean_pf[:, :n_skip], mean_f[:, n_skip:]], dim=1)
-            back = torch.cat([(mean_f - mean_pf)[:, :n_skip], mean_f[:, n_skip:]], dim=1)
-        w_fore = self.CA_fore(fore.float()).to(feat.dtype)
-        w_back = self.CA_back(back.float()).to(feat.dtype)
+        m = self.masked
+        w_fore = self.CA_fore(mean_f - m * (mean_f - mean_pf))
+        w_back = self.CA_back(mean_f - m * mean_pf)
         if self.record:
             self.last_weights = (w_fore.detach(), w_back.detach())
-        if paper:
-            a, slope = 1.0 + w_back, w_fore - w_back
-        else:
-            a, slope = 1.0 - w_back, w_fore + w_back
-            n_skip = 2 * self.skip_channels
-            a = torch.cat([a[:, :n_skip], 1.0 + w_fore[:, n_skip:] - w_back[:, n_skip:]], dim=1)
-            slope = torch.cat([slope[:, :n_skip], torch.zeros_like(slope[:, n_skip:])], dim=1)
+        a = 1.0 + w_fore * (1.0 - m) + self.sign * w_back
+        slope = m * (w_fore - self.sign * w_back)
         # a + slope * P~ for every channel and voxel, as a rank-1 batched product (fast in bf16 too)
-        coef = torch.baddbmm(a.view(b, c, 1), slope.view(b, c, 1), p.reshape(b, 1, -1)).view(feat.shape)
+        coef = torch.baddbmm(a[..., None], slope[..., None], p).to(feat.dtype).view(feat.shape)
         if torch.is_grad_enabled():
             return feat * coef
         return feat.mul_(coef)  # feat is this call's own concatenation
