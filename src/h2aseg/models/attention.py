@@ -11,8 +11,8 @@ How the two attention results are combined is the main paper/released difference
 - ``combine="mean"`` (released code): average, then a 1x1x1 conv and dropout; optionally a residual.
 
 Attention runs through :func:`torch.nn.functional.scaled_dot_product_attention` with queries and keys
-zero-padded to the value width (so PyTorch's fused kernel is eligible); ``impl="reference"`` is a plain
-einsum/softmax formulation used by the tests as ground truth.
+zero-padded to the value width (so PyTorch's fused kernel is eligible); ``impl="reference"`` is the plain
+einsum/softmax formulation (:func:`softmax_attention`) used by the tests as ground truth.
 """
 
 from __future__ import annotations
@@ -111,24 +111,11 @@ def attention(
     (released variant, training), explicit softmax with a dropout mask from :func:`dropout_keep_mask`, several
     times faster on CPU than the per-element Bernoulli draws of the fused kernels' fallback.
     """
-    mask = None if key_mask is None else key_mask[:, None, None, :]
-    if impl == "reference":
-        scores = torch.einsum("bhid,bhjd->bhij", q, k) * scale
-        if mask is not None:
-            scores = scores.masked_fill(~mask, float("-inf"))
-        weights = scores.softmax(dim=-1)
-        if dropout_p > 0.0:
-            weights = F.dropout(weights, dropout_p)
-        return torch.einsum("bhij,bhjd->bhid", weights, v)
-    if impl != "sdpa":
+    if impl not in ATTENTION_IMPLS:
         raise ValueError(f"unknown attention implementation {impl!r}; choose one of {ATTENTION_IMPLS}")
-    if dropout_p > 0.0:
-        weights = torch.matmul(q, k.transpose(-1, -2)).mul_(scale)
-        if mask is not None:
-            weights = weights.masked_fill(~mask, float("-inf"))
-        weights = weights.softmax(dim=-1)
-        keep = dropout_keep_mask(weights.shape, dropout_p, weights.device)
-        return torch.matmul(weights * keep / (1.0 - dropout_p), v)
+    mask = None if key_mask is None else key_mask[:, None, None, :]
+    if impl == "reference" or dropout_p > 0.0:
+        return softmax_attention(q, k, v, scale, mask, dropout_p)
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
     if not grad and q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
         return _chunked_attention(q, k, v, scale, mask)
@@ -139,6 +126,29 @@ def attention(
     return F.scaled_dot_product_attention(
         q.contiguous(), k.contiguous(), v.contiguous(), attn_mask=mask, dropout_p=dropout_p, scale=scale
     )
+
+
+def softmax_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scale: float,
+    mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+) -> torch.Tensor:
+    """The plain formulation: ``softmax(q k^T * scale)`` (masked keys at -inf), dropout, times ``v``.
+
+    The reference the fused path is tested against, the route taken with attention dropout, and the
+    kernel of the chunked inference path. ``mask`` broadcasts against the ``(b, h, n_q, n_k)`` scores.
+    """
+    scores = torch.einsum("bhid,bhjd->bhij", q, k).mul_(scale)
+    if mask is not None:
+        scores.masked_fill_(~mask, float("-inf"))
+    weights = scores.softmax(dim=-1)
+    if dropout_p > 0.0:
+        keep = dropout_keep_mask(weights.shape, dropout_p, weights.device)
+        weights = weights * keep / (1.0 - dropout_p)
+    return torch.einsum("bhij,bhjd->bhid", weights, v)
 
 
 def dropout_keep_mask(shape: torch.Size, p: float, device: torch.device) -> torch.Tensor:
@@ -171,10 +181,9 @@ def _chunked_attention(
         rows = max(1, SCORE_CHUNK // (h * n_k))
         spans = [(slice(i, i + 1), slice(j, j + rows)) for i in range(b) for j in range(0, n_q, rows)]
     for items, queries in spans:
-        scores = torch.matmul(q[items, :, queries], k[items].transpose(-1, -2)).mul_(scale)
-        if mask is not None:
-            scores.masked_fill_(~mask[items], float("-inf"))
-        torch.matmul(scores.softmax(dim=-1), v[items], out=out[items, :, queries])
+        chunk_mask = None if mask is None else mask[items]
+        chunk = softmax_attention(q[items, :, queries], k[items], v[items], scale, chunk_mask)
+        out[items, :, queries] = chunk
     return out
 
 
