@@ -23,6 +23,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from h2aseg.models.dropout_attention import dropout_keep_mask, dropout_softmax_attention
+
+__all__ = ["dropout_keep_mask"]  # re-exported: the dropout mask is part of this module's contract
+
 Triple = tuple[int, int, int]
 
 ATTENTION_IMPLS = ("sdpa", "reference")
@@ -108,14 +112,17 @@ def attention(
     ``impl="sdpa"`` picks the fastest exact route: PyTorch's fused kernel in general; for bf16/fp16
     inference on CPU, where the fused kernel is slow for the small head widths of H2ASeg, softmax
     attention over chunks of windows small enough to stay in cache; with attention-weight dropout
-    (released variant, training), explicit softmax with a dropout mask from :func:`dropout_keep_mask`, several
-    times faster on CPU than the per-element Bernoulli draws of the fused kernels' fallback.
+    (released variant, training), :func:`~h2aseg.models.dropout_attention.dropout_softmax_attention`
+    (one autograd node, mask from :func:`dropout_keep_mask`), several times faster on CPU than the
+    per-element Bernoulli draws of the fused kernels' fallback.
     """
     if impl not in ATTENTION_IMPLS:
         raise ValueError(f"unknown attention implementation {impl!r}; choose one of {ATTENTION_IMPLS}")
     mask = None if key_mask is None else key_mask[:, None, None, :]
-    if impl == "reference" or dropout_p > 0.0:
+    if impl == "reference":
         return softmax_attention(q, k, v, scale, mask, dropout_p)
+    if dropout_p > 0.0:
+        return dropout_softmax_attention(q, k, v, scale, mask, dropout_p)
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
     if not grad and q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
         return _chunked_attention(q, k, v, scale, mask)
@@ -149,21 +156,6 @@ def softmax_attention(
         keep = dropout_keep_mask(weights.shape, dropout_p, weights.device)
         weights = weights * keep / (1.0 - dropout_p)
     return torch.einsum("bhij,bhjd->bhid", weights, v)
-
-
-def dropout_keep_mask(shape: torch.Size, p: float, device: torch.device) -> torch.Tensor:
-    """Bool mask, True with probability ``1 - p``, from the global RNG (so activation checkpointing, which
-    restores the RNG state, recomputes the same mask).
-
-    For ``p = 0.5`` (the released code's rate) every random byte gives eight mask bits, about four times
-    faster than one uniform draw per element.
-    """
-    n = math.prod(shape)
-    if p == 0.5:
-        rand = torch.randint(0, 256, (-(-n // 8),), dtype=torch.uint8, device=device)
-        bits = torch.arange(8, dtype=torch.uint8, device=device)
-        return ((rand[:, None] >> bits) & 1).view(torch.bool).view(-1)[:n].view(shape)
-    return torch.rand(shape, device=device) >= p
 
 
 def _chunked_attention(

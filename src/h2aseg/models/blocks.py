@@ -11,6 +11,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from h2aseg.models.norm_act import norm_prelu
+
 
 class InstanceNorm3dFP32(nn.InstanceNorm3d):
     """InstanceNorm3d computed in float32 even under bf16/fp16 autocast, cast back to the input dtype.
@@ -20,7 +22,7 @@ class InstanceNorm3dFP32(nn.InstanceNorm3d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.float32:
+        if x.dtype not in (torch.bfloat16, torch.float16):
             return super().forward(x)
         with torch.autocast(device_type=x.device.type, enabled=False):
             return super().forward(x.float()).to(x.dtype)
@@ -51,7 +53,8 @@ class InputResBlock(nn.Module):
             x, torch.cat([first.weight, skip.weight]), torch.cat([first.bias, skip.bias]), padding=1
         )
         h, s = both.split(first.out_channels, dim=1)
-        for layer in self.conv_block[1:]:
+        (h,) = norm_prelu(h, self.conv_block[1], self.conv_block[2])
+        for layer in self.conv_block[3:]:
             h = layer(h)
         return h.add_(s)
 
@@ -60,7 +63,8 @@ class PreActResBlock(nn.Module):
     """Pre-activation residual block (levels 2-5 and decoder): ``(B, in, S) -> (B, out, S / stride)``.
 
     IN -> PReLU -> conv3(stride) -> Dropout -> IN -> PReLU -> conv3, plus IN -> PReLU -> conv3(stride).
-    The instance norm that opens both paths has no parameters, so it is computed once.
+    The instance norm that opens both paths has no parameters, so it is computed once (and fused with
+    the PReLUs, :func:`~h2aseg.models.norm_act.norm_prelu`).
     """
 
     def __init__(self, in_ch: int, out_ch: int, stride: int = 1, dropout: float = 0.0) -> None:
@@ -78,12 +82,12 @@ class PreActResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # the two paths open with the same parameter-free instance norm: normalise once
-        n = self.conv_block[0](x)
-        h = n
-        for layer in self.conv_block[1:]:
-            h = layer(h)
-        s = self.conv_skip[2](self.conv_skip[1](n))
-        return h.add_(s)  # h is a conv output that no backward needs: add in place
+        block, skip = self.conv_block, self.conv_skip
+        h, s = norm_prelu(x, block[0], block[1], skip[1])
+        h = block[3](block[2](h))
+        (h,) = norm_prelu(h, block[4], block[5])
+        h = block[6](h)
+        return h.add_(skip[2](s))  # h is a conv output that no backward needs: add in place
 
 
 class SegHead(nn.Module):
@@ -94,7 +98,7 @@ class SegHead(nn.Module):
         self.conv = nn.Sequential(norm(in_ch), nn.PReLU(), conv3(in_ch, out_channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)
+        return self.conv[2](norm_prelu(x, self.conv[0], self.conv[1])[0])
 
 
 class NormAct(nn.Sequential):
@@ -102,3 +106,6 @@ class NormAct(nn.Sequential):
 
     def __init__(self, channels: int) -> None:
         super().__init__(norm(channels), nn.PReLU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return norm_prelu(x, self[0], self[1])[0]
