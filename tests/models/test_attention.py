@@ -49,9 +49,9 @@ def test_sdpa_equals_reference_kernel(d_qk: int) -> None:
 
 @pytest.mark.parametrize("chunk", [1 << 21, 2 * 50 * 50, 2 * 50 * 7])  # whole, one window, query rows
 def test_chunked_low_precision_inference_equals_reference(chunk: int, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    import h2aseg.models.attention as attn
+    import h2aseg.models.attention_kernels as kernels
 
-    monkeypatch.setattr(attn, "SCORE_CHUNK", chunk)
+    monkeypatch.setattr(kernels, "SCORE_CHUNK", chunk)
     torch.manual_seed(1)
     q, k = torch.randn(3, 2, 50, 4), torch.randn(3, 2, 50, 4)
     v = torch.randn(3, 2, 50, 8)

@@ -8,7 +8,7 @@ import torch.nn as nn
 
 import h2aseg.models.norm_act as norm_act
 from h2aseg.models.blocks import norm
-from h2aseg.models.norm_act import _InstanceNormPReLU, norm_prelu
+from h2aseg.models.norm_act import _NormPReLUConv, norm_prelu, norm_prelu_conv
 
 
 def test_gradcheck_float64_two_prelus() -> None:
@@ -16,7 +16,9 @@ def test_gradcheck_float64_two_prelus() -> None:
     x = torch.randn(2, 3, 4, 3, 5, dtype=torch.float64, requires_grad=True)
     a = torch.tensor([0.25], dtype=torch.float64, requires_grad=True)
     b = torch.tensor([-0.4], dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda x, a, b: _InstanceNormPReLU.apply(x, 1e-5, a, b), (x, a, b))
+    assert torch.autograd.gradcheck(
+        lambda x, a, b: _NormPReLUConv.apply(x, 1e-5, (1, 1), a, None, None, b, None, None), (x, a, b)
+    )
 
 
 def _reference(x: torch.Tensor, prelus: list[nn.PReLU], grads: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -73,7 +75,7 @@ def test_falls_back_to_modules_off_the_fused_devices(monkeypatch: pytest.MonkeyP
     (fused,) = norm_prelu(x, norm(3), prelu)
     monkeypatch.setattr(norm_act, "FUSED_DEVICES", set())
     (plain,) = norm_prelu(x, norm(3), prelu)
-    assert plain.grad_fn is not None and "InstanceNormPReLU" not in type(plain.grad_fn).__name__
+    assert plain.grad_fn is not None and "NormPReLUConv" not in type(plain.grad_fn).__name__
     torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)
 
 
@@ -87,3 +89,62 @@ def test_affine_norm_or_per_channel_prelu_take_the_module_path() -> None:
     per_channel = nn.PReLU(3, init=1.0)
     (out,) = norm_prelu(x, norm(3), per_channel)
     torch.testing.assert_close(out, nn.InstanceNorm3d(3)(x))
+
+
+def test_gradcheck_float64_with_convs() -> None:
+    torch.manual_seed(3)
+    x = torch.randn(2, 3, 5, 4, 6, dtype=torch.float64, requires_grad=True)
+    a, b = (torch.tensor([v], dtype=torch.float64, requires_grad=True) for v in (0.25, 0.1))
+    w1 = torch.randn(4, 3, 3, 3, 3, dtype=torch.float64, requires_grad=True)
+    b1 = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    w2 = torch.randn(2, 3, 3, 3, 3, dtype=torch.float64, requires_grad=True)
+
+    def fn(x, a, w1, b1, b, w2):  # type: ignore[no-untyped-def]
+        return _NormPReLUConv.apply(x, 1e-5, (1, 2), a, w1, b1, b, w2, None)
+
+    assert torch.autograd.gradcheck(fn, (x, a, w1, b1, b, w2))
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_norm_prelu_conv_matches_modules(autocast: bool) -> None:
+    """fp32: equal to the modules. bf16 autocast: no further from a float64 reference than the modules."""
+    torch.manual_seed(4)
+    # bf16-representable input: rounding it would move voxels across PReLU's kink, which changes the
+    # gradient far more than any rounding inside the node
+    x = (torch.randn(2, 4, 8, 6, 6) + 3).bfloat16().float()
+    prelus = [nn.PReLU(), nn.PReLU(init=0.1)]
+    convs = [nn.Conv3d(4, 6, 3, stride=2, padding=1), nn.Conv3d(4, 6, 3, stride=2, padding=1, bias=False)]
+    grads = [torch.randn(2, 6, 4, 3, 3) for _ in convs]
+
+    def run(mode: str) -> list[torch.Tensor]:
+        for m in (*prelus, *convs):
+            m.zero_grad(set_to_none=True)
+            m.double() if mode == "float64" else m.float()
+        xt = x.clone().double().requires_grad_() if mode == "float64" else x.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast and mode != "float64"):
+            if mode == "fused":
+                outs = norm_prelu_conv(xt, norm(4), *zip(prelus, convs, strict=True))
+            else:
+                n = norm(4)(xt)
+                outs = tuple(c(p(n)) for p, c in zip(prelus, convs, strict=True))
+        sum((o.double() * g.double()).sum() for o, g in zip(outs, grads, strict=True)).backward()
+        params = [p.weight.grad for p in prelus] + [convs[0].weight.grad, convs[0].bias.grad]
+        return [t.detach().double() for t in (*outs, xt.grad, *params, convs[1].weight.grad)]
+
+    ref = run("float64")
+    for fused, modules, exact in zip(run("fused"), run("modules"), ref, strict=True):
+        scale = exact.abs().max()
+        err_fused = (fused - exact).abs().max() / scale
+        err_modules = (modules - exact).abs().max() / scale
+        if autocast:
+            assert err_fused < 2 * err_modules + 1e-2, (err_fused, err_modules)
+        else:
+            assert err_fused < 1e-5 and err_modules < 1e-5, (err_fused, err_modules)
+
+
+def test_norm_prelu_conv_falls_back_for_unusual_convs() -> None:
+    x = torch.randn(1, 2, 6, 6, 6)
+    conv = nn.Conv3d(2, 3, 3, padding=2, dilation=2)
+    prelu = nn.PReLU()
+    (out,) = norm_prelu_conv(x, norm(2), (prelu, conv))
+    torch.testing.assert_close(out, conv(prelu(nn.InstanceNorm3d(2)(x))))

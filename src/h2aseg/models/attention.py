@@ -23,9 +23,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from h2aseg.models.dropout_attention import dropout_keep_mask, dropout_softmax_attention
+from h2aseg.models.attention_kernels import (
+    chunked_attention,
+    dropout_keep_mask,
+    dropout_softmax_attention,
+    softmax_attention,
+)
 
-__all__ = ["dropout_keep_mask"]  # re-exported: the dropout mask is part of this module's contract
+__all__ = ["dropout_keep_mask", "softmax_attention"]  # re-exported: part of this module's contract
 
 Triple = tuple[int, int, int]
 
@@ -89,11 +94,8 @@ def maps_to_windows(maps: torch.Tensor) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------------------
-# attention kernels
+# which kernel (h2aseg.models.attention_kernels) computes an attention
 # ----------------------------------------------------------------------------------------------------
-SCORE_CHUNK = 1 << 21  # attention-score elements materialised at once by the chunked path (4 MB in bf16)
-
-
 def attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -112,7 +114,7 @@ def attention(
     ``impl="sdpa"`` picks the fastest exact route: PyTorch's fused kernel in general; for bf16/fp16
     inference on CPU, where the fused kernel is slow for the small head widths of H2ASeg, softmax
     attention over chunks of windows small enough to stay in cache; with attention-weight dropout
-    (released variant, training), :func:`~h2aseg.models.dropout_attention.dropout_softmax_attention`
+    (released variant, training), :func:`~h2aseg.models.attention_kernels.dropout_softmax_attention`
     (one autograd node, mask from :func:`dropout_keep_mask`), several times faster on CPU than the
     per-element Bernoulli draws of the fused kernels' fallback.
     """
@@ -125,7 +127,7 @@ def attention(
         return dropout_softmax_attention(q, k, v, scale, mask, dropout_p)
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
     if not grad and q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
-        return _chunked_attention(q, k, v, scale, mask)
+        return chunked_attention(q, k, v, scale, mask)
     d_qk, d_v = q.shape[-1], v.shape[-1]
     if d_qk < d_v:  # zero channels change no dot product; equal widths let the fused kernel run
         q = F.pad(q, (0, d_v - d_qk))
@@ -133,50 +135,6 @@ def attention(
     return F.scaled_dot_product_attention(
         q.contiguous(), k.contiguous(), v.contiguous(), attn_mask=mask, dropout_p=dropout_p, scale=scale
     )
-
-
-def softmax_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    scale: float,
-    mask: torch.Tensor | None = None,
-    dropout_p: float = 0.0,
-) -> torch.Tensor:
-    """The plain formulation: ``softmax(q k^T * scale)`` (masked keys at -inf), dropout, times ``v``.
-
-    The reference the fused path is tested against, the route taken with attention dropout, and the
-    kernel of the chunked inference path. ``mask`` broadcasts against the ``(b, h, n_q, n_k)`` scores.
-    """
-    scores = torch.einsum("bhid,bhjd->bhij", q, k).mul_(scale)
-    if mask is not None:
-        scores.masked_fill_(~mask, float("-inf"))
-    weights = scores.softmax(dim=-1)
-    if dropout_p > 0.0:
-        keep = dropout_keep_mask(weights.shape, dropout_p, weights.device)
-        weights = weights * keep / (1.0 - dropout_p)
-    return torch.einsum("bhij,bhjd->bhid", weights, v)
-
-
-def _chunked_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, mask: torch.Tensor | None
-) -> torch.Tensor:
-    """Inference-only softmax attention computed a few windows (or query rows) at a time."""
-    b, h, n_q, _ = q.shape
-    n_k = k.shape[2]
-    out = torch.empty((b, h, n_q, v.shape[-1]), dtype=v.dtype, device=v.device)
-    per_item = h * n_q * n_k
-    if per_item <= SCORE_CHUNK:
-        step = SCORE_CHUNK // per_item
-        spans = [(slice(i, i + step), slice(None)) for i in range(0, b, step)]
-    else:  # one window alone is too large: split its queries
-        rows = max(1, SCORE_CHUNK // (h * n_k))
-        spans = [(slice(i, i + 1), slice(j, j + rows)) for i in range(b) for j in range(0, n_q, rows)]
-    for items, queries in spans:
-        chunk_mask = None if mask is None else mask[items]
-        chunk = softmax_attention(q[items, :, queries], k[items], v[items], scale, chunk_mask)
-        out[items, :, queries] = chunk
-    return out
 
 
 # ----------------------------------------------------------------------------------------------------

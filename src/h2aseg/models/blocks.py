@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from h2aseg.models.norm_act import norm_prelu
+from h2aseg.models.norm_act import norm_prelu, norm_prelu_conv
 
 
 class InstanceNorm3dFP32(nn.InstanceNorm3d):
@@ -64,7 +64,7 @@ class PreActResBlock(nn.Module):
 
     IN -> PReLU -> conv3(stride) -> Dropout -> IN -> PReLU -> conv3, plus IN -> PReLU -> conv3(stride).
     The instance norm that opens both paths has no parameters, so it is computed once (and fused with
-    the PReLUs, :func:`~h2aseg.models.norm_act.norm_prelu`).
+    the PReLUs and convs that follow, :func:`~h2aseg.models.norm_act.norm_prelu_conv`).
     """
 
     def __init__(self, in_ch: int, out_ch: int, stride: int = 1, dropout: float = 0.0) -> None:
@@ -83,11 +83,9 @@ class PreActResBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # the two paths open with the same parameter-free instance norm: normalise once
         block, skip = self.conv_block, self.conv_skip
-        h, s = norm_prelu(x, block[0], block[1], skip[1])
-        h = block[3](block[2](h))
-        (h,) = norm_prelu(h, block[4], block[5])
-        h = block[6](h)
-        return h.add_(skip[2](s))  # h is a conv output that no backward needs: add in place
+        h, s = norm_prelu_conv(x, block[0], (block[1], block[2]), (skip[1], skip[2]))
+        (h,) = norm_prelu_conv(block[3](h), block[4], (block[5], block[6]))
+        return h.add_(s)  # h is a conv output that no backward needs: add in place
 
 
 class SegHead(nn.Module):
@@ -98,7 +96,7 @@ class SegHead(nn.Module):
         self.conv = nn.Sequential(norm(in_ch), nn.PReLU(), conv3(in_ch, out_channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv[2](norm_prelu(x, self.conv[0], self.conv[1])[0])
+        return norm_prelu_conv(x, self.conv[0], (self.conv[1], self.conv[2]))[0]
 
 
 class NormAct(nn.Sequential):

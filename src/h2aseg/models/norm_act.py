@@ -1,28 +1,33 @@
-"""Instance norm followed by one or more PReLUs, as one autograd node.
+"""Instance norm followed by PReLUs (and the convs they feed), as one autograd node.
 
-Every block of the network opens with ``InstanceNorm3d -> PReLU`` (the pre-activation blocks feed one
-normalisation to two PReLUs). Done module by module under bf16 autocast this costs, per element, a cast
-of the input to float32 (the statistics need float32), a float32 normalisation, a cast back, the PReLU,
-and three saved copies (float32 input, bf16 PReLU input, bf16 PReLU output). Here the normalisation is
-PyTorch's own batch-norm kernel over ``(1, B*C, N)`` in its *mixed* mode (bf16/fp16 input, float32
-statistics), which accumulates in float32 and writes the input dtype directly, and the node saves only its
-input: the normalised map is recomputed in backward (one cheap pass) instead of kept. PReLU's backward is
-rewritten with PReLU(z) = a z + (1 - a) relu(z): ReLU's mask kernel plus one ``lerp`` instead of the
-generic PReLU-backward kernel, which is several times slower on the CPU.
+Every block of the network opens with ``InstanceNorm3d -> PReLU -> Conv3d`` (the pre-activation blocks feed
+one normalisation to two PReLU -> conv branches). Done module by module under bf16 autocast this costs, per
+element, a cast of the input to float32 (the statistics need float32), a float32 normalisation, a cast
+back, the PReLU, and four saved copies (float32 norm input, bf16 PReLU input, bf16 PReLU output kept by
+the conv, per branch). Here:
 
-Same mathematics as ``InstanceNorm3d(affine=False) -> PReLU(1)``; the modules stay in the model (their
-names and parameters are the released state_dict's) and :func:`norm_prelu` routes through them where the
-fused node does not apply. Measured in ``benchmarks/bench_model.py`` and docs/benchmarks.md.
+- the normalisation is PyTorch's own batch-norm kernel over ``(1, B*C, N)`` in its *mixed* mode
+  (bf16/fp16 input, float32 statistics), which accumulates in float32 and writes the input dtype directly;
+- the node keeps only its input (plus per-channel statistics): the normalised map and the activations
+  are recomputed in backward (two cheap passes), the convs' outputs are not;
+- PReLU's backward uses PReLU(z) = a z + (1 - a) relu(z): ReLU's mask kernel plus one ``lerp`` instead
+  of the generic PReLU-backward kernel, several times slower on the CPU.
+
+Same mathematics as the modules; they stay in the model (their names and parameters are the released
+state_dict's) and :func:`norm_prelu` / :func:`norm_prelu_conv` route through them where the fused node does
+not apply. Measured in ``benchmarks/bench_model.py`` (docs/benchmarks.md).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-#: devices on which :func:`norm_prelu` uses the fused node. CUDA keeps the module path until the fused one
-#: has been checked there (``benchmarks/cuda_check.py`` compares the two); add "cuda" once it has.
+#: devices on which the fused node runs. CUDA keeps the module path until the fused one has been checked
+#: there (``benchmarks/cuda_check.py`` compares the two); add "cuda" once it has.
 FUSED_DEVICES: set[str] = {"cpu"}
 
 
@@ -38,43 +43,92 @@ def _normalise(xv: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor
     return torch.native_batch_norm(xv, weight, torch.zeros_like(weight), None, None, True, 0.0, eps)
 
 
-class _InstanceNormPReLU(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, eps: float, *weights: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            x = x.contiguous()
-            xv = x.view(1, x.shape[0] * x.shape[1], -1)
-            z, mean, invstd = _normalise(xv, eps)
-            outs = tuple(F.prelu(z, w.to(z.dtype)).view(x.shape) for w in weights)
-        ctx.eps = eps
-        ctx.save_for_backward(x, mean, invstd, *weights)
-        return outs
+def _conv(a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int) -> torch.Tensor:
+    bias = None if bias is None else bias.to(a.dtype)
+    return F.conv3d(a, weight.to(a.dtype), bias, stride=stride, padding=weight.shape[-1] // 2)
+
+
+class _NormPReLUConv(torch.autograd.Function):
+    """``x -> [conv_i(prelu_i(instance_norm(x)))]``; a branch without a conv returns its activation.
+
+    ``params`` holds per branch ``(prelu_weight, conv_weight | None, conv_bias | None)``; ``strides`` one
+    stride per branch.
+    """
 
     @staticmethod
-    def backward(ctx, *grads: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, mean, invstd, *weights = ctx.saved_tensors
+    def forward(  # type: ignore[override]
+        ctx, x: torch.Tensor, eps: float, strides: tuple[int, ...], *params: torch.Tensor | None
+    ) -> tuple[torch.Tensor, ...]:
+        device = x.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+        with torch.autocast(device_type=device, enabled=False):
+            x = x.to(dtype).contiguous()
+            xv = x.view(1, x.shape[0] * x.shape[1], -1)
+            z, mean, invstd = _normalise(xv, eps)
+            outs = []
+            for i, stride in enumerate(strides):
+                a_w, c_w, c_b = params[3 * i : 3 * i + 3]
+                a = F.prelu(z, a_w.to(z.dtype)).view(x.shape)  # type: ignore[union-attr]
+                outs.append(a if c_w is None else _conv(a, c_w, c_b, stride))
+        ctx.eps, ctx.strides = eps, strides
+        ctx.save_for_backward(x, mean, invstd, *params)
+        return tuple(outs)
+
+    @staticmethod
+    def backward(ctx, *grads: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        x, mean, invstd, *params = ctx.saved_tensors
         xv = x.view(1, x.shape[0] * x.shape[1], -1)
         z = _normalise(xv, ctx.eps)[0]  # recomputed: cheaper than keeping it
-        g = None
-        zneg = None
-        dweights: list[torch.Tensor | None] = []
-        for i, (d, w) in enumerate(zip(grads, weights, strict=True)):
-            d = d.contiguous().view(xv.shape)
-            relu_grad = torch.ops.aten.threshold_backward(d, z, 0)  # d where z > 0, else 0
-            if ctx.needs_input_grad[2 + i]:
-                # dL/da = sum(d * min(z, 0))
-                zneg = torch.clamp_max(z, 0) if zneg is None else zneg
-                dweights.append((d * zneg).sum().to(w.dtype).reshape(w.shape))
+        need = ctx.needs_input_grad
+        g = zneg = None
+        param_grads: list[torch.Tensor | None] = []
+        for i, (grad, stride) in enumerate(zip(grads, ctx.strides, strict=True)):
+            a_w, c_w, c_b = params[3 * i : 3 * i + 3]
+            base = 3 + 3 * i  # index of this branch's PReLU weight among forward's inputs
+            d_cw = d_cb = None
+            if c_w is None:
+                d = grad.contiguous().view(xv.shape)
             else:
-                dweights.append(None)
-            gi = torch.lerp(relu_grad, d, w.to(d.dtype))  # (1 - a) relu'(z) d + a d
+                a = F.prelu(z, a_w.to(z.dtype)).view(x.shape)
+                d, d_cw, d_cb = torch.ops.aten.convolution_backward(
+                    grad,
+                    a,
+                    c_w.to(a.dtype),
+                    None if c_b is None else [c_b.shape[0]],
+                    [stride] * 3,
+                    [c_w.shape[-1] // 2] * 3,
+                    [1, 1, 1],
+                    False,
+                    [0, 0, 0],
+                    1,
+                    [True, need[base + 1], c_b is not None and need[base + 2]],
+                )
+                d = d.view(xv.shape)
+                d_cw = None if d_cw is None else d_cw.to(c_w.dtype)
+                d_cb = None if d_cb is None else d_cb.to(c_b.dtype)  # type: ignore[union-attr]
+            d_aw = None
+            if need[base]:  # dL/da = sum(d * min(z, 0))
+                zneg = torch.clamp_max(z, 0) if zneg is None else zneg
+                d_aw = (d * zneg).sum().to(a_w.dtype).reshape(a_w.shape)
+            gi = torch.lerp(torch.ops.aten.threshold_backward(d, z, 0), d, a_w.to(d.dtype))
             g = gi if g is None else g.add_(gi)
+            param_grads += [d_aw, d_cw, d_cb]
         dx = None
-        if ctx.needs_input_grad[0]:
+        if need[0]:
             dx = torch.ops.aten.native_batch_norm_backward(
                 g, xv, _unit_weight(xv), None, None, mean, invstd, True, ctx.eps, [True, False, False]
             )[0].view(x.shape)
-        return (dx, None, *dweights)
+        return (dx, None, None, *param_grads)
+
+
+def _fusable(x: torch.Tensor, norm: nn.InstanceNorm3d, prelus: Sequence[nn.PReLU]) -> bool:
+    return (
+        x.device.type in FUSED_DEVICES
+        and x.is_floating_point()
+        and not norm.affine
+        and not norm.track_running_stats
+        and all(p.weight.numel() == 1 for p in prelus)
+    )
 
 
 def norm_prelu(x: torch.Tensor, norm: nn.InstanceNorm3d, *prelus: nn.PReLU) -> tuple[torch.Tensor, ...]:
@@ -83,14 +137,34 @@ def norm_prelu(x: torch.Tensor, norm: nn.InstanceNorm3d, *prelus: nn.PReLU) -> t
     ``norm`` must be a parameter-free instance norm (``affine=False``, no running statistics) and every
     PReLU have a single parameter; otherwise, and off :data:`FUSED_DEVICES`, the modules run one by one.
     """
-    fused = (
-        x.device.type in FUSED_DEVICES
-        and not norm.affine
-        and not norm.track_running_stats
-        and all(p.weight.numel() == 1 for p in prelus)
-        and x.is_floating_point()
-    )
-    if not fused:
+    if not _fusable(x, norm, prelus):
         n = norm(x)
         return tuple(p(n) for p in prelus)
-    return _InstanceNormPReLU.apply(x, norm.eps, *(p.weight for p in prelus))
+    params = [t for p in prelus for t in (p.weight, None, None)]
+    return _NormPReLUConv.apply(x, norm.eps, (1,) * len(prelus), *params)
+
+
+def norm_prelu_conv(
+    x: torch.Tensor, norm: nn.InstanceNorm3d, *branches: tuple[nn.PReLU, nn.Conv3d]
+) -> tuple[torch.Tensor, ...]:
+    """``tuple(conv(prelu(norm(x))) for prelu, conv in branches)``, normalised once, no activation kept.
+
+    Each conv must be a plain cubic-kernel conv with "same" padding (``padding = kernel // 2``), a stride
+    equal along the three axes and no dilation or groups, as every conv of the blocks is.
+    """
+    convs = [c for _, c in branches]
+    plain = all(
+        c.kernel_size[0] == c.kernel_size[1] == c.kernel_size[2]
+        and c.padding == (c.kernel_size[0] // 2,) * 3
+        and c.stride[0] == c.stride[1] == c.stride[2]
+        and c.dilation == (1, 1, 1)
+        and c.groups == 1
+        and c.padding_mode == "zeros"
+        for c in convs
+    )
+    if not (plain and _fusable(x, norm, [p for p, _ in branches])):
+        n = norm(x)
+        return tuple(c(p(n)) for p, c in branches)
+    params = [t for p, c in branches for t in (p.weight, c.weight, c.bias)]
+    strides = tuple(c.stride[0] for c in convs)
+    return _NormPReLUConv.apply(x, norm.eps, strides, *params)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from h2aseg.models.attention import attention
-from h2aseg.models.dropout_attention import dropout_keep_mask, dropout_softmax_attention
+from h2aseg.models.attention_kernels import dropout_keep_mask, dropout_softmax_attention
 
 
 @pytest.mark.parametrize("p", [0.5, 0.2])
@@ -33,6 +33,27 @@ def test_equals_reference_with_the_same_seed(p: float, masked: bool, dtype: torc
     for fused, ref in zip(*results, strict=True):
         assert fused.dtype == dtype
         torch.testing.assert_close(fused, ref, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("chunk", [1, 7 * 7 * 3, 7 * 7 * 5])  # a row at a time; chunks splitting mask bytes
+def test_chunks_give_the_same_result(chunk: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    import h2aseg.models.attention_kernels as kernels
+
+    torch.manual_seed(0)
+    q, k, v = torch.randn(4, 2, 7, 3), torch.randn(4, 2, 7, 3), torch.randn(4, 2, 7, 5)
+    key_mask = torch.rand(4, 7) > 0.3
+    key_mask[:, 0] = True
+    grad = torch.randn(4, 2, 7, 5)
+    results = []
+    for size in (1 << 21, chunk):
+        monkeypatch.setattr(kernels, "SCORE_CHUNK", size)
+        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+        torch.manual_seed(3)
+        out = attention(*leaves, scale=0.4, key_mask=key_mask, dropout_p=0.5)
+        out.backward(grad)
+        results.append([out.detach(), *(t.grad for t in leaves)])
+    for chunked, whole in zip(*results, strict=True):
+        torch.testing.assert_close(chunked, whole, rtol=1e-6, atol=1e-6)
 
 
 def test_gradcheck_with_a_fixed_mask() -> None:

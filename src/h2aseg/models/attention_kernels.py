@@ -1,0 +1,187 @@
+"""Softmax-attention kernels behind :func:`h2aseg.models.attention.attention`.
+
+- :func:`softmax_attention`: the plain formulation (scores, mask, softmax, dropout, product); the ground
+  truth of the tests.
+- :func:`chunked_attention`: bf16/fp16 inference on the CPU, a few windows at a time so that the scores stay
+  in cache (PyTorch's fused CPU kernel is slow at H2ASeg's head widths of 4-16).
+- :func:`dropout_softmax_attention`: attention-weight dropout in training (the released variant, p = 0.5)
+  as one autograd node. Written as separate operations under autocast, that route cost per element of the
+  ``(b, h, n, n)`` weights a scale pass, casts around the softmax, a mask multiply, a division and three
+  saved copies; at level 2 with the paper's 4 crops the weights have 268 M elements. The node folds the
+  scale into the queries and ``1 / (1 - p)`` into the output, works through the windows in cache-sized
+  chunks, and keeps only ``q, k, v`` and the dropout mask's packed random bits: scores and weights are
+  recomputed chunk by chunk in backward (as flash attention does), which costs one more ``q k^T`` and
+  softmax and saves the two largest tensors of the released variant's training step.
+
+The dropout mask comes from the global RNG exactly as :func:`dropout_keep_mask` draws it, so activation
+checkpointing (which restores the RNG state) recomputes the same mask, and the reference with the same seed
+gives the same result.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+SCORE_CHUNK = 1 << 21  # attention-score elements materialised at once by the chunked paths (4 MB in bf16)
+
+
+def softmax_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scale: float,
+    mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+) -> torch.Tensor:
+    """The plain formulation: ``softmax(q k^T * scale)`` (masked keys at -inf), dropout, times ``v``.
+
+    The reference the fast paths are tested against, and the kernel of each chunk of
+    :func:`chunked_attention`. ``mask`` broadcasts against the ``(b, h, n_q, n_k)`` scores.
+    """
+    scores = torch.einsum("bhid,bhjd->bhij", q, k).mul_(scale)
+    if mask is not None:
+        scores.masked_fill_(~mask, float("-inf"))
+    weights = scores.softmax(dim=-1)
+    if dropout_p > 0.0:
+        keep = dropout_keep_mask(weights.shape, dropout_p, weights.device)
+        weights = weights * keep / (1.0 - dropout_p)
+    return torch.einsum("bhij,bhjd->bhid", weights, v)
+
+
+def chunked_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, mask: torch.Tensor | None
+) -> torch.Tensor:
+    """Inference-only softmax attention computed a few windows (or query rows) at a time."""
+    b, h, n_q, _ = q.shape
+    n_k = k.shape[2]
+    out = torch.empty((b, h, n_q, v.shape[-1]), dtype=v.dtype, device=v.device)
+    per_item = h * n_q * n_k
+    if per_item <= SCORE_CHUNK:
+        spans = [(items, slice(None)) for items in _row_chunks(b, per_item)]
+    else:  # one window alone is too large: split its queries
+        rows = max(1, SCORE_CHUNK // (h * n_k))
+        spans = [(slice(i, i + 1), slice(j, j + rows)) for i in range(b) for j in range(0, n_q, rows)]
+    for items, queries in spans:
+        chunk_mask = None if mask is None else mask[items]
+        chunk = softmax_attention(q[items, :, queries], k[items], v[items], scale, chunk_mask)
+        out[items, :, queries] = chunk
+    return out
+
+
+def _row_chunks(rows: int, per_row: int) -> list[slice]:
+    """Consecutive slices of ``rows`` with about :data:`SCORE_CHUNK` elements each (at least one row)."""
+    step = max(1, SCORE_CHUNK // per_row)
+    return [slice(i, min(i + step, rows)) for i in range(0, rows, step)]
+
+
+# ----------------------------------------------------------------------------------------------------
+# attention-weight dropout
+# ----------------------------------------------------------------------------------------------------
+def _random_bits(n: int, p: float, device: torch.device) -> torch.Tensor:
+    """The random draw behind a keep mask of ``n`` elements: packed bytes for p = 0.5, else a bool mask."""
+    if p == 0.5:
+        return torch.randint(0, 256, (-(-n // 8),), dtype=torch.uint8, device=device)
+    return torch.rand(n, device=device) >= p
+
+
+def _expand_bits(draw: torch.Tensor, p: float, start: int, count: int) -> torch.Tensor:
+    """Flat bool keep mask of elements ``[start, start + count)`` from :func:`_random_bits`' draw."""
+    if p != 0.5:
+        return draw[start : start + count]
+    first, last = start // 8, -(-(start + count) // 8)
+    bits = torch.arange(8, dtype=torch.uint8, device=draw.device)
+    expanded = ((draw[first:last, None] >> bits) & 1).view(torch.bool).view(-1)
+    offset = start - 8 * first
+    return expanded[offset : offset + count]
+
+
+def dropout_keep_mask(shape: torch.Size, p: float, device: torch.device) -> torch.Tensor:
+    """Bool mask, True with probability ``1 - p``, from the global RNG (so activation checkpointing, which
+    restores the RNG state, recomputes the same mask).
+
+    For ``p = 0.5`` (the released code's rate) every random byte gives eight mask bits, about four times
+    faster than one uniform draw per element.
+    """
+    n = math.prod(shape)
+    return _expand_bits(_random_bits(n, p, device), p, 0, n).view(shape)
+
+
+class _DropoutSoftmaxAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        scale: float,
+        mask: torch.Tensor | None,
+        p: float,
+    ) -> torch.Tensor:
+        b, h, n_q, d = q.shape
+        n_k, d_v = k.shape[2], v.shape[-1]
+        with torch.autocast(device_type=q.device.type, enabled=False):
+            dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
+            qs = (q.to(dtype) * scale).reshape(b * h, n_q, d)
+            k2 = k.to(dtype).reshape(b * h, n_k, d)
+            v2 = v.to(dtype).reshape(b * h, n_k, d_v)
+            rows_mask = None if mask is None else mask.expand(b, h, 1, n_k).reshape(b * h, 1, n_k)
+            draw = _random_bits(b * h * n_q * n_k, p, q.device)
+            out = torch.empty((b * h, n_q, d_v), dtype=dtype, device=q.device)
+            for rows in _row_chunks(b * h, n_q * n_k):
+                probs = _probs(qs, k2, rows_mask, rows)
+                probs.mul_(_keep(draw, p, rows, probs.shape))
+                torch.bmm(probs, v2[rows], out=out[rows])
+            out.mul_(1.0 / (1.0 - p))
+        ctx.save_for_backward(qs, k2, v2, draw, rows_mask)
+        ctx.scale, ctx.p = scale, p
+        ctx.shapes = (q.shape, k.shape, v.shape)
+        ctx.dtypes = (q.dtype, k.dtype, v.dtype)
+        return out.view(b, h, n_q, d_v)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        qs, k2, v2, draw, rows_mask = ctx.saved_tensors
+        g = grad_out.reshape(v2.shape[0], -1, v2.shape[-1]).to(v2.dtype) * (1.0 / (1.0 - ctx.p))
+        grad_q, grad_k, grad_v = torch.empty_like(qs), torch.empty_like(k2), torch.empty_like(v2)
+        for rows in _row_chunks(qs.shape[0], qs.shape[1] * k2.shape[1]):
+            probs = _probs(qs, k2, rows_mask, rows)  # recomputed, identical to forward's
+            keep = _keep(draw, ctx.p, rows, probs.shape)
+            torch.bmm((probs * keep).transpose(1, 2), g[rows], out=grad_v[rows])
+            grad_w = torch.bmm(g[rows], v2[rows].transpose(1, 2)).mul_(keep)  # d(loss)/d(probs)
+            grad_s = torch._softmax_backward_data(grad_w, probs, -1, probs.dtype)
+            torch.bmm(grad_s, k2[rows], out=grad_q[rows])
+            torch.bmm(grad_s.transpose(1, 2), qs[rows], out=grad_k[rows])
+        grad_q.mul_(ctx.scale)
+        (sq, sk, sv), (tq, tk, tv) = ctx.shapes, ctx.dtypes
+        return grad_q.view(sq).to(tq), grad_k.view(sk).to(tk), grad_v.view(sv).to(tv), None, None, None
+
+
+def _probs(qs: torch.Tensor, k2: torch.Tensor, rows_mask: torch.Tensor | None, rows: slice) -> torch.Tensor:
+    """``softmax(q k^T)`` of rows ``rows`` (queries pre-scaled), masked keys at -inf."""
+    scores = torch.bmm(qs[rows], k2[rows].transpose(1, 2))
+    if rows_mask is not None:
+        scores.masked_fill_(~rows_mask[rows], float("-inf"))
+    return torch.softmax(scores, dim=-1)
+
+
+def _keep(draw: torch.Tensor, p: float, rows: slice, shape: torch.Size) -> torch.Tensor:
+    """The keep mask of rows ``rows`` (``shape`` = that chunk's weights)."""
+    per_row = shape[1] * shape[2]
+    return _expand_bits(draw, p, rows.start * per_row, math.prod(shape)).view(shape)
+
+
+def dropout_softmax_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scale: float,
+    mask: torch.Tensor | None,
+    p: float,
+) -> torch.Tensor:
+    """``dropout(softmax(q k^T * scale), p) v`` with a :func:`dropout_keep_mask` mask; ``(b, h, n, d)``
+    tensors, ``mask`` bool of shape ``(b, 1, 1, n_k)`` (False = masked key), ``0 < p < 1``."""
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"dropout probability must be in (0, 1), got {p}")
+    return _DropoutSoftmaxAttention.apply(q, k, v, scale, mask, p)
