@@ -1,4 +1,5 @@
-"""Attention with weight dropout as one node equals the plain formulation with the same mask."""
+"""The recomputing attention node (CPU training, attention dropout) equals the plain formulation, with the
+same dropout mask for the same seed, whatever the chunking."""
 
 from __future__ import annotations
 
@@ -6,10 +7,10 @@ import pytest
 import torch
 
 from h2aseg.models.attention import attention
-from h2aseg.models.attention_kernels import dropout_keep_mask, dropout_softmax_attention
+from h2aseg.models.attention_kernels import dropout_keep_mask, recomputed_attention
 
 
-@pytest.mark.parametrize("p", [0.5, 0.2])
+@pytest.mark.parametrize("p", [0.5, 0.2, 0.0])
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize(
     ("dtype", "tol"), [(torch.float64, 1e-12), (torch.float32, 1e-5), (torch.bfloat16, 5e-2)]
@@ -24,10 +25,11 @@ def test_equals_reference_with_the_same_seed(p: float, masked: bool, dtype: torc
         key_mask[:, 0] = True
     grad = torch.randn(5, 2, 40, 8, dtype=dtype)
     results = []
-    for impl in ("reference", "sdpa"):  # sdpa with dropout routes through the fused node
+    for impl in ("reference", "sdpa"):  # sdpa, training on the CPU, routes through the node
         leaves = [t.clone().requires_grad_() for t in (q, k, v)]
         torch.manual_seed(3)
         out = attention(*leaves, scale=0.4, key_mask=key_mask, dropout_p=p, impl=impl)
+        assert ("RecomputedAttention" in type(out.grad_fn).__name__) == (impl == "sdpa")
         out.backward(grad)
         results.append([out.detach(), *(t.grad for t in leaves)])
     for fused, ref in zip(*results, strict=True):
@@ -65,7 +67,7 @@ def test_gradcheck_with_a_fixed_mask() -> None:
 
     def fn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         torch.manual_seed(7)  # the same mask at every evaluation
-        return dropout_softmax_attention(q, k, v, 0.6, mask, 0.5)
+        return recomputed_attention(q, k, v, 0.6, mask, 0.5)
 
     leaves = [t.requires_grad_() for t in (q, k, v)]
     assert torch.autograd.gradcheck(fn, leaves)
@@ -76,7 +78,7 @@ def test_consumes_the_rng_like_the_reference(p: float) -> None:
     """Seeded runs and checkpointing rely on both routes leaving the RNG in the same state."""
     q = torch.randn(3, 2, 10, 4)
     torch.manual_seed(4)
-    dropout_softmax_attention(q, q, q, 0.5, None, p)
+    recomputed_attention(q, q, q, 0.5, None, p)
     after_node = torch.rand(3)
     torch.manual_seed(4)
     dropout_keep_mask(torch.Size([3, 2, 10, 10]), p, q.device)
@@ -86,4 +88,6 @@ def test_consumes_the_rng_like_the_reference(p: float) -> None:
 def test_rejects_a_probability_outside_zero_one() -> None:
     x = torch.randn(1, 1, 4, 2)
     with pytest.raises(ValueError, match="dropout probability"):
-        dropout_softmax_attention(x, x, x, 1.0, None, 1.0)
+        recomputed_attention(x, x, x, 1.0, None, 1.0)
+    with pytest.raises(ValueError, match="dropout probability"):
+        recomputed_attention(x, x, x, 1.0, None, -0.1)

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from h2aseg.models.attention_kernels import (
     chunked_attention,
     dropout_keep_mask,
-    dropout_softmax_attention,
+    recomputed_attention,
     softmax_attention,
 )
 
@@ -111,22 +111,22 @@ def attention(
     ``q, k``: ``(b, h, n, d_qk)``; ``v``: ``(b, h, n, d_v)``; ``key_mask``: bool ``(b, n)``, True where a
     key is a real voxel (False for padding). Returns ``(b, h, n, d_v)``.
 
-    ``impl="sdpa"`` picks the fastest exact route: PyTorch's fused kernel in general; for bf16/fp16
-    inference on CPU, where the fused kernel is slow for the small head widths of H2ASeg, softmax
-    attention over chunks of windows small enough to stay in cache; with attention-weight dropout
-    (released variant, training), :func:`~h2aseg.models.attention_kernels.dropout_softmax_attention`
-    (one autograd node, mask from :func:`dropout_keep_mask`), several times faster on CPU than the
-    per-element Bernoulli draws of the fused kernels' fallback.
+    ``impl="sdpa"`` picks the fastest exact route (kernels in :mod:`h2aseg.models.attention_kernels`):
+    PyTorch's fused kernel on CUDA and for fp32 inference; for training on the CPU and for
+    attention-weight dropout anywhere, :func:`~h2aseg.models.attention_kernels.recomputed_attention`
+    (one autograd node, chunked, scores recomputed in backward; the PyTorch kernels are several times slower
+    on the CPU at H2ASeg's head widths, and their dropout draws one Bernoulli per element); for bf16/fp16
+    inference on the CPU, softmax attention over chunks of windows small enough to stay in cache.
     """
     if impl not in ATTENTION_IMPLS:
         raise ValueError(f"unknown attention implementation {impl!r}; choose one of {ATTENTION_IMPLS}")
     mask = None if key_mask is None else key_mask[:, None, None, :]
     if impl == "reference":
         return softmax_attention(q, k, v, scale, mask, dropout_p)
-    if dropout_p > 0.0:
-        return dropout_softmax_attention(q, k, v, scale, mask, dropout_p)
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-    if not grad and q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
+    if dropout_p > 0.0 or (grad and q.device.type == "cpu"):
+        return recomputed_attention(q, k, v, scale, mask, dropout_p)
+    if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
         return chunked_attention(q, k, v, scale, mask)
     d_qk, d_v = q.shape[-1], v.shape[-1]
     if d_qk < d_v:  # zero channels change no dot product; equal widths let the fused kernel run
