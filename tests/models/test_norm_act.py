@@ -148,3 +148,25 @@ def test_norm_prelu_conv_falls_back_for_unusual_convs() -> None:
     prelu = nn.PReLU()
     (out,) = norm_prelu_conv(x, norm(2), (prelu, conv))
     torch.testing.assert_close(out, conv(prelu(nn.InstanceNorm3d(2)(x))))
+
+
+def test_sample_chunks_give_the_same_values_and_gradients(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(5)
+    x = torch.randn(3, 4, 6, 6, 4)
+    prelus = [nn.PReLU(), nn.PReLU(init=-0.2)]
+    convs = [nn.Conv3d(4, 5, 3, padding=1), nn.Conv3d(4, 5, 3, stride=2, padding=1)]
+    grads = [torch.randn(3, 5, 6, 6, 4), torch.randn(3, 5, 3, 3, 2)]
+
+    def run() -> list[torch.Tensor]:
+        for m in (*prelus, *convs):
+            m.zero_grad(set_to_none=True)
+        xt = x.clone().requires_grad_()
+        outs = norm_prelu_conv(xt, norm(4), *zip(prelus, convs, strict=True))
+        sum((o * g).sum() for o, g in zip(outs, grads, strict=True)).backward()
+        params = [t.grad for m in (*prelus, *convs) for t in m.parameters()]
+        return [o.detach() for o in outs] + [xt.grad] + params
+
+    whole = run()
+    monkeypatch.setattr(norm_act, "CHUNK_ELEMENTS", x[0].numel())  # one sample at a time
+    for a, b in zip(run(), whole, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

@@ -86,9 +86,7 @@ def _random_bits(n: int, p: float, device: torch.device) -> torch.Tensor:
     return torch.rand(n, device=device) >= p
 
 
-def _mask_values(
-    draw: torch.Tensor, p: float, start: int, count: int, table: torch.Tensor
-) -> torch.Tensor:
+def _mask_values(draw: torch.Tensor, p: float, start: int, count: int, table: torch.Tensor) -> torch.Tensor:
     """Flat keep mask of elements ``[start, start + count)`` of :func:`_random_bits`' draw, as
     ``table[1]`` where kept and ``table[0]`` where dropped (a bool table gives a bool mask).
 
