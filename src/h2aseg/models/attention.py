@@ -182,46 +182,41 @@ class DirectionalAttention(nn.Module):
         self,
         target: torch.Tensor,
         source: torch.Tensor,
+        shape: tuple[int, int, int],
         window: Triple | None = None,
         valid: torch.Tensor | None = None,
         impl: str = "sdpa",
     ) -> torch.Tensor:
-        """``target, source``: ``(B, C, X, Y, Z)``; with ``window``, attention runs inside each window
-        (the window must divide the map; ``valid`` is a bool ``(B*nW, n)`` mask of non-padding voxels).
-        Returns the improved target ``(B, C, X, Y, Z)``."""
+        """``target, source``: tokens ``(N, n, C)`` (:func:`tokens`: one row of tokens per window, or per
+        sample without ``window``) of maps of spatial size ``shape``; ``valid`` is a bool ``(N, n)`` mask
+        of non-padding voxels. Returns the attention term for the target as a map ``(B, C, X, Y, Z)``
+        (without the residual)."""
         c, d = self.channels, self.qk_channels
-        w_t = torch.cat(
-            [
-                self.Q_conv_target_target.weight,
-                self.K_conv_target_target.weight,
-                self.V_conv_target_target.weight,
-                self.Q_conv_source_target.weight,
-            ]
-        )
-        w_s = torch.cat([self.K_conv_source_target.weight, self.V_conv_source_target.weight])
-        tp, sp = F.conv3d(target, w_t), F.conv3d(source, w_s)
-        shape = tuple(target.shape[2:])
-        if window is None:
-            tt, st = tp.flatten(2).transpose(1, 2), sp.flatten(2).transpose(1, 2)  # (B, N, .)
-        else:
-            tt, st = window_partition(tp, window), window_partition(sp, window)
-        q = torch.stack([tt[..., :d], tt[..., 2 * d + c :]], dim=1)
-        k = torch.stack([tt[..., d : 2 * d], st[..., :d]], dim=1)
-        v = torch.stack([tt[..., 2 * d : 2 * d + c], st[..., d:]], dim=1)
-        o = attention(
-            q,
-            k,
-            v,
-            scale=1.0 / math.sqrt(d),
-            key_mask=valid,
-            dropout_p=self.attn_dropout if self.training else 0.0,
-            impl=impl,
-        )  # (b, 2, n, C): [target->target, target->source]
+
+        def project(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
+            # one projection per tensor (no slices of a shared one): contiguous q/k/v, no stacking copies
+            # and no zero-filled slice gradients in backward
+            return F.linear(x, conv.weight.view(conv.out_channels, c))[:, None]  # (N, 1, n, .)
+
+        def attend(q: nn.Conv3d, k: nn.Conv3d, v: nn.Conv3d, keys: torch.Tensor) -> torch.Tensor:
+            return attention(
+                project(q, target),
+                project(k, keys),
+                project(v, keys),
+                scale=1.0 / math.sqrt(d),
+                key_mask=valid,
+                dropout_p=self.attn_dropout if self.training else 0.0,
+                impl=impl,
+            )[:, 0]  # (N, n, C)
+
+        # target -> target, and target queries over the source
+        a_tt = attend(self.Q_conv_target_target, self.K_conv_target_target, self.V_conv_target_target, target)
+        a_ts = attend(self.Q_conv_source_target, self.K_conv_source_target, self.V_conv_source_target, source)
         if self.combine == "mean":
-            y = F.linear(0.5 * (o[:, 0] + o[:, 1]), self.out.weight.view(c, c))
+            y = F.linear((a_tt + a_ts).mul_(0.5), self.out.weight.view(c, c))
         else:
             # paper order: concat(A_self, A_cross) with A_self the source-based attention
-            y = torch.cat([o[:, 1], o[:, 0]], dim=-1)
+            y = torch.cat([a_ts, a_tt], dim=-1)
             if valid is not None:
                 y = y * valid[..., None].to(y.dtype)  # padding must not leak into the 3x3x3 conv
         if window is None:
@@ -231,9 +226,16 @@ class DirectionalAttention(nn.Module):
         else:
             if self.combine == "concat":
                 y = maps_to_windows(self.out(windows_to_maps(y, window)))
-            y = window_reverse(y, window, shape)  # type: ignore[arg-type]
-        y = self.drop(y)
-        return target + y if self.residual else y
+            y = window_reverse(y, window, shape)
+        return self.drop(y)
+
+
+def tokens(x: torch.Tensor, window: Triple | None) -> torch.Tensor:
+    """``(B, C, X, Y, Z)`` -> ``(N, n, C)``: the tokens of each window (:func:`window_partition`), or of
+    each sample (``window=None``)."""
+    if window is None:
+        return x.flatten(2).transpose(1, 2)
+    return window_partition(x, window)
 
 
 class BiDirectionalSpatialAttention(nn.Module):
@@ -252,10 +254,16 @@ class BiDirectionalSpatialAttention(nn.Module):
         window: Triple | None = None,
         valid: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        return (
-            self.sa_ct(ct, pet, window, valid, self.impl),
-            self.sa_pet(pet, ct, window, valid, self.impl),
-        )
+        """``ct, pet``: ``(B, C, X, Y, Z)``; with ``window``, attention runs inside each window (the window
+        must divide the map; ``valid`` is a bool ``(B*nW, n)`` mask of non-padding voxels)."""
+        shape: tuple[int, int, int] = tuple(ct.shape[2:])  # type: ignore[assignment]
+        # both directions use both token sets: partition each map once
+        t_ct, t_pet = tokens(ct, window), tokens(pet, window)
+        y_ct = self.sa_ct(t_ct, t_pet, shape, window, valid, self.impl)
+        y_pet = self.sa_pet(t_pet, t_ct, shape, window, valid, self.impl)
+        if self.sa_ct.residual:
+            y_ct, y_pet = ct + y_ct, pet + y_pet
+        return y_ct, y_pet
 
 
 def valid_window_mask(
