@@ -17,7 +17,7 @@ def test_gradcheck_float64_two_prelus() -> None:
     a = torch.tensor([0.25], dtype=torch.float64, requires_grad=True)
     b = torch.tensor([-0.4], dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(
-        lambda x, a, b: _NormPReLUConv.apply(x, 1e-5, (1, 1), a, None, None, b, None, None), (x, a, b)
+        lambda x, a, b: _NormPReLUConv.apply(x, 1e-5, (1, 1), a, None, None, None, b, None, None, None), (x, a, b)
     )
 
 
@@ -99,8 +99,11 @@ def test_gradcheck_float64_with_convs() -> None:
     b1 = torch.randn(4, dtype=torch.float64, requires_grad=True)
     w2 = torch.randn(2, 3, 3, 3, 3, dtype=torch.float64, requires_grad=True)
 
+    keep = torch.tensor([[2.0, 0.0, 2.0], [0.0, 2.0, 2.0]], dtype=torch.float64).view(2, 3, 1, 1, 1)
+
     def fn(x, a, w1, b1, b, w2):  # type: ignore[no-untyped-def]
-        return _NormPReLUConv.apply(x, 1e-5, (1, 2), a, w1, b1, b, w2, None)
+        # second branch: channel dropout between PReLU and conv; narrow convs take the channels-last path
+        return _NormPReLUConv.apply(x, 1e-5, (1, 2), a, w1, b1, None, b, w2, None, keep)
 
     assert torch.autograd.gradcheck(fn, (x, a, w1, b1, b, w2))
 
@@ -169,4 +172,32 @@ def test_sample_chunks_give_the_same_values_and_gradients(monkeypatch: pytest.Mo
     whole = run()
     monkeypatch.setattr(norm_act, "CHUNK_ELEMENTS", x[0].numel())  # one sample at a time
     for a, b in zip(run(), whole, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_input_block_with_channel_dropout_matches_modules(training: bool) -> None:
+    """The level-1 block (conv, IN, PReLU, Dropout3d, conv) fused: same values and gradients for the same
+    seed as the modules run one by one (the dropout mask is drawn as Dropout3d draws it)."""
+    from h2aseg.models.blocks import InputResBlock
+
+    torch.manual_seed(6)
+    block = InputResBlock(1, 4, dropout=0.5).train(training)
+    x = torch.randn(3, 1, 6, 5, 4)
+    grad = torch.randn(3, 4, 6, 5, 4)
+    results = []
+    for fused in (True, False):
+        block.zero_grad(set_to_none=True)
+        xt = x.clone().requires_grad_()
+        torch.manual_seed(7)
+        if fused:
+            out = block(xt)
+        else:
+            h = block.conv_block[0](xt)
+            for layer in block.conv_block[1:]:
+                h = layer(h)
+            out = h + block.conv_skip(xt)
+        (out * grad).sum().backward()
+        results.append([out.detach(), xt.grad, *(p.grad for p in block.parameters())])
+    for a, b in zip(*results, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

@@ -53,9 +53,8 @@ class InputResBlock(nn.Module):
             x, torch.cat([first.weight, skip.weight]), torch.cat([first.bias, skip.bias]), padding=1
         )
         h, s = both.split(first.out_channels, dim=1)
-        (h,) = norm_prelu(h, self.conv_block[1], self.conv_block[2])
-        for layer in self.conv_block[3:]:
-            h = layer(h)
+        block = self.conv_block
+        (h,) = norm_prelu_conv(h, block[1], (block[2], block[3], block[4]))
         return h.add_(s)
 
 
