@@ -8,7 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# one share of the cores per pytest-xdist worker: two workers with two threads each on two cores made
+# the OpenMP threads wait on each other (a 1-second test took 40 s in the parallel suite)
+_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _workers)))
 
 
 @pytest.fixture(autouse=True)

@@ -27,11 +27,10 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from h2aseg.models.attention import ATTENTION_IMPLS, BiDirectionalSpatialAttention, Triple
-from h2aseg.models.blocks import InputResBlock, PreActResBlock, SegHead
+from h2aseg.models.blocks import InputResBlock, PreActResBlock, SegHead, upsample
 from h2aseg.models.mcsa import MCSA
 from h2aseg.models.registry import register_network
 from h2aseg.models.tamw import TAMW
@@ -149,7 +148,7 @@ class Decoder(nn.Module):
         self.checkpointed: frozenset[int] = frozenset()
 
     def _up(self, x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-        return F.interpolate(x, size=tuple(size), mode="trilinear", align_corners=self.align_corners)
+        return upsample(x, size, self.align_corners)
 
     def forward(self, feats: list[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
         """Returns the logits of levels 1..5 (finest first), each at its level's resolution."""
@@ -340,6 +339,6 @@ class H2ASeg(nn.Module):
         return [
             out
             if out.shape[2:] == size
-            else F.interpolate(out, size=tuple(size), mode="trilinear", align_corners=self.align_corners)
+            else upsample(out, size, self.align_corners)
             for out in logits
         ]

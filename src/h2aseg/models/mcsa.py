@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from h2aseg.models.attention import (
     BiDirectionalSpatialAttention,
@@ -30,7 +29,7 @@ from h2aseg.models.attention import (
     pad_to_multiple,
     valid_window_mask,
 )
-from h2aseg.models.blocks import NormAct
+from h2aseg.models.blocks import NormAct, upsample
 
 
 class IntraWindowAttention(nn.Module):
@@ -89,8 +88,8 @@ class MCSA(nn.Module):
         pet_p = pad_to_multiple(pet, self.pool_window)  # type: ignore[arg-type]
         tok_ct, tok_pet = self.inter_window_attention(self.win_merge_ct(ct_p), self.win_merge_pet(pet_p))
         size = tuple(ct_p.shape[2:])
-        up_ct = F.interpolate(tok_ct, size=size, mode="trilinear", align_corners=self.align_corners)
-        up_pet = F.interpolate(tok_pet, size=size, mode="trilinear", align_corners=self.align_corners)
+        up_ct = upsample(tok_ct, size, self.align_corners)
+        up_pet = upsample(tok_pet, size, self.align_corners)
         ct1 = ct + up_ct[..., :sx, :sy, :sz]
         pet1 = pet + up_pet[..., :sx, :sy, :sz]
         if self.norm_act:
