@@ -271,6 +271,58 @@ def section_train(rep: Report, device: torch.device, quick: bool) -> None:
     rep.table(header, rows)
 
 
+def section_fused(rep: Report, device: torch.device, quick: bool) -> None:
+    """The fused instance-norm node (h2aseg.models.norm_act) against the module path on this device:
+    gradients of one fp32 step, then bf16 step time and memory each way. It is on by default only on the
+    CPU (where it was measured); this section is what decides whether CUDA should take it too."""
+    import h2aseg.models.norm_act as norm_act
+    from h2aseg.training.losses import DeepSupervisedDiceCE
+
+    size = (32, 32, 32) if quick else (128, 128, 64)
+    batch = 2 if quick else 4
+    default = set(norm_act.FUSED_DEVICES)
+    rows = []
+    try:
+        for name, kwargs in VARIANTS.items():
+            torch.manual_seed(3)
+            x = torch.randn(batch, 2, *size, device=device)
+            y = (torch.rand(batch, 1, *size, device=device) > 0.98).long()
+            grads, timing = {}, {}
+            for fused in (False, True):
+                norm_act.FUSED_DEVICES = default | {device.type} if fused else default - {device.type}
+                net = build(kwargs, device, dropout=0.0, attn_dropout=0.0).train()
+                DeepSupervisedDiceCE(net.out_channels)(net(x), y).backward()
+                grads[fused] = [p.grad.float().clone() for p in net.parameters()]
+                step = TrainStep(net, "bf16", x, y)
+                reset_peak(device)
+                step()
+                t = statistics.median(timed(step, device, warmup=1, reps=2 if quick else 5))
+                timing[fused] = (t, peak_gb(device))
+                del net, step
+                reset_peak(device)
+            diff = torch.stack(
+                [(a - b).norm() for a, b in zip(grads[True], grads[False], strict=True)]
+            ).norm()
+            rel = (diff / torch.stack([g.norm() for g in grads[False]]).norm()).item()
+            (t_mod, gb_mod), (t_fused, gb_fused) = timing[False], timing[True]
+            rows.append(
+                [name, f"{rel:.1e}", f"{t_mod:.3f} / {gb_mod:.2f}", f"{t_fused:.3f} / {gb_fused:.2f}"]
+            )
+            rep.data.setdefault("fused", {})[name] = {
+                "grad_rel": rel,
+                "modules": timing[False],
+                "fused": timing[True],
+            }
+    finally:
+        norm_act.FUSED_DEVICES = default
+    rep.add(
+        f"### 6. Fused norm node vs modules on {device.type.upper()}, {batch} x {'x'.join(map(str, size))}"
+    )
+    rep.add()
+    header = ["variant", "fp32 grad rel. diff", "modules: bf16 s / GB", "fused: bf16 s / GB"]
+    rep.table(header, rows)
+
+
 def section_predict(rep: Report, device: torch.device, quick: bool) -> None:
     import numpy as np
 
@@ -440,6 +492,7 @@ SECTIONS = {
     "train": section_train,
     "predict": section_predict,
     "cli": section_cli,
+    "fused": section_fused,
 }
 
 

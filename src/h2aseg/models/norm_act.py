@@ -11,7 +11,12 @@ the conv, per branch). Here:
 - the node keeps only its input (plus per-channel statistics): the normalised map and the activations
   are recomputed in backward (two cheap passes), the convs' outputs are not;
 - PReLU's backward is ReLU's mask kernel plus in-place updates (no full-size temporaries beyond two
-  buffers) instead of the generic PReLU-backward kernel, several times slower on the CPU.
+  buffers) instead of the generic PReLU-backward kernel, several times slower on the CPU;
+- a ``Dropout3d`` between PReLU and conv (the level-1 block) is a per-channel multiplier inside the node,
+  drawn from the RNG exactly as the module draws it;
+- inputs larger than :data:`CHUNK_ELEMENTS` go through a few samples at a time (the statistics are per
+  sample and channel), which bounds backward's temporaries;
+- narrow convs run channels-last on the CPU (:func:`_layout`).
 
 Same mathematics as the modules; they stay in the model (their names and parameters are the released
 state_dict's) and :func:`norm_prelu` / :func:`norm_prelu_conv` route through them where the fused node does
