@@ -29,6 +29,7 @@ from h2aseg.models.attention_kernels import (
     recomputed_attention,
     softmax_attention,
 )
+from h2aseg.models.tiny_conv import conv3d
 
 __all__ = ["dropout_keep_mask", "softmax_attention"]  # re-exported: part of this module's contract
 
@@ -222,10 +223,10 @@ class DirectionalAttention(nn.Module):
         if window is None:
             y = y.transpose(1, 2).reshape(y.shape[0], y.shape[2], *shape)
             if self.combine == "concat":
-                y = self.out(y)
+                y = conv3d(self.out, y)
         else:
             if self.combine == "concat":
-                y = maps_to_windows(self.out(windows_to_maps(y, window)))
+                y = maps_to_windows(conv3d(self.out, windows_to_maps(y, window)))
             y = window_reverse(y, window, shape)
         return self.drop(y)
 

@@ -31,6 +31,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from h2aseg.models.tiny_conv import conv3d, tiny_on_cpu
+
 #: devices on which the fused node runs. CUDA keeps the module path until the fused one has been checked
 #: there (``benchmarks/cuda_check.py`` compares the two); add "cuda" once it has.
 FUSED_DEVICES: set[str] = {"cpu"}
@@ -56,17 +58,22 @@ def _layout(a: torch.Tensor, weight: torch.Tensor) -> torch.memory_format:
     return torch.channels_last_3d if a.device.type == "cpu" and narrow else torch.contiguous_format
 
 
+def _conv_dtype(a: torch.Tensor) -> torch.dtype:
+    """float32 for tiny maps on the CPU (bf16 weight gradients there can be NaN, see tiny_conv)."""
+    return torch.float32 if tiny_on_cpu(a) else a.dtype
+
+
 def _conv(a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int) -> torch.Tensor:
-    layout = _layout(a, weight)
-    bias = None if bias is None else bias.to(a.dtype)
+    layout, dtype = _layout(a, weight), _conv_dtype(a)
+    bias = None if bias is None else bias.to(dtype)
     y = F.conv3d(
-        a.contiguous(memory_format=layout),
-        weight.to(a.dtype).contiguous(memory_format=layout),
+        a.to(dtype).contiguous(memory_format=layout),
+        weight.to(dtype).contiguous(memory_format=layout),
         bias,
         stride=stride,
         padding=weight.shape[-1] // 2,
     )
-    return y.contiguous()
+    return y.contiguous().to(a.dtype)
 
 
 def _conv_backward(
@@ -78,11 +85,11 @@ def _conv_backward(
     mask: list[bool],
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Gradients of :func:`_conv` with respect to ``(a, weight, bias)`` (``mask`` says which are needed)."""
-    layout = _layout(a, weight)
+    layout, dtype = _layout(a, weight), _conv_dtype(a)
     d, d_w, d_b = torch.ops.aten.convolution_backward(
-        grad.contiguous(memory_format=layout),
-        a.contiguous(memory_format=layout),
-        weight.to(a.dtype).contiguous(memory_format=layout),
+        grad.to(dtype).contiguous(memory_format=layout),
+        a.to(dtype).contiguous(memory_format=layout),
+        weight.to(dtype).contiguous(memory_format=layout),
         None if bias is None else [bias.shape[0]],
         [stride] * 3,
         [weight.shape[-1] // 2] * 3,
@@ -94,7 +101,7 @@ def _conv_backward(
     )
     d_w = None if d_w is None else d_w.contiguous().to(weight.dtype)
     d_b = None if d_b is None else d_b.to(bias.dtype)  # type: ignore[union-attr]
-    return d.contiguous(), d_w, d_b
+    return d.contiguous().to(a.dtype), d_w, d_b
 
 
 #: elements of the input processed at once: larger inputs go through the node a few samples at a time
@@ -285,7 +292,7 @@ def norm_prelu_conv(x: torch.Tensor, norm: nn.InstanceNorm3d, *branches: Branch)
         for branch in branches:
             h = n
             for layer in branch:
-                h = layer(h)
+                h = conv3d(layer, h) if isinstance(layer, nn.Conv3d) else layer(h)
             outs.append(h)
         return tuple(outs)
     params = []
