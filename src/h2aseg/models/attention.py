@@ -10,9 +10,11 @@ How the two attention results are combined is the main paper/released difference
 - ``combine="concat"`` (paper): concatenate, then a 3x3x3 conv (inside each window when windowed).
 - ``combine="mean"`` (released code): average, then a 1x1x1 conv and dropout; optionally a residual.
 
-Attention runs through :func:`torch.nn.functional.scaled_dot_product_attention` with queries and keys
-zero-padded to the value width (so PyTorch's fused kernel is eligible); ``impl="reference"`` is the plain
-einsum/softmax formulation (:func:`softmax_attention`) used by the tests as ground truth.
+Which kernel computes an attention is decided by :func:`attention` (PyTorch's fused kernel on CUDA and for
+fp32 inference, the kernels of :mod:`h2aseg.models.attention_kernels` on the CPU and for attention
+dropout); ``impl="reference"`` is the plain einsum/softmax formulation (:func:`softmax_attention`) used by
+the tests as ground truth. The 1x1x1 convs run as linear maps on window tokens, each map partitioned into
+windows once for both directions.
 """
 
 from __future__ import annotations
