@@ -48,11 +48,28 @@ def test_conv3d_routes_tiny_maps_through_float32() -> None:
 
 def test_norm_node_convolves_tiny_maps_in_float32() -> None:
     torch.manual_seed(1)
-    bad = 0
     for _ in range(30):
         prelu, conv = nn.PReLU(), nn.Conv3d(32, 32, 3, padding=1)
-        x = torch.randn(2, 32, 2, 2, 2).bfloat16().requires_grad_()
-        (y,) = norm_prelu_conv(x, norm(32), (prelu, conv))
-        y.float().sum().backward()
-        bad += not torch.isfinite(conv.weight.grad).all()
-    assert bad == 0
+        x = torch.randn(2, 32, 2, 2, 2).bfloat16()
+        grads = []
+        for dtype in (torch.bfloat16, torch.float32):
+            conv.zero_grad(set_to_none=True)
+            (y,) = norm_prelu_conv(x.to(dtype).requires_grad_(), norm(32), (prelu, conv))
+            y.float().sum().backward()
+            grads.append(conv.weight.grad)
+        assert torch.isfinite(grads[0]).all()
+        torch.testing.assert_close(grads[0], grads[1], rtol=0.05, atol=0.05)
+
+
+def test_float64_on_tiny_maps_is_not_narrowed() -> None:
+    """The float32 route is for bf16/fp16 only: float64 keeps its precision (gradcheck needs it)."""
+    torch.manual_seed(2)
+    prelu, conv = nn.PReLU().double(), nn.Conv3d(3, 2, 3, padding=1).double()
+    x = torch.randn(2, 3, 2, 2, 1, dtype=torch.float64, requires_grad=True)
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        return norm_prelu_conv(x, norm(3), (prelu, conv))[0]
+
+    assert fn(x).dtype == torch.float64
+    assert torch.autograd.gradcheck(fn, (x,))
+    assert conv3d(conv, x).dtype == torch.float64

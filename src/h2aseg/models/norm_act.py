@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from h2aseg.models.tiny_conv import conv3d, tiny_on_cpu
+from h2aseg.models.tiny_conv import conv3d, conv_dtype
 
 #: devices on which the fused node runs. CUDA keeps the module path until the fused one has been checked
 #: there (``benchmarks/cuda_check.py`` compares the two); add "cuda" once it has.
@@ -58,13 +58,8 @@ def _layout(a: torch.Tensor, weight: torch.Tensor) -> torch.memory_format:
     return torch.channels_last_3d if a.device.type == "cpu" and narrow else torch.contiguous_format
 
 
-def _conv_dtype(a: torch.Tensor) -> torch.dtype:
-    """float32 for tiny maps on the CPU (bf16 weight gradients there can be NaN, see tiny_conv)."""
-    return torch.float32 if tiny_on_cpu(a) else a.dtype
-
-
 def _conv(a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int) -> torch.Tensor:
-    layout, dtype = _layout(a, weight), _conv_dtype(a)
+    layout, dtype = _layout(a, weight), conv_dtype(a, a.dtype)
     bias = None if bias is None else bias.to(dtype)
     y = F.conv3d(
         a.to(dtype).contiguous(memory_format=layout),
@@ -85,7 +80,7 @@ def _conv_backward(
     mask: list[bool],
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Gradients of :func:`_conv` with respect to ``(a, weight, bias)`` (``mask`` says which are needed)."""
-    layout, dtype = _layout(a, weight), _conv_dtype(a)
+    layout, dtype = _layout(a, weight), conv_dtype(a, a.dtype)
     d, d_w, d_b = torch.ops.aten.convolution_backward(
         grad.to(dtype).contiguous(memory_format=layout),
         a.to(dtype).contiguous(memory_format=layout),

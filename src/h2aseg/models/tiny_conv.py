@@ -19,20 +19,21 @@ import torch.nn.functional as F
 TINY_VOXELS = 32
 
 
-def tiny_on_cpu(x: torch.Tensor) -> bool:
-    """Whether ``x`` (``(B, C, X, Y, Z)``, on the CPU) is a map small enough to hit the bug."""
-    return x.device.type == "cpu" and math.prod(x.shape[2:]) < TINY_VOXELS
+def conv_dtype(x: torch.Tensor, dtype: torch.dtype) -> torch.dtype:
+    """The dtype to convolve ``x`` (``(B, C, X, Y, Z)``) in when the conv would run in ``dtype``: float32
+    instead of bf16/fp16 for a map small enough to hit the bug on the CPU, else ``dtype`` unchanged."""
+    tiny = x.device.type == "cpu" and math.prod(x.shape[2:]) < TINY_VOXELS
+    return torch.float32 if tiny and dtype in (torch.bfloat16, torch.float16) else dtype
 
 
 def conv3d(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
     """``conv(x)``; for a tiny map under bf16/fp16 (input or autocast) on the CPU, in float32, with the
     result in the dtype ``conv(x)`` would have had."""
-    autocast = torch.is_autocast_enabled("cpu")
-    low = x.dtype in (torch.bfloat16, torch.float16)
-    if not (tiny_on_cpu(x) and (low or autocast)):
+    autocast = torch.is_autocast_enabled(x.device.type)
+    dtype = torch.get_autocast_dtype(x.device.type) if autocast else x.dtype
+    if conv_dtype(x, dtype) == dtype:
         return conv(x)
-    dtype = torch.get_autocast_dtype("cpu") if autocast else x.dtype
-    with torch.autocast("cpu", enabled=False):
+    with torch.autocast(x.device.type, enabled=False):
         bias = None if conv.bias is None else conv.bias.float()
         y = F.conv3d(
             x.float(), conv.weight.float(), bias, conv.stride, conv.padding, conv.dilation, conv.groups
