@@ -157,7 +157,6 @@ class DirectionalAttention(nn.Module):
         qk_channels: int,
         *,
         combine: str = "concat",
-        residual: bool = False,
         attn_dropout: float = 0.0,
         dropout: float = 0.0,
     ) -> None:
@@ -176,7 +175,6 @@ class DirectionalAttention(nn.Module):
         else:
             raise ValueError(f"combine must be 'concat' or 'mean', got {combine!r}")
         self.combine = combine
-        self.residual = residual
         self.channels, self.qk_channels = c, d
         self.attn_dropout = attn_dropout
         self.drop = nn.Dropout(dropout)
@@ -244,10 +242,13 @@ def tokens(x: torch.Tensor, window: Triple | None) -> torch.Tensor:
 class BiDirectionalSpatialAttention(nn.Module):
     """BDSA: ``(ct, pet) -> (ct', pet')``, each improved by the other (``sa_ct``, ``sa_pet``)."""
 
-    def __init__(self, channels: int, qk_channels: int, **kwargs: object) -> None:
+    def __init__(self, channels: int, qk_channels: int, *, residual: bool = False, **kwargs: object) -> None:
+        """``residual``: return ``ct + attention``, ``pet + attention`` (the released code's global BDSA at
+        levels 4-5) instead of the attention terms; ``kwargs`` go to both :class:`DirectionalAttention`."""
         super().__init__()
         self.sa_ct = DirectionalAttention(channels, qk_channels, **kwargs)  # type: ignore[arg-type]
         self.sa_pet = DirectionalAttention(channels, qk_channels, **kwargs)  # type: ignore[arg-type]
+        self.residual = residual
         self.impl = "sdpa"
 
     def forward(
@@ -264,7 +265,7 @@ class BiDirectionalSpatialAttention(nn.Module):
         t_ct, t_pet = tokens(ct, window), tokens(pet, window)
         y_ct = self.sa_ct(t_ct, t_pet, shape, window, valid, self.impl)
         y_pet = self.sa_pet(t_pet, t_ct, shape, window, valid, self.impl)
-        if self.sa_ct.residual:
+        if self.residual:
             y_ct, y_pet = ct + y_ct, pet + y_pet
         return y_ct, y_pet
 
