@@ -86,19 +86,26 @@ def _random_bits(n: int, p: float, device: torch.device) -> torch.Tensor:
     return torch.rand(n, device=device) >= p
 
 
-def _mask_values(draw: torch.Tensor, p: float, start: int, count: int, table: torch.Tensor) -> torch.Tensor:
-    """Flat keep mask of elements ``[start, start + count)`` of :func:`_random_bits`' draw, as
-    ``table[1]`` where kept and ``table[0]`` where dropped (a bool table gives a bool mask).
+def _mask_table(
+    p: float, dropped: object, kept: object, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """What :func:`_mask_values` looks the random draw up in: for p = 0.5 a ``(256, 8)`` table, byte ->
+    its eight mask values (one gather per eight weights, several times faster than expanding bits with
+    shifts and multiplying by a bool mask); otherwise ``(dropped, kept)``."""
+    values = torch.tensor([dropped, kept], dtype=dtype, device=device)
+    if p != 0.5:
+        return values
+    bits = (torch.arange(256, device=device)[:, None] >> torch.arange(8, device=device)) & 1
+    return values[bits]
 
-    One table lookup per random byte (eight mask elements at p = 0.5): several times faster than
-    expanding the bits with shifts and multiplying by a bool mask.
-    """
+
+def _mask_values(draw: torch.Tensor, p: float, start: int, count: int, table: torch.Tensor) -> torch.Tensor:
+    """Flat keep mask of elements ``[start, start + count)`` of :func:`_random_bits`' draw, as the values
+    of ``table`` (:func:`_mask_table`)."""
     if p != 0.5:
         return table.index_select(0, draw[start : start + count].long())
     first, last = start // 8, -(-(start + count) // 8)
-    bits = (torch.arange(256, device=draw.device)[:, None] >> torch.arange(8, device=draw.device)) & 1
-    values = table.index_select(0, bits.flatten()).view(256, 8)  # byte -> its eight mask values
-    expanded = values.index_select(0, draw[first:last].long()).view(-1)
+    expanded = table.index_select(0, draw[first:last].long()).view(-1)
     offset = start - 8 * first
     return expanded[offset : offset + count]
 
@@ -111,7 +118,7 @@ def dropout_keep_mask(shape: torch.Size, p: float, device: torch.device) -> torc
     faster than one uniform draw per element.
     """
     n = math.prod(shape)
-    table = torch.tensor([False, True], device=device)
+    table = _mask_table(p, False, True, torch.bool, device)
     return _mask_values(_random_bits(n, p, device), p, 0, n, table).view(shape)
 
 
@@ -133,15 +140,17 @@ class _RecomputedAttention(torch.autograd.Function):
             qs = (q.to(dtype) * scale).reshape(b * h, n_q, d)
             k2 = k.to(dtype).reshape(b * h, n_k, d)
             v2 = v.to(dtype).reshape(b * h, n_k, d_v)
-            rows_mask = None if mask is None else mask.expand(b, h, 1, n_k).reshape(b * h, 1, n_k)
+            # True where a key is masked out, one row per (window, head)
+            hidden = None if mask is None else ~mask.expand(b, h, 1, n_k).reshape(b * h, 1, n_k)
             draw = _random_bits(b * h * n_q * n_k, p, q.device) if p > 0 else None
+            table = _keep_table(p, dtype, q.device)
             out = torch.empty((b * h, n_q, d_v), dtype=dtype, device=q.device)
             for rows in _row_chunks(b * h, n_q * n_k):
-                probs = _probs(qs, k2, rows_mask, rows)
+                probs = _probs(qs, k2, hidden, rows)
                 if draw is not None:  # dropped weights at 0, kept ones scaled by 1 / (1 - p)
-                    probs.mul_(_keep(draw, p, rows, probs))
+                    probs.mul_(_keep(draw, p, rows, probs, table))
                 torch.bmm(probs, v2[rows], out=out[rows])
-        ctx.save_for_backward(qs, k2, v2, draw, rows_mask)
+        ctx.save_for_backward(qs, k2, v2, draw, hidden)
         ctx.scale, ctx.p = scale, p
         ctx.shapes = (q.shape, k.shape, v.shape)
         ctx.dtypes = (q.dtype, k.dtype, v.dtype)
@@ -149,12 +158,13 @@ class _RecomputedAttention(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
-        qs, k2, v2, draw, rows_mask = ctx.saved_tensors
+        qs, k2, v2, draw, hidden = ctx.saved_tensors
         g = grad_out.reshape(v2.shape[0], -1, v2.shape[-1]).to(v2.dtype)
         grad_q, grad_k, grad_v = torch.empty_like(qs), torch.empty_like(k2), torch.empty_like(v2)
+        table = _keep_table(ctx.p, qs.dtype, qs.device)
         for rows in _row_chunks(qs.shape[0], qs.shape[1] * k2.shape[1]):
-            probs = _probs(qs, k2, rows_mask, rows)  # recomputed, identical to forward's
-            keep = None if draw is None else _keep(draw, ctx.p, rows, probs)
+            probs = _probs(qs, k2, hidden, rows)  # recomputed, identical to forward's
+            keep = None if draw is None else _keep(draw, ctx.p, rows, probs, table)
             weights = probs if keep is None else probs * keep
             torch.bmm(weights.transpose(1, 2), g[rows], out=grad_v[rows])
             grad_w = torch.bmm(g[rows], v2[rows].transpose(1, 2))  # d(loss)/d(probs)
@@ -168,18 +178,25 @@ class _RecomputedAttention(torch.autograd.Function):
         return grad_q.view(sq).to(tq), grad_k.view(sk).to(tk), grad_v.view(sv).to(tv), None, None, None
 
 
-def _probs(qs: torch.Tensor, k2: torch.Tensor, rows_mask: torch.Tensor | None, rows: slice) -> torch.Tensor:
-    """``softmax(q k^T)`` of rows ``rows`` (queries pre-scaled), masked keys at -inf."""
+def _probs(qs: torch.Tensor, k2: torch.Tensor, hidden: torch.Tensor | None, rows: slice) -> torch.Tensor:
+    """``softmax(q k^T)`` of rows ``rows`` (queries pre-scaled), keys where ``hidden`` at -inf."""
     scores = torch.bmm(qs[rows], k2[rows].transpose(1, 2))
-    if rows_mask is not None:
-        scores.masked_fill_(~rows_mask[rows], float("-inf"))
+    if hidden is not None:
+        scores.masked_fill_(hidden[rows], float("-inf"))
     return torch.softmax(scores, dim=-1)
 
 
-def _keep(draw: torch.Tensor, p: float, rows: slice, probs: torch.Tensor) -> torch.Tensor:
-    """Multipliers of rows ``rows`` (``probs`` = that chunk's weights): 0 dropped, ``1 / (1 - p)`` kept."""
+def _keep_table(p: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:
+    """:func:`_mask_table` of the node's multipliers (0 dropped, ``1 / (1 - p)`` kept); None without
+    dropout."""
+    return _mask_table(p, 0.0, 1.0 / (1.0 - p), dtype, device) if p > 0 else None
+
+
+def _keep(
+    draw: torch.Tensor, p: float, rows: slice, probs: torch.Tensor, table: torch.Tensor
+) -> torch.Tensor:
+    """Multipliers of rows ``rows`` (``probs`` = that chunk's weights) from :func:`_keep_table`."""
     per_row = probs.shape[1] * probs.shape[2]
-    table = torch.tensor([0.0, 1.0 / (1.0 - p)], dtype=probs.dtype, device=probs.device)
     return _mask_values(draw, p, rows.start * per_row, probs.numel(), table).view(probs.shape)
 
 
