@@ -200,5 +200,7 @@ def test_input_block_with_channel_dropout_matches_modules(training: bool) -> Non
             out = h + block.conv_skip(xt)
         (out * grad).sum().backward()
         results.append([out.detach(), xt.grad, *(p.grad for p in block.parameters())])
+    # the first conv's bias feeds instance norm, so its exact gradient is 0 and both paths give float32
+    # rounding noise of about 1e-5 there (summation order differs between CPUs): atol 1e-4
     for a, b in zip(*results, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)

@@ -20,4 +20,7 @@ for _mod in (synth, train, predict, evaluate, demo):
 
 
 def main() -> None:
+    from h2aseg.hardware import tune_allocator
+
+    tune_allocator()  # keep freed activation memory in the process (CPU steps ~25 % faster on VMs)
     app()

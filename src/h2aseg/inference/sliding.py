@@ -6,7 +6,9 @@ Used by prediction and by validation during training. Imports nothing from ``h2a
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -14,6 +16,7 @@ import torch.nn as nn
 from monai.inferers import sliding_window_inference
 
 from h2aseg.config import InferConfig
+from h2aseg.hardware import cpu_has_bf16
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -27,7 +30,11 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def autocast_context(amp: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """Autocast for ``amp`` in ``auto | bf16 | fp16 | off`` (``auto``: fp16 on CUDA, off on CPU)."""
+    """Autocast for ``amp`` in ``auto | bf16 | fp16 | off`` (``auto``: fp16 on CUDA, off on CPU).
+
+    ``bf16`` on a CPU without native bf16 (no AVX-512 BF16 / AMX) runs in float32 with a warning: there
+    oneDNN's bf16 convolutions are orders of magnitude slower than float32 (``h2aseg.hardware``).
+    """
     if amp not in ("auto", "bf16", "fp16", "off"):
         raise ValueError(f"amp must be auto, bf16, fp16 or off, got {amp!r}")
     if amp == "off" or (amp == "auto" and device.type != "cuda"):
@@ -35,7 +42,20 @@ def autocast_context(amp: str, device: torch.device) -> contextlib.AbstractConte
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
     if device.type == "cpu" and dtype == torch.float16:
         raise ValueError("fp16 autocast is for CUDA; use amp=bf16 on CPU")
+    if device.type == "cpu" and not cpu_has_bf16():
+        _warn_no_bf16()
+        return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
+
+
+@functools.cache
+def _warn_no_bf16() -> None:
+    warnings.warn(
+        "amp=bf16 asked for, but this CPU has no native bf16 (AVX-512 BF16 or AMX), where bf16 convolutions "
+        "are far slower than float32: running in float32 instead (set amp=off to silence this)",
+        RuntimeWarning,
+        stacklevel=3,
+    )
 
 
 def logits_to_probabilities(logits: torch.Tensor) -> torch.Tensor:
