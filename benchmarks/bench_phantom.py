@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from h2aseg.data.phantom import synth_case, write_cohort
+from h2aseg.synth import synth_case, write_cohort
 
 CASES = [
     ("wholebody", (96, 96, 128), (4.0, 4.0, 4.0)),

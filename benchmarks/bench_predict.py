@@ -41,10 +41,10 @@ def main() -> None:
 
     from h2aseg.config import load_config
     from h2aseg.data.io import write_volume
-    from h2aseg.data.phantom import synth_case
     from h2aseg.inference.predictor import Predictor
     from h2aseg.inference.sliding import resolve_device
     from h2aseg.models.factory import build_from_config
+    from h2aseg.synth import synth_case
 
     device = resolve_device("auto")
     table = Table(

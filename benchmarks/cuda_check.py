@@ -328,10 +328,10 @@ def section_predict(rep: Report, device: torch.device, quick: bool) -> None:
 
     from h2aseg.config import load_config
     from h2aseg.data.io import write_volume
-    from h2aseg.data.phantom import synth_case
     from h2aseg.demo import shipped_checkpoint
     from h2aseg.inference.predictor import Predictor
     from h2aseg.models.factory import build_from_config
+    from h2aseg.synth import synth_case
 
     shape = (96, 96, 80) if quick else (400, 400, 326)
     spacing = (2.0364, 2.0364, 3.0)

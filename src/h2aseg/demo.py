@@ -30,7 +30,6 @@ from h2aseg.checkpoint import load_checkpoint
 from h2aseg.config import Config, load_config
 from h2aseg.data.io import write_volume
 from h2aseg.data.layouts import Case, discover
-from h2aseg.data.phantom import write_cohort
 from h2aseg.data.preprocess import CaseCache, restore_to_ct_grid
 from h2aseg.data.splits import make_split
 from h2aseg.evaluation.pipeline import evaluate_folders
@@ -38,6 +37,7 @@ from h2aseg.evaluation.report import write_evaluation
 from h2aseg.files import atomic_write_text
 from h2aseg.inference.predictor import Predictor, predict_cases
 from h2aseg.inference.thresholding import relative_threshold, suv_threshold
+from h2aseg.synth import write_cohort
 
 SHIPPED_CHECKPOINT = "demo_checkpoint.pt"
 METHODS = {

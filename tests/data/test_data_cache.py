@@ -10,8 +10,8 @@ import pytest
 
 import h2aseg.data.preprocess as pre
 from h2aseg.config import DataConfig
-from h2aseg.data.phantom import write_cohort
 from h2aseg.data.preprocess import CaseCache
+from h2aseg.synth import write_cohort
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,23 @@ from pathlib import Path
 
 import pytest
 
-from h2aseg.data.layouts import LayoutError, detect_layout, discover, nnunet_patient_id
-from h2aseg.data.phantom import write_cohort
+from h2aseg.data.layouts import (
+    Case,
+    CasePaths,
+    LayoutError,
+    autopet_case_id,
+    autopet_study_paths,
+    csv_case_paths,
+    detect_layout,
+    discover,
+    hecktor_case_id,
+    hecktor_case_paths,
+    manifest_text,
+    nnunet_case_id,
+    nnunet_case_paths,
+    nnunet_patient_id,
+)
+from h2aseg.synth import write_cohort
 
 SHAPE = (20, 20, 24)
 
@@ -175,3 +190,43 @@ def test_csv_manifest(trees: dict, tmp_path: Path) -> None:
     (root / "second.csv").write_text("case_id,ct,pet\n")
     with pytest.raises(LayoutError, match=r"exactly one manifest \.csv, found 2"):
         discover(root, "csv")
+
+
+def _touch(root: Path, paths: CasePaths) -> CasePaths:
+    for q in paths:
+        (root / q).parent.mkdir(parents=True, exist_ok=True)
+        (root / q).touch()
+    return CasePaths(*(root / q for q in paths))
+
+
+def test_name_builders_round_trip(tmp_path: Path) -> None:
+    """Names built by the builders are discovered back with the right ids, patients and files."""
+    study = "01-02-2003-NA-PET-CT Ganzkoerper  primaer mit KM-12345"
+    expected: dict[str, list[Case]] = {}
+    for layout in ("autopet", "autopet-nnunet", "hecktor", "csv"):
+        root = tmp_path / layout
+        cases = []
+        for i, pat in enumerate(("0af3c91b2d", "77e0b4a1c9")):
+            for s in (study, study.replace("01-02", f"1{i}-03")):
+                if layout == "autopet":
+                    pid = f"PETCT_{pat}"
+                    paths, cid = _touch(root, autopet_study_paths(pid, s)), autopet_case_id(pid, s)
+                elif layout == "autopet-nnunet":
+                    cid = nnunet_case_id("fdg", pat, s)
+                    pid, paths = pat, _touch(root, nnunet_case_paths(cid))
+                elif layout == "hecktor":
+                    cid = pid = hecktor_case_id(("CHUM", "MDA")[i], 1 + len(cases))
+                    paths = _touch(root, hecktor_case_paths(cid))
+                else:
+                    cid, pid = f"case {len(cases)}", f"patient-{i}"
+                    paths = _touch(root, csv_case_paths(cid))
+                cases.append(Case(cid, pid, *paths))
+        if layout == "csv":
+            (root / "manifest.csv").write_text(manifest_text(cases, root))
+        expected[layout] = sorted(cases, key=lambda c: c.case_id)
+        assert detect_layout(root) == layout
+        assert discover(root) == discover(root, layout) == expected[layout]
+    assert [c.case_id[:4] for c in expected["hecktor"]] == ["CHUM", "CHUM", "MDA-", "MDA-"]
+    assert expected["hecktor"][0].case_id == "CHUM-001"
+    tcia, nnu = expected["autopet"], expected["autopet-nnunet"]
+    assert [c.case_id for c in tcia] == [f"PETCT_{c.case_id[4:]}" for c in nnu]

@@ -11,8 +11,8 @@ import pytest
 from h2aseg.config import DataConfig
 from h2aseg.data.io import ImageError, read_volume
 from h2aseg.data.layouts import Case
-from h2aseg.data.phantom import write_cohort
 from h2aseg.data.preprocess import preprocess_case, preprocess_images, restore_to_ct_grid
+from h2aseg.synth import write_cohort
 
 
 def _save(path: Path, arr: np.ndarray, affine: np.ndarray) -> Path:

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from h2aseg.data.layouts import Case
-from h2aseg.data.phantom import write_cohort
 from h2aseg.data.splits import Split, SplitError, check_split, load_split, make_split, save_split
+from h2aseg.synth import write_cohort
 
 
 def _cohort(n_patients: int = 60, seed: int = 0) -> tuple[list[Case], dict[str, bool]]:

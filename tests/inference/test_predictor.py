@@ -14,10 +14,10 @@ from h2aseg.checkpoint import CheckpointError, save_checkpoint
 from h2aseg.config import load_config
 from h2aseg.data.io import ImageError
 from h2aseg.data.layouts import discover
-from h2aseg.data.phantom import write_cohort
 from h2aseg.inference.predictor import Predictor, predict_cases, write_prediction
 from h2aseg.inference.sliding import predict_probabilities
 from h2aseg.models.factory import build_from_config
+from h2aseg.synth import write_cohort
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "training"))
 from test_trainer import TINY

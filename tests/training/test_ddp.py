@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from h2aseg.data.phantom import write_cohort
+from h2aseg.synth import write_cohort
 
 
 def _free_port() -> int:

@@ -29,9 +29,10 @@ def synth(
         None, "--spacing", help="Voxel size X Y Z in mm (default 4 4 5 whole body, 2 2 2 head and neck)."
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty folder."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
 ) -> None:
     """Write N synthetic PET/CT studies (whole body for AutoPET layouts, head and neck for HECKTOR)."""
-    from h2aseg.data.phantom import PhantomError, check_output_dir, write_cohort
+    from h2aseg.synth import PhantomError, check_output_dir, write_cohort
 
     console = Console(stderr=True)
     if cases < 1:
@@ -56,8 +57,9 @@ def synth(
         TimeElapsedColumn(),
         console=console,
         transient=False,
-    ) as progress:
-        task = progress.add_task(layout.value, total=cases)
+        disable=not progress,
+    ) as bar:
+        task = bar.add_task(layout.value, total=cases)
         try:
             written = write_cohort(
                 out,
@@ -67,10 +69,10 @@ def synth(
                 shape=shape,
                 spacing=spacing,
                 overwrite=overwrite,
-                progress=lambda done, total, cid: progress.update(task, completed=done),
+                progress=lambda done, total, cid: bar.update(task, completed=done),
             )
         except (PhantomError, OSError) as e:
-            progress.stop()
+            bar.stop()
             console.print(f"[red]error:[/red] {e}", highlight=False)
             raise typer.Exit(code=2) from None
     patients = len({c.patient_id for c in written})

@@ -1,12 +1,12 @@
-"""PET/CT data: dataset layouts, image I/O and checks, preprocessing and caching, splits, phantom.
+"""PET/CT data: dataset layouts, image I/O and checks, preprocessing and caching, splits.
 
 The MONAI training pipelines live in :mod:`h2aseg.data.transforms` (not imported here, to keep this package
-light: it pulls in torch and MONAI).
+light: it pulls in torch and MONAI). The synthetic phantom is :mod:`h2aseg.synth` (it uses this package;
+this package does not import it).
 """
 
 from h2aseg.data.io import ImageError, Volume, read_volume, write_volume
 from h2aseg.data.layouts import Case, LayoutError, discover
-from h2aseg.data.phantom import PhantomError, synth_case, write_cohort
 from h2aseg.data.preprocess import (
     CaseCache,
     Geometry,
@@ -23,7 +23,6 @@ __all__ = [
     "Geometry",
     "ImageError",
     "LayoutError",
-    "PhantomError",
     "PreprocessedCase",
     "Split",
     "SplitError",
@@ -36,7 +35,5 @@ __all__ = [
     "read_volume",
     "restore_to_ct_grid",
     "save_split",
-    "synth_case",
-    "write_cohort",
     "write_volume",
 ]

@@ -16,20 +16,33 @@
 
 Without label folders / files the cases have ``label=None`` (inference). Any inconsistency (a missing file,
 duplicate ids, an empty folder, an unrecognised layout) raises :class:`LayoutError` naming the paths.
+
+The naming rules live here once, for reading and writing: :func:`autopet_case_id`, :func:`nnunet_case_id`,
+:func:`hecktor_case_id` build case ids; :func:`autopet_study_paths`, :func:`nnunet_case_paths`,
+:func:`hecktor_case_paths` and :func:`csv_case_paths` the relative paths of a case's CT, PET and label (what
+:func:`discover` finds back), and :func:`manifest_text` a CSV manifest. The phantom (:mod:`h2aseg.synth`)
+writes its cohorts through them.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from h2aseg.data.io import IMAGE_SUFFIXES, image_suffix, strip_image_suffix
 
 LAYOUTS = ("autopet", "autopet-nnunet", "hecktor", "csv")
 AUTOPET_FILES = {"ct": "CTres", "pet": "SUV", "label": "SEG"}
+NNUNET_SEPARATOR, NNUNET_CHANNELS = "_", ("0000", "0001")  # CT, PET (``swap_channels``: PET, CT)
+HECKTOR_SEPARATOR, HECKTOR_CHANNELS = "__", ("CT", "PT")
+PAIRED_DIRS = (("imagesTr", "labelsTr"), ("imagesTs", "labelsTs"))
+CSV_DIRS = ("images", "labels")
 CSV_COLUMNS = ("case_id", "patient_id", "ct", "pet", "label")
+WRITE_SUFFIX = ".nii.gz"
 _MAX_LISTED = 8
 
 
@@ -64,12 +77,85 @@ def _images_in(folder: Path) -> list[Path]:
 
 def _image_dirs(root: Path) -> tuple[Path, Path] | None:
     """(images, labels) folders of an nnU-Net-style tree: imagesTr/labelsTr, else imagesTs/labelsTs."""
-    for img, lab in (("imagesTr", "labelsTr"), ("imagesTs", "labelsTs")):
+    for img, lab in PAIRED_DIRS:
         if (root / img).is_dir():
             return root / img, root / lab
     return None
 
 
+def _suffixes(separator: str, channels: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(f"{separator}{ch}" for ch in channels)
+
+
+# ------------------------------------------------------------------------------ naming (read and write)
+class CasePaths(NamedTuple):
+    """Paths of one case's CT, PET and label, relative to the dataset root."""
+
+    ct: Path
+    pet: Path
+    label: Path
+
+
+def autopet_case_id(patient: str, study: str) -> str:
+    """AutoPET TCIA case id: ``<patient folder>_<study folder>`` (as nnU-Net's own conversion names it)."""
+    return f"{patient}_{study}"
+
+
+def autopet_study_paths(patient: str, study: str) -> CasePaths:
+    """``<patient>/<study>/{CTres,SUV,SEG}.nii.gz`` (AutoPET TCIA NIfTI release)."""
+    d = Path(patient) / study
+    return CasePaths(*(d / f"{AUTOPET_FILES[k]}{WRITE_SUFFIX}" for k in ("ct", "pet", "label")))
+
+
+def nnunet_case_id(tracer: str, patient: str, study: str) -> str:
+    """AutoPET nnU-Net case id ``<tracer>_<patient>_<study>``; :func:`nnunet_patient_id` parses it back."""
+    return f"{tracer}_{patient}_{study}"
+
+
+def _paired_paths(case_id: str, separator: str, channels: tuple[str, str]) -> CasePaths:
+    images, labels = (Path(d) for d in PAIRED_DIRS[0])
+    ct, pet = (images / f"{case_id}{separator}{ch}{WRITE_SUFFIX}" for ch in channels)
+    return CasePaths(ct, pet, labels / f"{case_id}{WRITE_SUFFIX}")
+
+
+def nnunet_case_paths(case_id: str) -> CasePaths:
+    """``imagesTr/<id>_0000.nii.gz`` (CT), ``imagesTr/<id>_0001.nii.gz`` (PET), ``labelsTr/<id>.nii.gz``."""
+    return _paired_paths(case_id, NNUNET_SEPARATOR, NNUNET_CHANNELS)
+
+
+def hecktor_case_id(centre: str, number: int) -> str:
+    """HECKTOR case id ``<CENTRE>-<NNN>`` (e.g. ``CHUM-001``)."""
+    return f"{centre}-{int(number):03d}"
+
+
+def hecktor_case_paths(case_id: str) -> CasePaths:
+    """``imagesTr/<ID>__CT.nii.gz``, ``imagesTr/<ID>__PT.nii.gz``, ``labelsTr/<ID>.nii.gz``."""
+    return _paired_paths(case_id, HECKTOR_SEPARATOR, HECKTOR_CHANNELS)
+
+
+def csv_case_paths(case_id: str) -> CasePaths:
+    """``images/<id>_ct.nii.gz``, ``images/<id>_pet.nii.gz``, ``labels/<id>.nii.gz`` (for a manifest)."""
+    images, labels = (Path(d) for d in CSV_DIRS)
+    return CasePaths(
+        images / f"{case_id}_ct{WRITE_SUFFIX}",
+        images / f"{case_id}_pet{WRITE_SUFFIX}",
+        labels / f"{case_id}{WRITE_SUFFIX}",
+    )
+
+
+def manifest_text(cases: Iterable[Case], base: str | Path) -> str:
+    """A CSV manifest (:data:`CSV_COLUMNS`) of ``cases``; paths relative to ``base`` (its folder)."""
+    base = Path(base)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(CSV_COLUMNS)
+    for c in cases:
+        files = (c.ct, c.pet, c.label)
+        w.writerow([c.case_id, c.patient_id, *("" if q is None else str(q.relative_to(base)) for q in files)])
+    return buf.getvalue()
+
+
+# ------------------------------------------------------------------------------------------- reading
 def detect_layout(root: str | Path) -> str:
     """Guess the layout of ``root`` (see the module docstring); raises :class:`LayoutError` naming it."""
     root = Path(root)
@@ -85,9 +171,9 @@ def detect_layout(root: str | Path) -> str:
     dirs = _image_dirs(root)
     if dirs is not None:
         names = [p.name for p in _images_in(dirs[0])]
-        if any(strip_image_suffix(n).endswith(("__CT", "__PT")) for n in names):
+        if any(strip_image_suffix(n).endswith(_suffixes(HECKTOR_SEPARATOR, HECKTOR_CHANNELS)) for n in names):
             return "hecktor"
-        if any(strip_image_suffix(n).endswith(("_0000", "_0001")) for n in names):
+        if any(strip_image_suffix(n).endswith(_suffixes(NNUNET_SEPARATOR, NNUNET_CHANNELS)) for n in names):
             return "autopet-nnunet"
         raise LayoutError(
             f"{dirs[0]}: no '<id>__CT'/'<id>__PT' (HECKTOR) or '<id>_0000'/'<id>_0001' (nnU-Net) images found"
@@ -178,7 +264,11 @@ def _discover_autopet(root: Path) -> list[Case]:
             if found["ct"] is None or found["pet"] is None:
                 continue
             case = Case(
-                f"{patient.name}_{study.name}", patient.name, found["ct"], found["pet"], found["label"]
+                autopet_case_id(patient.name, study.name),
+                patient.name,
+                found["ct"],
+                found["pet"],
+                found["label"],
             )
             cases.append(case)
             if case.label is None:
@@ -242,16 +332,17 @@ def _discover_paired(
 
 
 def _discover_nnunet(root: Path, swap_channels: bool) -> list[Case]:
+    c_ch, p_ch = NNUNET_CHANNELS[::-1] if swap_channels else NNUNET_CHANNELS
+
     def make(cid: str, ch: dict[str, Path], lab: Path | None) -> Case:
-        ct, pet = (ch["0001"], ch["0000"]) if swap_channels else (ch["0000"], ch["0001"])
-        return Case(cid, nnunet_patient_id(cid), ct, pet, lab)
+        return Case(cid, nnunet_patient_id(cid), ch[c_ch], ch[p_ch], lab)
 
     return _discover_paired(
         root,
         "autopet-nnunet",
         "an nnU-Net",
-        "_",
-        ("0000", "0001"),
+        NNUNET_SEPARATOR,
+        NNUNET_CHANNELS,
         "<id>_0000.nii.gz / <id>_0001.nii.gz",
         make,
     )
@@ -259,10 +350,16 @@ def _discover_nnunet(root: Path, swap_channels: bool) -> list[Case]:
 
 def _discover_hecktor(root: Path) -> list[Case]:
     def make(cid: str, m: dict[str, Path], lab: Path | None) -> Case:
-        return Case(cid, cid, m["CT"], m["PT"], lab)
+        return Case(cid, cid, m[HECKTOR_CHANNELS[0]], m[HECKTOR_CHANNELS[1]], lab)
 
     return _discover_paired(
-        root, "hecktor", "a HECKTOR", "__", ("CT", "PT"), "<ID>__CT.nii.gz / <ID>__PT.nii.gz", make
+        root,
+        "hecktor",
+        "a HECKTOR",
+        HECKTOR_SEPARATOR,
+        HECKTOR_CHANNELS,
+        "<ID>__CT.nii.gz / <ID>__PT.nii.gz",
+        make,
     )
 
 

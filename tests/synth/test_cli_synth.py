@@ -48,6 +48,15 @@ def test_synth_writes_a_cohort(tmp_path: Path) -> None:
     assert "wrote 3 studies" in res.output
 
 
+def test_synth_progress_flag(tmp_path: Path) -> None:
+    args = ["synth", "--cases", "2", "--shape", "16", "16", "20"]
+    shown = CliRunner().invoke(_app(), [*args, "--out", str(tmp_path / "a")])
+    hidden = CliRunner().invoke(_app(), [*args, "--out", str(tmp_path / "b"), "--no-progress"])
+    assert shown.exit_code == hidden.exit_code == 0, (shown.output, hidden.output)
+    assert "2/2" in shown.output and "2/2" not in hidden.output
+    assert "wrote 2 studies" in hidden.output and len(discover(tmp_path / "b")) == 2
+
+
 def test_synth_errors_are_one_line(tmp_path: Path) -> None:
     out = tmp_path / "cohort"
     out.mkdir()

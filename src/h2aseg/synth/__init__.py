@@ -1,0 +1,40 @@
+"""A synthetic PET/CT phantom: whole-body (AutoPET-like) and head-and-neck (HECKTOR-like) studies.
+
+The anatomy is a set of analytic shapes (ellipsoids, elliptic cross-sections along z, rings, boxes) in world
+coordinates (RAS+ mm), rasterised by point sampling on any axis-aligned grid, so one patient can be imaged on
+the CT grid and on a different PET grid. A canonical adult (vertex at d = 0 mm to mid-thigh at d = 1000 mm) is
+scaled to the grid's physical extent, so a small demo grid still shows a whole body; lesions are sized in real
+millimetres. Each tissue has a CT value (HU + texture) and a study-dependent SUV; PET is then blurred by a
+Gaussian point-spread function (FWHM 6-7 mm) and given count-dependent, spatially correlated noise. See
+``docs/phantom.md`` for what is and is not modelled.
+
+:func:`synth_case` makes one study (arrays + affines + metadata); :func:`write_cohort` writes a cohort in a
+real dataset layout (``autopet``, ``autopet-nnunet``, ``hecktor`` or ``csv``) and returns its cases.
+
+Modules: :mod:`~h2aseg.synth.shapes` (analytic shapes, grids), :mod:`~h2aseg.synth.tissues`,
+:mod:`~h2aseg.synth.anatomy`, :mod:`~h2aseg.synth.lesions`, :mod:`~h2aseg.synth.ct`, :mod:`~h2aseg.synth.pet`
+(uptake, PSF, noise), :mod:`~h2aseg.synth.study` (:func:`synth_case`) and :mod:`~h2aseg.synth.cohort`
+(:func:`write_cohort`: layouts through :mod:`h2aseg.data.layouts`' naming, ``phantom.json``). This package
+uses :mod:`h2aseg.data`; :mod:`h2aseg.data` does not import it.
+"""
+
+from h2aseg.synth.cohort import HECKTOR_CENTRES, LAYOUT_KIND, check_output_dir, cohort_plan, write_cohort
+from h2aseg.synth.errors import PhantomError
+from h2aseg.synth.study import DEFAULT_SHAPE, DEFAULT_SPACING, KINDS, PHANTOM_VERSION, synth_case
+from h2aseg.synth.tissues import TISSUE_NAMES, TISSUES
+
+__all__ = [
+    "DEFAULT_SHAPE",
+    "DEFAULT_SPACING",
+    "HECKTOR_CENTRES",
+    "KINDS",
+    "LAYOUT_KIND",
+    "PHANTOM_VERSION",
+    "TISSUES",
+    "TISSUE_NAMES",
+    "PhantomError",
+    "check_output_dir",
+    "cohort_plan",
+    "synth_case",
+    "write_cohort",
+]

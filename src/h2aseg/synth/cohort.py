@@ -1,0 +1,234 @@
+"""Cohorts: ids, patients and seeds of N studies, written in a real dataset layout with ``phantom.json``.
+
+File and id naming comes from :mod:`h2aseg.data.layouts` (the code that reads the layouts back), so a written
+cohort is always found again by :func:`h2aseg.data.layouts.discover`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from h2aseg.data.io import write_volume
+from h2aseg.data.layouts import (
+    Case,
+    CasePaths,
+    autopet_case_id,
+    autopet_study_paths,
+    csv_case_paths,
+    hecktor_case_id,
+    hecktor_case_paths,
+    manifest_text,
+    nnunet_case_id,
+    nnunet_case_paths,
+    nnunet_patient_id,
+)
+from h2aseg.files import atomic_write_text
+from h2aseg.synth.errors import PhantomError
+from h2aseg.synth.study import (
+    DEFAULT_SHAPE,
+    DEFAULT_SPACING,
+    PHANTOM_VERSION,
+    check_shape_spacing,
+    synth_case,
+)
+
+LAYOUT_KIND = {
+    "autopet": "wholebody",
+    "autopet-nnunet": "wholebody",
+    "csv": "wholebody",
+    "hecktor": "headneck",
+}
+HECKTOR_CENTRES = ("CHUM", "CHUP", "CHUS", "CHUV", "MDA", "HGJ", "HMR")
+# "generator" in phantom.json: unchanged since the phantom moved out of h2aseg.data, so the same arguments
+# still give byte-identical cohorts (PHANTOM_VERSION says when the output changes)
+GENERATOR = "h2aseg.data.phantom"
+
+
+def _hex(rng: np.random.Generator, n: int) -> str:
+    return "".join("0123456789abcdef"[int(v)] for v in rng.integers(0, 16, n))
+
+
+def _study_name(rng: np.random.Generator, year: int) -> str:
+    return (
+        f"{int(rng.integers(1, 29)):02d}-{int(rng.integers(1, 13)):02d}-{year}-NA-PET-CT Ganzkoerper  "
+        f"primaer mit KM-{int(rng.integers(10000, 100000))}"
+    )
+
+
+def _headneck_plan(n_cases: int) -> list[dict[str, Any]]:
+    """HECKTOR ids, centre by centre in turn (``CHUM-001``, ``CHUP-001``, ...); one study per patient."""
+    plan: list[dict[str, Any]] = []
+    counts: dict[str, int] = {}
+    for i in range(n_cases):
+        centre = HECKTOR_CENTRES[i % len(HECKTOR_CENTRES)]
+        counts[centre] = counts.get(centre, 0) + 1
+        cid = hecktor_case_id(centre, counts[centre])
+        plan.append({"case_id": cid, "patient_id": cid, "patient_index": i, "study_index": 0})
+    return plan
+
+
+def _study_ids(layout: str, pid_hex: str, study: str, n_patient: int, n_done: int) -> tuple[str, str]:
+    """(patient id, case id) of a whole-body study in ``layout``."""
+    if layout == "autopet":
+        pid = f"PETCT_{pid_hex}"
+        return pid, autopet_case_id(pid, study)
+    if layout == "autopet-nnunet":
+        cid = nnunet_case_id("fdg", pid_hex, study)
+        return nnunet_patient_id(cid), cid
+    return f"patient_{n_patient:04d}", f"case_{n_done:04d}"
+
+
+def _wholebody_plan(n_cases: int, layout: str, rng: np.random.Generator) -> list[dict[str, Any]]:
+    """Patients with one or two studies (the first has two when n >= 3); exactly half lesion-free."""
+    plan: list[dict[str, Any]] = []
+    n_patient = 0
+    while len(plan) < n_cases:
+        left = n_cases - len(plan)
+        k = 2 if left >= 2 and ((n_patient == 0 and n_cases >= 3) or rng.random() < 0.25) else 1
+        pid_hex = _hex(rng, 10)
+        year = int(rng.integers(2002, 2011))
+        for j in range(k):
+            study = _study_name(rng, year + j)
+            pid, cid = _study_ids(layout, pid_hex, study, n_patient, len(plan))
+            plan.append(
+                {
+                    "case_id": cid,
+                    "patient_id": pid,
+                    "patient_index": n_patient,
+                    "study_index": j,
+                    "study": study,
+                    "patient_folder": f"PETCT_{pid_hex}",
+                }
+            )
+        n_patient += 1
+    free = set(rng.permutation(n_cases)[: n_cases // 2].tolist())
+    for i, p in enumerate(plan):
+        p["lesion_free"] = i in free
+    return plan
+
+
+def cohort_plan(n_cases: int, layout: str, seed: int) -> list[dict[str, Any]]:
+    """Ids, patient grouping, seeds and lesion-free flags of a cohort, without synthesising anything."""
+    if layout not in LAYOUT_KIND:
+        raise PhantomError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUT_KIND)}")
+    if n_cases < 1:
+        raise PhantomError(f"the number of cases must be >= 1, got {n_cases}")
+    rng = np.random.default_rng([int(seed), 7])
+    if LAYOUT_KIND[layout] == "headneck":
+        plan = _headneck_plan(n_cases)
+    else:
+        plan = _wholebody_plan(n_cases, layout, rng)
+    for p in plan:
+        ss = np.random.SeedSequence([int(seed), 11, int(p["patient_index"]), int(p["study_index"])])
+        ps = np.random.SeedSequence([int(seed), 13, int(p["patient_index"])])
+        p["seed"] = int(ss.generate_state(1)[0])
+        p["patient_seed"] = int(ps.generate_state(1)[0])
+    return plan
+
+
+def case_paths(layout: str, p: dict[str, Any]) -> CasePaths:
+    """Relative CT, PET and label paths of planned study ``p`` in ``layout``."""
+    if layout == "autopet":
+        return autopet_study_paths(p["patient_folder"], p["study"])
+    if layout == "autopet-nnunet":
+        return nnunet_case_paths(p["case_id"])
+    if layout == "hecktor":
+        return hecktor_case_paths(p["case_id"])
+    return csv_case_paths(p["case_id"])
+
+
+def check_output_dir(out: str | Path, overwrite: bool = False) -> None:
+    """Raise :class:`PhantomError` unless ``out`` is absent, an empty folder, or ``overwrite`` is set."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise PhantomError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise PhantomError(f"{out}: folder is not empty (choose another output folder or allow overwriting)")
+
+
+def _write_study(
+    out: Path, layout: str, p: dict[str, Any], shape: Sequence[int], spacing: Sequence[float]
+) -> tuple[Case, dict[str, Any]]:
+    """Synthesise and write planned study ``p``; returns its case and its ``phantom.json`` record."""
+    res = synth_case(
+        LAYOUT_KIND[layout],
+        seed=p["seed"],
+        patient_seed=p["patient_seed"],
+        shape=shape,
+        spacing=spacing,
+        lesion_free=p.get("lesion_free"),
+    )
+    ct_p, pet_p, lab_p = (out / q for q in case_paths(layout, p))
+    write_volume(ct_p, res["ct"], res["ct_affine"])
+    write_volume(pet_p, res["pet"], res["pet_affine"])
+    write_volume(lab_p, res["label"], res["label_affine"])
+    record = {"case_id": p["case_id"], "patient_id": p["patient_id"], **res["meta"]}
+    return Case(p["case_id"], p["patient_id"], ct_p, pet_p, lab_p), record
+
+
+def _write_index_files(out: Path, layout: str, cases: list[Case]) -> None:
+    """nnU-Net's ``dataset.json`` or the CSV ``manifest.csv``, as the layout needs."""
+    if layout == "autopet-nnunet":
+        ds = {
+            "channel_names": {"0": "CT", "1": "PET"},
+            "labels": {"background": 0, "tumor": 1},
+            "numTraining": len(cases),
+            "file_ending": ".nii.gz",
+            "name": "h2aseg phantom",
+        }
+        atomic_write_text(out / "dataset.json", json.dumps(ds, indent=1))
+    if layout == "csv":
+        atomic_write_text(out / "manifest.csv", manifest_text(cases, out))
+
+
+def write_cohort(
+    out: str | Path,
+    n_cases: int,
+    layout: str,
+    seed: int,
+    *,
+    shape: Sequence[int] | None = None,
+    spacing: Sequence[float] | None = None,
+    overwrite: bool = False,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> list[Case]:
+    """Write ``n_cases`` phantom studies under ``out`` in ``layout`` and return them as cases (sorted by id).
+
+    ``autopet``/``autopet-nnunet``/``csv``: whole-body studies, about half lesion-free, some patients with two
+    studies; ``hecktor``: head-and-neck studies (CT and PET on different grids). Also writes ``phantom.json``
+    (per-case ground truth: lesions, SUVs) and, for nnU-Net, ``dataset.json``; for ``csv``, ``manifest.csv``.
+    The same arguments always give byte-identical files. ``out`` must be empty or absent unless ``overwrite``.
+    ``progress(done, total, case_id)`` is called after each case.
+    """
+    out = Path(out)
+    plan = cohort_plan(int(n_cases), layout, seed)
+    kind = LAYOUT_KIND[layout]
+    shp = tuple(DEFAULT_SHAPE if shape is None else shape)
+    sp = tuple(DEFAULT_SPACING[kind] if spacing is None else spacing)
+    check_shape_spacing(shp, sp)
+    check_output_dir(out, overwrite)
+    out.mkdir(parents=True, exist_ok=True)
+    cases, records = [], []
+    for i, p in enumerate(plan):
+        case, record = _write_study(out, layout, p, shp, sp)
+        cases.append(case)
+        records.append(record)
+        if progress is not None:
+            progress(i + 1, len(plan), p["case_id"])
+    _write_index_files(out, layout, cases)
+    doc = {
+        "generator": GENERATOR,
+        "phantom_version": PHANTOM_VERSION,
+        "layout": layout,
+        "seed": int(seed),
+        "shape": list(shp),
+        "spacing": [float(v) for v in sp],
+        "cases": records,
+    }
+    atomic_write_text(out / "phantom.json", json.dumps(doc, indent=1, sort_keys=True))
+    return sorted(cases, key=lambda c: c.case_id)

@@ -1,0 +1,205 @@
+"""One synthetic PET/CT study: grids and positioning, anatomy, lesions, CT and PET, ground-truth metadata."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from h2aseg.synth.anatomy import Anatomy, Frame, build_anatomy, rasterise
+from h2aseg.synth.ct import render_ct
+from h2aseg.synth.errors import PhantomError
+from h2aseg.synth.lesions import Lesion, count_voxels, headneck_lesions, label_map, wholebody_lesions
+from h2aseg.synth.pet import render_pet, study_suvs
+from h2aseg.synth.shapes import Grid
+from h2aseg.synth.tissues import TISSUE_NAMES
+
+PHANTOM_VERSION = 1
+KINDS = ("wholebody", "headneck")
+DEFAULT_SHAPE = (128, 128, 160)
+DEFAULT_SPACING = {"wholebody": (4.0, 4.0, 5.0), "headneck": (2.0, 2.0, 2.0)}
+# per-study acquisition draws, in this order: PET resolution (FWHM mm), PET count factor, CT noise (HU)
+_PHYSICS = (("fwhm", 6.0, 7.0), ("count_k", 0.02, 0.05), ("noise_hu", 10.0, 20.0))
+
+
+def axis_aligned_affine(
+    shape: Sequence[int], spacing: Sequence[float], center: Sequence[float]
+) -> np.ndarray:
+    """LPS-ordered voxels (as from DICOM): i -> patient's left (-x in RAS), j -> posterior, k -> superior."""
+    a = np.diag([-float(spacing[0]), -float(spacing[1]), float(spacing[2]), 1.0])
+    a[:3, 3] = np.asarray(center, dtype=np.float64) - a[:3, :3] @ (
+        (np.asarray(shape, dtype=np.float64) - 1) / 2
+    )
+    return a
+
+
+def check_shape_spacing(
+    shape: Sequence[int], spacing: Sequence[float]
+) -> tuple[tuple[int, int, int], np.ndarray]:
+    """Validated (shape, spacing); raises :class:`PhantomError` naming the bad value."""
+    if len(shape) != 3 or any(int(v) < 8 for v in shape):
+        raise PhantomError(f"shape must be three sizes >= 8 voxels, got {tuple(shape)}")
+    sp = np.asarray(spacing, dtype=np.float64)
+    if sp.shape != (3,) or np.any(sp <= 0) or not np.all(np.isfinite(sp)):
+        raise PhantomError(f"spacing must be three positive numbers (mm), got {tuple(spacing)}")
+    return (int(shape[0]), int(shape[1]), int(shape[2])), sp
+
+
+@dataclass
+class _Study:
+    """Per-study draws shared by the steps of :func:`synth_case`."""
+
+    kind: str
+    rng: np.random.Generator  # the study (lesions, physiology, noise, positioning)
+    sp: np.ndarray  # CT spacing
+    fov: np.ndarray  # CT field of view (mm)
+    center: np.ndarray  # CT grid centre (world mm)
+    frame: Frame
+
+
+def _placement(kind: str, rng: np.random.Generator, shp: tuple[int, int, int], sp: np.ndarray) -> _Study:
+    """Scale the canonical body to the field of view and position the patient (a random shift)."""
+    fov = sp * np.asarray(shp)
+    shift = rng.normal(0.0, 4.0, 3)  # study positioning
+    if kind == "wholebody":
+        sz = fov[2] * 0.96 / 1000.0
+        sx = float(np.clip(min(fov[0] * 0.85 / 410.0, fov[1] * 0.8 / 290.0), 0.75 * sz, 1.25 * sz))
+        center = np.array([0.0, -0.06 * fov[1], 0.0]) + shift
+        z_vertex = fov[2] / 2 - 0.02 * fov[2]
+    else:
+        sz = fov[2] / 300.0
+        sx = sz = float(min(sz, fov[0] * 0.9 / 240.0, 1.2))
+        center = np.array([0.0, 0.0, 0.0]) + shift
+        z_vertex = fov[2] / 2 + 40.0 * sz
+    frame = Frame(sx=float(sx), sz=float(sz), z_vertex=float(z_vertex))
+    return _Study(kind, rng, sp, fov, center, frame)
+
+
+def _wholebody_labels(
+    st: _Study,
+    anat: Anatomy,
+    grid: Grid,
+    tissue: np.ndarray,
+    lesion_free: bool | None,
+    n_lesions: int | None,
+) -> tuple[np.ndarray, list[Lesion]]:
+    """Whole-body lesions and labels; a planned lesion study keeps at least one lesion inside the body."""
+    rng = st.rng
+    if lesion_free is None:
+        lesion_free = bool(rng.random() < 0.5)
+    n = (
+        0
+        if lesion_free
+        else (int(n_lesions) if n_lesions is not None else int(rng.choice([1, 2, 2, 3, 3, 4, 5, 6, 8])))
+    )
+    for _ in range(10):
+        lesions = wholebody_lesions(rng, anat, n, float(st.sp.min()))
+        label, lesions = label_map(grid, tissue, lesions)
+        if lesions or n == 0:
+            break
+    return label, lesions
+
+
+def _headneck_pet_grid(st: _Study, pet_spacing: Sequence[float] | None) -> Grid:
+    """A coarser (default 2x), larger PET grid with a different origin, as in HECKTOR."""
+    psp = 2.0 * st.sp if pet_spacing is None else np.asarray(pet_spacing, dtype=np.float64)
+    check_shape_spacing((8, 8, 8), psp)
+    pshape = tuple(math.ceil(v) + 1 for v in st.fov * np.array([1.2, 1.2, 1.05]) / psp)
+    pcenter = st.center + st.rng.uniform(-0.5, 0.5, 3) * psp + np.array([0.0, 0.0, 0.25 * psp[2]])
+    return Grid(pshape, axis_aligned_affine(pshape, psp, pcenter))
+
+
+def _meta(
+    st: _Study,
+    seeds: tuple[int, int],
+    pet_grid: Grid,
+    physics: dict[str, float],
+    suvs: dict[str, float],
+    lesion_meta: list[dict[str, Any]],
+    anat: Anatomy,
+) -> dict[str, Any]:
+    """The study's ground truth, as written to ``phantom.json``."""
+    return {
+        "kind": st.kind,
+        "seed": seeds[0],
+        "patient_seed": seeds[1],
+        "phantom_version": PHANTOM_VERSION,
+        "ct_spacing": [float(v) for v in st.sp],
+        "pet_spacing": [float(v) for v in pet_grid.spacing],
+        "scale_xy": round(st.frame.sx, 4),
+        "scale_z": round(st.frame.sz, 4),
+        "pet_fwhm_mm": round(physics["fwhm"], 3),
+        "pet_count_factor": round(physics["count_k"], 4),
+        "ct_noise_hu": round(physics["noise_hu"], 2),
+        "suv": {k: round(float(v), 3) for k, v in suvs.items()},
+        "lesion_free": len(lesion_meta) == 0,
+        "lesions": lesion_meta,
+        "anatomy": {k: round(float(v), 3) for k, v in anat.params.items()},
+        "tissues": list(TISSUE_NAMES),
+    }
+
+
+def synth_case(
+    kind: str = "wholebody",
+    *,
+    seed: int,
+    shape: Sequence[int] = DEFAULT_SHAPE,
+    spacing: Sequence[float] | None = None,
+    pet_spacing: Sequence[float] | None = None,
+    patient_seed: int | None = None,
+    lesion_free: bool | None = None,
+    n_lesions: int | None = None,
+) -> dict[str, Any]:
+    """Synthesise one PET/CT study.
+
+    ``kind``: ``wholebody`` (AutoPET-like: CT and PET on the same grid ``shape``/``spacing``, default
+    4x4x5 mm) or ``headneck`` (HECKTOR-like: CT on ``shape``/``spacing``, default 2 mm; PET on a coarser,
+    differently placed grid, ``pet_spacing`` default 2x the CT's). ``seed`` drives the study (lesions,
+    physiological uptake, noise, positioning); ``patient_seed`` (default ``seed``) the anatomy, so studies of
+    one patient share it. Whole body: ``lesion_free`` (default: a coin flip) and ``n_lesions`` (default 1-8).
+
+    Returns ``ct`` (int16 HU), ``ct_affine``, ``pet`` (float32 SUV), ``pet_affine``, ``label`` (uint8 on the
+    CT grid; whole body 0/1, head-and-neck 1 = primary, 2 = nodes), ``label_affine``, ``tissue`` (uint8 tissue
+    index on the CT grid, names in ``meta["tissues"]``) and ``meta`` (lesions, SUVs, scales, PET settings).
+    """
+    if kind not in KINDS:
+        raise PhantomError(f"unknown phantom kind {kind!r}; choose one of {', '.join(KINDS)}")
+    shp, sp = check_shape_spacing(shape, DEFAULT_SPACING[kind] if spacing is None else spacing)
+    pseed = int(seed if patient_seed is None else patient_seed)
+    rng = np.random.default_rng([int(seed), 1])
+    prng = np.random.default_rng([pseed, 2])
+    st = _placement(kind, rng, shp, sp)
+    ct_affine = axis_aligned_affine(shp, sp, st.center)
+    ct_grid = Grid(shp, ct_affine)
+    lo = ct_grid.origin + np.minimum(ct_grid.step * (np.asarray(shp) - 1), 0)
+    hi = ct_grid.origin + np.maximum(ct_grid.step * (np.asarray(shp) - 1), 0)
+    anat = build_anatomy(prng, st.frame, bladder_fill=float(rng.uniform(0.6, 1.3)), fov=(lo, hi))
+    tissue = rasterise(ct_grid, anat)
+    suvs = study_suvs(rng, prng)
+    physics = {k: float(rng.uniform(a, b)) for k, a, b in _PHYSICS}
+
+    if kind == "wholebody":
+        label, lesions = _wholebody_labels(st, anat, ct_grid, tissue, lesion_free, n_lesions)
+        pet_grid, pet_tissue = ct_grid, tissue
+    else:
+        label, lesions = label_map(ct_grid, tissue, headneck_lesions(rng, anat, float(sp.min())))
+        pet_grid = _headneck_pet_grid(st, pet_spacing)
+        pet_tissue = rasterise(pet_grid, anat)
+
+    blur = 0.5 if kind == "wholebody" else 0.3
+    ct = render_ct(rng, ct_grid, tissue, lesions, physics["noise_hu"], blur)
+    pet = render_pet(rng, pet_grid, pet_tissue, lesions, suvs, physics["fwhm"], physics["count_k"])
+    lesion_meta = [{**les.meta(), "voxels": int(count_voxels(ct_grid, les, label))} for les in lesions]
+    return {
+        "ct": ct,
+        "ct_affine": ct_affine,
+        "pet": pet,
+        "pet_affine": pet_grid.affine.copy(),
+        "label": label,
+        "label_affine": ct_affine.copy(),
+        "tissue": tissue,
+        "meta": _meta(st, (int(seed), pseed), pet_grid, physics, suvs, lesion_meta, anat),
+    }
