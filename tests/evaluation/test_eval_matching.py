@@ -126,6 +126,7 @@ def test_evaluate_folders_end_to_end(tmp_path):
     res = evaluate_folders(p, g, on_case=lambda cid, done, total: seen.append((cid, done, total)))
     assert seen == [("a", 1, 2), ("neg", 2, 2)]
     a, neg = res.rows
-    assert a["dice"] == pytest.approx(200 * 2 * 2 * 3 / (2 * 27)) and np.isnan(neg["dice"])
+    assert a["dice"] == pytest.approx(200 * 2 * 2 * 3 / (2 * 27)) and neg["dice"] == 0  # val_script.py
+    assert res.summary["metrics"]["dice"]["n"] == 1  # the lesion-free case stays out of the Dice mean
     assert neg["fp_volume_ml"] == pytest.approx(2 * 2 * 3 * 12 / 1000)
     assert res.summary["metrics"]["fp_volume_ml"]["n"] == 2

@@ -130,11 +130,14 @@ def test_empty_mask_rules():
     m[2:5, 2:5, 2:5] = True
     both = evaluate_case(z, z, (1, 1, 2))
     assert both["has_lesion"] == 0
-    assert all(math.isnan(both[k]) for k in ("dice", "hd95", "precision", "recall", "fn_volume_ml"))
-    assert both["fp_volume_ml"] == 0 and both["gt_lesions"] == 0 and both["mtv_pred_ml"] == 0
+    assert math.isnan(both["dice"]) and math.isnan(both["hd95"])  # 0/0 (val_script.py) and no surface
+    assert both["precision"] == 0 and both["recall"] == 0  # medpy: zero denominator -> 0
+    assert both["fn_volume_ml"] == 0 and both["fp_volume_ml"] == 0  # val_script.py
+    assert both["gt_lesions"] == 0 and both["mtv_pred_ml"] == 0
 
     fp_only = evaluate_case(m, z, (1, 1, 2))  # lesion-free case with a false positive
-    assert math.isnan(fp_only["dice"]) and math.isnan(fp_only["hd95"])
+    assert fp_only["dice"] == 0 and math.isnan(fp_only["hd95"])  # val_script.py: 2*0/(27+0)
+    assert fp_only["precision"] == 0 and fp_only["recall"] == 0 and fp_only["fn_volume_ml"] == 0
     assert fp_only["fp_volume_ml"] == pytest.approx(27 * 2 / 1000) and fp_only["fp_lesions"] == 1
 
     missed = evaluate_case(z, m, (1, 1, 2))  # lesion case, empty prediction

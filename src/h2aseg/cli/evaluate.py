@@ -58,17 +58,22 @@ def evaluate(
                                   "ground truth (nearest neighbour) instead of refusing them."),
     allow_missing: bool = typer.Option(False, "--allow-missing", help="Score cases without a prediction as "
                                        "empty predictions instead of failing."),
+    label_map: list[str] = typer.Option([], "--label-map", help="VALUE=LABEL: map a label value in ground "
+                                        "truth and prediction before scoring (repeatable, e.g. --label-map "
+                                        "7=1 --label-map 2=0). Without it, labels other than 0/1 (hecktor: "
+                                        "0/1/2) are an error."),
     jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Cases evaluated in parallel (processes)."),
 ) -> None:
     """Score predictions against ground truth by case id; writes per-case and summary tables."""
     from h2aseg.data.io import ImageError
-    from h2aseg.evaluation.matching import EvaluationError
+    from h2aseg.evaluation.matching import EvaluationError, parse_label_map
     from h2aseg.evaluation.pipeline import evaluate_folders
     from h2aseg.evaluation.report import METRICS, format_cell, write_evaluation
 
     if not pred.is_dir():
         raise _fail(f"{pred}: prediction folder not found")
     try:
+        mapping = parse_label_map(label_map)
         with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
                       MofNCompleteColumn(), TimeRemainingColumn(), console=_err, transient=True) as prog:
             task = prog.add_task("evaluating", total=None)
@@ -79,7 +84,7 @@ def evaluate(
             res = evaluate_folders(
                 pred, gt, protocol=protocol.value, gt_layout=gt_layout.value, hd95_convention=hd95.value,
                 hd95_empty_penalty=hd95_empty_penalty, resample=resample, allow_missing=allow_missing,
-                jobs=jobs, on_case=_tick,
+                label_map=mapping, jobs=jobs, on_case=_tick,
             )
         paths = write_evaluation(out, res.rows, res.summary)
     except (EvaluationError, ImageError, ValueError, OSError) as e:

@@ -8,7 +8,7 @@ of ``<case_id>.nii.gz`` (what ``h2aseg predict`` writes). Every problem raises :
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -170,17 +170,72 @@ def resample_nearest(moving: Volume, target: Volume) -> np.ndarray:
     )
 
 
+def parse_label_map(specs: Iterable[str]) -> dict[int, int]:
+    """``["7=1", "2=0"]`` -> ``{7: 1, 2: 0}`` (``--label-map``); labels 0..255, one target per source."""
+    out: dict[int, int] = {}
+    for spec in specs:
+        src, sep, dst = spec.partition("=")
+        try:
+            a, b = int(src), int(dst)
+        except ValueError:
+            a = b = -1
+        if not sep or not 0 <= a <= 255 or not 0 <= b <= 255:
+            raise EvaluationError(f"--label-map {spec!r}: expected VALUE=LABEL, integers 0..255 (e.g. 7=1)")
+        if out.get(a, b) != b:
+            raise EvaluationError(f"--label-map: label {a} mapped twice ({a}={out[a]} and {a}={b})")
+        out[a] = b
+    return out
+
+
+def apply_label_map(arr: np.ndarray, label_map: Mapping[int, int]) -> np.ndarray:
+    """``arr`` (uint8 labels) with every ``label_map`` source value replaced by its target."""
+    if not label_map:
+        return arr
+    lut = np.arange(256, dtype=np.uint8)
+    for a, b in label_map.items():
+        lut[a] = b
+    return lut[arr]
+
+
+def check_labels(
+    arr: np.ndarray, allowed: Sequence[int], path: Path, role: str, mapped: bool = False
+) -> None:
+    """Raise :class:`EvaluationError`, naming ``path`` and the values found, on labels not in ``allowed``."""
+    present = np.flatnonzero(np.bincount(arr.reshape(-1), minlength=256)).tolist()
+    bad = sorted(set(present) - set(allowed))
+    if bad:
+        raise EvaluationError(
+            f"{path}: {role} mask has labels {bad} not allowed (allowed {sorted(allowed)}; values found "
+            f"{present}{' after --label-map' if mapped else ''}); map them before scoring with "
+            f"--label-map VALUE=LABEL, e.g. --label-map {bad[0]}=1"
+        )
+
+
+def _read_labels(
+    path: Path, role: str, allowed: Sequence[int] | None, label_map: Mapping[int, int] | None
+) -> Volume:
+    vol = _read_mask(path, role)
+    vol.array = apply_label_map(vol.array, label_map or {})
+    if allowed is not None:
+        check_labels(vol.array, allowed, path, role, mapped=bool(label_map))
+    return vol
+
+
 def load_pair(
-    pair: CasePair, *, resample: bool = False, allowed_labels: Sequence[int] | None = None
+    pair: CasePair,
+    *,
+    resample: bool = False,
+    allowed_labels: Sequence[int] | None = None,
+    label_map: Mapping[int, int] | None = None,
 ) -> LoadedPair:
-    """Read both masks; check labels (``allowed_labels``, e.g. HECKTOR's 0/1/2) and the grids.
+    """Read both masks, map labels (``label_map``), check them (``allowed_labels``, e.g. 0/1) and the grids.
 
     Different grids raise :class:`EvaluationError` unless ``resample`` (prediction -> GT grid, nearest
     neighbour). A missing prediction (``pair.pred is None``) becomes an empty mask.
     """
     try:
-        gt = _read_mask(pair.gt, "ground-truth")
-        pred = _read_mask(pair.pred, "prediction") if pair.pred is not None else None
+        gt = _read_labels(pair.gt, "ground-truth", allowed_labels, label_map)
+        pred = None if pair.pred is None else _read_labels(pair.pred, "prediction", allowed_labels, label_map)
     except ImageError as e:
         raise EvaluationError(str(e)) from e
     resampled = False
@@ -195,10 +250,4 @@ def load_pair(
             f"{pair.pred} and {pair.gt} are on different grids ({_grid_difference(pred, gt)}); "
             "pass --resample to resample the prediction onto the ground truth (nearest neighbour)"
         )
-    if allowed_labels is not None:
-        for arr, path in ((gt.array, pair.gt), (p, pair.pred)):
-            present = np.flatnonzero(np.bincount(arr.reshape(-1), minlength=256))
-            bad = sorted(set(present.tolist()) - set(allowed_labels))
-            if bad:
-                raise EvaluationError(f"{path}: labels {bad} not allowed (expected {sorted(allowed_labels)})")
     return LoadedPair(pair.case_id, p, gt.array, gt.spacing, float(np.prod(gt.spacing)) / 1000.0, resampled)

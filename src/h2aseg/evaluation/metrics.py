@@ -5,7 +5,8 @@ axes. Masks are binarised as ``label > 0`` (foreground) except for HECKTOR's per
 
 Conventions (see ``docs/evaluation.md`` for sources):
 
-* **Dice, precision, recall** in percent: ``200|P∩G|/(|P|+|G|)``, ``100|P∩G|/|P|``, ``100|P∩G|/|G|``.
+* **Dice, precision, recall** in percent: ``200|P∩G|/(|P|+|G|)``, ``100|P∩G|/|P|``, ``100|P∩G|/|G|``
+  (precision and recall = 100 x medpy's).
 * **HD95** in mm, :mod:`h2aseg.evaluation.surface` (``"medpy"`` pooled percentile by default).
 * **AutoPET FP/FN volume** in ml, exactly as the challenge scripts (``lab-midas/autoPET:val_script.py``,
   autoPET III ``evaluation_metrics.py``): components by ``cc3d.connected_components(connectivity=18)``; a
@@ -16,13 +17,13 @@ Conventions (see ``docs/evaluation.md`` for sources):
 * **HECKTOR 2022**: per-class Dice for GTVp (1) and GTVn (2) and the per-class TP / volume sums in mm³ that
   the official notebook aggregates (:func:`hecktor_aggregate`).
 
-Empty-mask rules (per case; one rule, applied everywhere): on a case **without lesions** (empty GT) Dice,
-HD95, precision, recall and FN volume are ``NaN`` (undefined; the challenges score negatives by FP volume
-only) while FP volume, the lesion counts and MTVs are numbers. On a case **with lesions** and an empty
-prediction Dice = precision = recall = 0 and HD95 is ``NaN`` (no surface to measure), or
-``hd95_empty_penalty`` mm when one is given. A summary's mean over a column is therefore the mean over the
-cases where the column is a number, i.e. lesion cases only for Dice/HD95/precision/recall/FNV (the paper's
-rule) and all cases for FPV.
+Empty-mask rules (per case; one rule under every protocol, table in ``docs/evaluation.md``): Dice, FP and FN
+volume are those of autoPET's ``val_script.py``: Dice ``2|P∩G|/(|P|+|G|)`` is ``NaN`` only when both masks
+are empty (0 for a false-positive-only lesion-free case), FN volume is 0 on a lesion-free case. Precision
+and recall are those of ``medpy.metric.binary.precision/recall``: a zero denominator gives 0 (one mask
+empty, or both). HD95 is ``NaN`` when either mask is empty (no surface), or ``hd95_empty_penalty`` mm for a
+lesion case with an empty prediction. Which cases enter a summary mean is decided by
+:func:`h2aseg.evaluation.report.summarize` from ``has_lesion``, not by ``NaN``.
 """
 
 from __future__ import annotations
@@ -89,26 +90,38 @@ def overlap(pred: np.ndarray, gt: np.ndarray) -> Overlap:
     return Overlap(int(np.count_nonzero(p & g)), int(np.count_nonzero(p)), int(np.count_nonzero(g)))
 
 
+def dice_from(o: Overlap) -> float:
+    """Dice in percent from voxel counts; NaN only when both masks are empty (0/0, as ``val_script.py``)."""
+    return _ratio(200.0 * o.tp, o.n_pred + o.n_gt, math.nan)
+
+
+def precision_from(o: Overlap) -> float:
+    """``100 TP/(TP+FP)`` from voxel counts; 0 when the prediction is empty (medpy's convention)."""
+    return _ratio(100.0 * o.tp, o.n_pred, 0.0)
+
+
+def recall_from(o: Overlap) -> float:
+    """``100 TP/(TP+FN)`` from voxel counts; 0 when the ground truth is empty (medpy's convention)."""
+    return _ratio(100.0 * o.tp, o.n_gt, 0.0)
+
+
 def dice(pred: np.ndarray, gt: np.ndarray) -> float:
-    """Foreground Dice in percent; NaN when both masks are empty (0/0, as AutoPET's scripts)."""
-    o = overlap(pred, gt)
-    return _ratio(200.0 * o.tp, o.n_pred + o.n_gt)
+    """Foreground Dice in percent; NaN when both masks are empty, 0 when exactly one is."""
+    return dice_from(overlap(pred, gt))
 
 
 def precision(pred: np.ndarray, gt: np.ndarray) -> float:
-    """``100 TP/(TP+FP)``; NaN when the prediction is empty."""
-    o = overlap(pred, gt)
-    return _ratio(100.0 * o.tp, o.n_pred)
+    """Precision in percent, ``100 * medpy.metric.binary.precision`` (0 when the prediction is empty)."""
+    return precision_from(overlap(pred, gt))
 
 
 def recall(pred: np.ndarray, gt: np.ndarray) -> float:
-    """``100 TP/(TP+FN)`` (sensitivity); NaN when the ground truth is empty."""
-    o = overlap(pred, gt)
-    return _ratio(100.0 * o.tp, o.n_gt)
+    """Recall (sensitivity) in percent, ``100 * medpy.metric.binary.recall`` (0 when the GT is empty)."""
+    return recall_from(overlap(pred, gt))
 
 
-def _ratio(num: float, den: float) -> float:
-    return float(num) / den if den else float("nan")
+def _ratio(num: float, den: float, if_zero: float = math.nan) -> float:
+    return float(num) / den if den else if_zero
 
 
 @dataclass(frozen=True)
@@ -177,7 +190,7 @@ def false_positive_volume(pred: np.ndarray, gt: np.ndarray, voxel_ml: float) -> 
 def false_negative_volume(pred: np.ndarray, gt: np.ndarray, voxel_ml: float) -> float:
     """AutoPET false-negative volume (ml): GT components (18-conn.) with no voxel in the prediction.
 
-    Returns 0 for an empty GT; :func:`evaluate_case` reports NaN there (autoPET III's rule).
+    0 for an empty GT, as ``val_script.py``.
     """
     return lesion_stats(pred, gt, voxel_ml).fn_volume_ml
 
@@ -229,6 +242,18 @@ def _finite(v: object) -> bool:
         return False
 
 
+def _case_hd95(
+    p: np.ndarray, g: np.ndarray, o: Overlap, spacing: Sequence[float], convention: HD95Convention,
+    empty_penalty: float | None,
+) -> float:
+    """HD95 when both masks have a surface; the penalty (else NaN) for a missed lesion case; NaN otherwise."""
+    if o.n_pred and o.n_gt:
+        return hd95(p, g, spacing, convention=convention)
+    if o.n_gt and empty_penalty is not None:
+        return float(empty_penalty)
+    return math.nan
+
+
 def evaluate_case(
     pred: np.ndarray,
     gt: np.ndarray,
@@ -253,20 +278,15 @@ def evaluate_case(
     p, g = _binary(pred), _binary(gt)
     o = overlap(p, g)
     les = lesion_stats(p, g, vml)
-    row: dict[str, float] = {"has_lesion": float(o.n_gt > 0)}
-    if o.n_gt == 0:
-        row.update(dice=math.nan, hd95=math.nan, precision=math.nan, recall=math.nan)
-        row["fn_volume_ml"] = math.nan
-    else:
-        row["dice"] = 200.0 * o.tp / (o.n_pred + o.n_gt)
-        row["precision"] = 100.0 * o.tp / o.n_pred if o.n_pred else 0.0
-        row["recall"] = 100.0 * o.tp / o.n_gt
-        if o.n_pred:
-            row["hd95"] = hd95(p, g, sp, convention=hd95_convention)
-        else:
-            row["hd95"] = math.nan if hd95_empty_penalty is None else float(hd95_empty_penalty)
-        row["fn_volume_ml"] = les.fn_volume_ml
-    row["fp_volume_ml"] = les.fp_volume_ml
+    row: dict[str, float] = {
+        "has_lesion": float(o.n_gt > 0),
+        "dice": dice_from(o),
+        "hd95": _case_hd95(p, g, o, sp, hd95_convention, hd95_empty_penalty),
+        "precision": precision_from(o),
+        "recall": recall_from(o),
+        "fp_volume_ml": les.fp_volume_ml,
+        "fn_volume_ml": les.fn_volume_ml,
+    }
     for col in LESION_COLUMNS:
         row[col] = float(getattr(les, col))
     if classes:

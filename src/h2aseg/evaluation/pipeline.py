@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +19,9 @@ from h2aseg.evaluation.matching import (
 from h2aseg.evaluation.metrics import HECKTOR_CLASSES, evaluate_case
 from h2aseg.evaluation.report import PROTOCOLS, summarize
 from h2aseg.evaluation.surface import HD95_CONVENTIONS
+
+#: Label values each protocol accepts (after ``label_map``); anything else is an error naming the file.
+PROTOCOL_LABELS: dict[str, tuple[int, ...]] = {"paper": (0, 1), "autopet": (0, 1), "hecktor": (0, 1, 2)}
 
 
 @dataclass
@@ -37,10 +40,15 @@ def score_pair(
     hd95_convention: str = "medpy",
     hd95_empty_penalty: float | None = None,
     resample: bool = False,
+    label_map: Mapping[int, int] | None = None,
 ) -> dict[str, Any]:
-    """Load one pair and return its per-case row (see :func:`h2aseg.evaluation.metrics.evaluate_case`)."""
+    """Load one pair and return its per-case row (see :func:`h2aseg.evaluation.metrics.evaluate_case`).
+
+    ``label_map`` (``{value: label}``) is applied to both masks before they are checked against
+    :data:`PROTOCOL_LABELS` and scored.
+    """
     hecktor = protocol == "hecktor"
-    loaded = load_pair(pair, resample=resample, allowed_labels=(0, 1, 2) if hecktor else None)
+    loaded = load_pair(pair, resample=resample, allowed_labels=PROTOCOL_LABELS[protocol], label_map=label_map)
     row = evaluate_case(
         loaded.pred, loaded.gt, loaded.spacing, voxel_ml=loaded.voxel_ml,
         hd95_convention=hd95_convention,  # type: ignore[arg-type]
@@ -60,12 +68,14 @@ def evaluate_folders(
     hd95_empty_penalty: float | None = None,
     resample: bool = False,
     allow_missing: bool = False,
+    label_map: Mapping[int, int] | None = None,
     jobs: int = 1,
     on_case: Callable[[str, int, int], None] | None = None,
 ) -> EvaluationResult:
     """Score every ground-truth case against ``pred_dir/<case_id>.<ext>``.
 
-    ``on_case(case_id, done, total)`` is called after each case (for progress display).
+    ``on_case(case_id, done, total)`` is called after each case (for progress display). Masks may hold only
+    the protocol's :data:`PROTOCOL_LABELS` once ``label_map`` is applied.
 
     Raises :class:`h2aseg.evaluation.matching.EvaluationError` (one-line message) on any input problem.
     """
@@ -76,7 +86,7 @@ def evaluate_folders(
     matching = match_cases(mask_folder(pred_dir), ground_truth_masks(gt_root, gt_layout),
                            allow_missing=allow_missing)
     kw = dict(protocol=protocol, hd95_convention=hd95_convention, hd95_empty_penalty=hd95_empty_penalty,
-              resample=resample)
+              resample=resample, label_map=dict(label_map or {}))
     rows: list[dict[str, Any]] = []
     if jobs > 1 and len(matching.pairs) > 1:
         with ProcessPoolExecutor(max_workers=jobs) as ex:
@@ -98,6 +108,7 @@ def evaluate_folders(
             "missing_predictions": matching.missing,
             "extra_predictions": matching.extra,
             "resampled_cases": [r["case_id"] for r in rows if r["resampled"]],
+            "label_map": {str(k): v for k, v in sorted((label_map or {}).items())},
         },
     )
     return EvaluationResult(rows=rows, summary=summary, matching=matching)

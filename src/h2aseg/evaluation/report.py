@@ -1,12 +1,13 @@
 """Per-case CSV, summary JSON/markdown, and Table-1 style tables over several runs and methods.
 
-Summary rule: a metric's mean/std are over the cases where its per-case value is a number; by the
-empty-mask rules of :mod:`h2aseg.evaluation.metrics` that is the lesion cases for Dice, HD95, precision,
-recall and FN volume (the paper: "we only calculate Dice and HD95 in samples with lesions") and all cases
-for FP volume and the lesion counts. ``std`` is the sample standard deviation over cases (``ddof=1``, as
-``pandas.Series.describe`` used by the AutoPET organisers). Several runs (the paper averages four) are
-combined by :func:`aggregate_runs`: mean of the run means ± mean of the run stds (the paper's ± is a spread
-over cases, not over runs); the spread of the run means is kept as ``std_runs``.
+Summary rule: a metric's mean/std are over the cases in its population (:data:`LESION_CASE_METRICS`: the
+lesion cases, ``has_lesion == 1``, for Dice, HD95, precision, recall and FN volume — the paper: "we only
+calculate Dice and HD95 in samples with lesions"; every case for FP volume, the lesion counts and MTVs) whose
+per-case value is a number (``NaN`` = undefined, e.g. HD95 of a missed lesion case without a penalty).
+``std`` is the sample standard deviation over cases (``ddof=1``, as ``pandas.Series.describe`` used by the
+AutoPET organisers). Several runs (the paper averages four) are combined by :func:`aggregate_runs`: mean of
+the run means ± mean of the run stds (the paper's ± is a spread over cases, not over runs); the spread of the
+run means is kept as ``std_runs``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ from h2aseg.evaluation.metrics import CORE_COLUMNS, HECKTOR_CLASSES, LESION_COLU
 from h2aseg.files import atomic_write_text
 
 PROTOCOLS = ("paper", "autopet", "hecktor")
+
+#: Metrics averaged over the cases with lesions only; every other metric is averaged over all cases.
+LESION_CASE_METRICS = frozenset({"dice", "hd95", "precision", "recall", "fn_volume_ml"})
 
 
 @dataclass(frozen=True)
@@ -114,12 +118,14 @@ def summarize(
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r} (choose from {', '.join(PROTOCOLS)})")
     cols = [c for c in per_case_columns(protocol) if c in METRICS]
-    metrics = {c: describe(_finite_values(rows, c)) for c in cols}
+    lesion_rows = [r for r in rows if _is_lesion_case(r)]
+    metrics = {c: describe(_finite_values(lesion_rows if c in LESION_CASE_METRICS else rows, c))
+               for c in cols}
     if protocol == "hecktor":
         for k, v in hecktor_aggregate(rows, HECKTOR_CLASSES).items():
             metrics[k] = {"mean": _none_if_nan(v), "std": None, "median": None, "min": None, "max": None,
                           "n": len(rows)}
-    n_lesion = int(sum(1 for r in rows if float(r.get("has_lesion", 0) or 0) > 0))
+    n_lesion = len(lesion_rows)
     out: dict[str, Any] = {
         "protocol": protocol,
         "hd95_convention": hd95_convention,
@@ -130,8 +136,10 @@ def summarize(
         "columns": list(PROTOCOL_COLUMNS[protocol]),
         "metrics": metrics,
         "rules": {
-            "dice_hd95_precision_recall_fnv": "mean over cases with lesions (NaN on lesion-free cases)",
-            "fpv": "mean over all cases",
+            "dice_hd95_precision_recall_fnv": "mean over cases with lesions (has_lesion = 1)",
+            "fpv_lesion_counts_mtv": "mean over all cases",
+            "per_case": "Dice/FPV/FNV as autoPET val_script.py (Dice NaN only if both masks are empty, "
+            "FNV 0 without lesions); precision/recall as medpy (0 on a zero denominator)",
             "hd95_empty_prediction": "excluded (NaN)" if hd95_empty_penalty is None
             else f"penalty {hd95_empty_penalty} mm",
             "std": "sample standard deviation over cases (ddof=1)",
@@ -141,6 +149,13 @@ def summarize(
     if extra:
         out.update(extra)
     return out
+
+
+def _is_lesion_case(row: Mapping[str, Any]) -> bool:
+    try:
+        return float(row.get("has_lesion") or 0) > 0
+    except (TypeError, ValueError):
+        return False
 
 
 def _none_if_nan(v: float) -> float | None:
