@@ -11,8 +11,8 @@ import torch
 
 from h2aseg.checkpoint import load_checkpoint
 from h2aseg.config import Config, load_config
-from h2aseg.data.phantom import write_cohort
 from h2aseg.models.factory import build_from_config
+from h2aseg.synth import write_cohort
 from h2aseg.training.losses import DeepSupervisedDiceCE
 from h2aseg.training.sampling import EpochSampler
 from h2aseg.training.trainer import RunDirError, lr_lambda, train
@@ -180,3 +180,29 @@ def test_fine_tuning_keeps_the_initial_weights_unless_validation_improves(
     assert best["epoch"] == 0  # lr 0 cannot improve, so best.pt holds the starting weights
     for k, v in _weights(base.last_checkpoint).items():
         torch.testing.assert_close(best["model"][k], v, rtol=0, atol=0)
+
+
+def test_validation_reports_spread_and_case_count(cohort: Path, tmp_path: Path, capsys) -> None:
+    """Every validated epoch records the mean, the spread and the number of cases with lesions; the best
+    epoch is reported with the count it was chosen on (and a warning when that is too few)."""
+    from h2aseg.training.trainer import FEW_VAL_CASES, Validation
+
+    cfg = tiny_config(cohort, epochs=2, extra=("train.val_max_cases=null",))
+    result = train(cfg, tmp_path / "run", progress=False)
+    with open(tmp_path / "run" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    split = load_checkpoint(result.last_checkpoint)["split"]
+    assert all(int(r["val_cases"]) >= 1 and float(r["val_dice_sd"]) >= 0 for r in rows)
+    assert int(rows[0]["val_cases"]) <= len(split["val"])
+    best = result.best
+    assert best is not None and best["val_dice"] == result.best_val_dice
+    assert best["epoch"] in (1, 2) and best["val_cases"] == int(rows[0]["val_cases"])
+    out = capsys.readouterr()
+    text = out.out + out.err
+    assert f"best.pt: epoch {best['epoch']}" in text and f"n={best['val_cases']} cases" in text
+    assert "warning: chosen on fewer than" in text  # this tiny cohort has fewer than FEW_VAL_CASES
+    finished = (tmp_path / "run" / "finished.json").read_text()
+    assert '"val_cases"' in finished
+
+    v = Validation(40.0, 10.0, 4)
+    assert v.sem == pytest.approx(5.0) and "n=4 cases" in v.describe() and FEW_VAL_CASES > 4

@@ -58,7 +58,8 @@ from h2aseg.training.losses import DeepSupervisedDiceCE
 from h2aseg.training.sampling import EpochSampler, PatchDataset, mix_seed, seed_everything
 
 MAX_BAD_STEPS = 5  # consecutive non-finite steps before training stops
-CSV_COLUMNS = ("epoch", "step", "train_loss", "val_dice", "lr", "seconds")
+CSV_COLUMNS = ("epoch", "step", "train_loss", "val_dice", "val_dice_sd", "val_cases", "lr", "seconds")
+FEW_VAL_CASES = 5  # below this many validation cases with lesions, best.pt is chosen on noise
 
 
 class RunDirError(ValueError):
@@ -74,6 +75,7 @@ class TrainResult:
     epochs: int
     history: list[dict[str, Any]] = field(default_factory=list)
     model: nn.Module | None = None
+    best: dict[str, Any] | None = None  # epoch, val_dice, val_dice_sd, val_cases of best.pt
 
 
 @dataclass
@@ -201,6 +203,23 @@ def _resolve_split(cfg: Config, cases: list[Case], run_dir: Path, stored: dict |
     return make_split(cases, tuple(cfg.data.split_ratios), cfg.data.split_seed)  # type: ignore[arg-type]
 
 
+@dataclass
+class Validation:
+    """Whole-volume validation Dice (%) over the validation cases that have lesions."""
+
+    dice: float  # mean over the cases
+    sd: float  # standard deviation over the cases (0 for one case)
+    cases: int  # how many cases with lesions the mean is over
+
+    @property
+    def sem(self) -> float:
+        """Standard error of the mean: epochs closer than about twice this cannot be told apart."""
+        return self.sd / math.sqrt(self.cases) if self.cases > 1 else float("nan")
+
+    def describe(self) -> str:
+        return f"{self.dice:.1f}% (sd {self.sd:.1f}, SE {self.sem:.1f}, n={self.cases} cases with lesions)"
+
+
 def validate(
     model: nn.Module,
     cases: list[Case],
@@ -208,20 +227,28 @@ def validate(
     cfg: Config,
     device: torch.device,
     dd: _Dist | None = None,
-) -> float | None:
-    """Mean Dice (%) over validation cases with lesions, by sliding-window inference on whole volumes."""
+) -> Validation | None:
+    """Dice (%) over validation cases with lesions, by sliding-window inference on whole volumes.
+
+    ``None`` when no validation case has a lesion. Across DDP ranks the sums are reduced, so every rank
+    gets the same result.
+    """
     dd = dd or _Dist()
     roi = cfg.infer.roi_size or cfg.data.patch_size
-    total, count = 0.0, 0
+    total, total_sq, count = 0.0, 0.0, 0
     for case in cases[dd.rank :: dd.world]:
         pc = cache.get(case)
         if pc.label is None or not pc.label.any():
             continue
         probs = predict_probabilities(model, torch.from_numpy(pc.image), cfg.infer, roi, device)
-        total += dice(probabilities_to_mask(probs, cfg.infer.threshold).numpy() > 0, pc.label > 0)
-        count += 1
-    total, count = dd.sum([total, float(count)], device)
-    return total / count if count else None
+        d = dice(probabilities_to_mask(probs, cfg.infer.threshold).numpy() > 0, pc.label > 0)
+        total, total_sq, count = total + d, total_sq + d * d, count + 1
+    total, total_sq, n = dd.sum([total, total_sq, float(count)], device)
+    if not n:
+        return None
+    mean = total / n
+    var = max(0.0, total_sq / n - mean * mean) * n / (n - 1) if n > 1 else 0.0
+    return Validation(mean, math.sqrt(var), int(n))
 
 
 # ------------------------------------------------------------------------------------------- main loop
@@ -310,6 +337,7 @@ def train(
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
 
     start_epoch, step, best, history, bad_steps = 0, 0, None, [], 0
+    best_info: dict[str, Any] | None = None  # epoch, val_dice, val_dice_sd, val_cases of best.pt
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -322,6 +350,7 @@ def train(
             state["best_val_dice"],
             state["history"],
         )
+        best_info = state.get("best_info")
 
     def payload_at(epoch: int) -> dict[str, Any]:
         return {
@@ -336,6 +365,7 @@ def train(
             "scaler": scaler.state_dict(),
             "rng": _rng_state(),
             "best_val_dice": best,
+            "best_info": best_info,
             "history": history,
         }
 
@@ -348,9 +378,11 @@ def train(
     if state is None and cfg.train.init_checkpoint and val_cases and cfg.train.val_every > 0:
         # fine-tuning: the starting weights are the first candidate for best.pt, so that a fine-tune
         # that does not help never replaces them
-        best = validate(model, val_cases, cache, cfg, device, dd)
-        if dd.main and best is not None:
-            bar.console.print(f"epoch 0 (initial weights): val Dice {best:.1f}%", highlight=False)
+        v0 = validate(model, val_cases, cache, cfg, device, dd)
+        if v0 is not None:
+            best, best_info = v0.dice, _val_fields(0, v0)
+        if dd.main and v0 is not None:
+            bar.console.print(f"epoch 0 (initial weights): val Dice {v0.describe()}", highlight=False)
             best_path = save_checkpoint(payload_at(0), ckpt_dir / "best.pt")
     with bar:
         for epoch in range(start_epoch, cfg.train.epochs):
@@ -404,6 +436,8 @@ def train(
                 "step": step,
                 "train_loss": loss_sum / max(1.0, n_batches),
                 "val_dice": None,
+                "val_dice_sd": None,
+                "val_cases": None,
                 "lr": optimizer.param_groups[0]["lr"],
             }
             last_epoch = epoch + 1 == cfg.train.epochs
@@ -412,12 +446,15 @@ def train(
                 and cfg.train.val_every > 0
                 and ((epoch + 1) % cfg.train.val_every == 0 or last_epoch)
             ):
-                row["val_dice"] = validate(model, val_cases, cache, cfg, device, dd)
+                v = validate(model, val_cases, cache, cfg, device, dd)
+                if v is not None:
+                    row.update(_val_fields(epoch + 1, v))
             row["seconds"] = round(time.perf_counter() - t0, 3)
             history.append(row)
             improved = row["val_dice"] is not None and (best is None or row["val_dice"] > best)
             if improved:
                 best = row["val_dice"]
+                best_info = {k: row[k] for k in ("epoch", "val_dice", "val_dice_sd", "val_cases")}
             if dd.main:
                 payload = payload_at(epoch + 1)
                 save_checkpoint(payload, ckpt_dir / "last.pt")
@@ -433,21 +470,45 @@ def train(
     if writer:
         writer.close()
     if dd.main:
-        _finish(run_dir, history, best)
+        _finish(run_dir, history, best, best_info)
+        if best_info is not None:
+            bar.console.print(_best_line(best_info), highlight=False)
     dd.barrier()
     last = ckpt_dir / "last.pt"
     return TrainResult(
-        run_dir, last if last.exists() else None, best_path, best, len(history), history, model
+        run_dir, last if last.exists() else None, best_path, best, len(history), history, model, best_info
     )
 
 
+def _val_fields(epoch: int, v: Validation) -> dict[str, Any]:
+    return {"epoch": epoch, "val_dice": v.dice, "val_dice_sd": v.sd, "val_cases": v.cases}
+
+
+def _best_line(info: dict[str, Any]) -> str:
+    """What best.pt was chosen on: the run's output says it, with a warning when that is too little."""
+    v = Validation(info["val_dice"], info.get("val_dice_sd") or 0.0, int(info.get("val_cases") or 0))
+    line = f"best.pt: epoch {info['epoch']}, val Dice {v.describe()}"
+    if v.cases < FEW_VAL_CASES:
+        line += (
+            f"; warning: chosen on fewer than {FEW_VAL_CASES} cases with lesions, which cannot tell epochs "
+            "apart (raise train.val_max_cases or the validation share of the split)"
+        )
+    return line
+
+
 def _epoch_line(row: dict[str, Any]) -> str:
-    val = "" if row["val_dice"] is None else f"  val Dice {row['val_dice']:.1f}%"
+    val = ""
+    if row["val_dice"] is not None:
+        sd = row.get("val_dice_sd")
+        spread = f" ± {sd:.1f}" if sd is not None else ""
+        val = f"  val Dice {row['val_dice']:.1f}%{spread} (n={row.get('val_cases')})"
     loss = f"loss {row['train_loss']:.4f}"
     return f"epoch {row['epoch']}: {loss}{val}  lr {row['lr']:.2e}  ({row['seconds']:.0f} s)"
 
 
-def _finish(run_dir: Path, history: list[dict[str, Any]], best: float | None) -> None:
+def _finish(
+    run_dir: Path, history: list[dict[str, Any]], best: float | None, best_info: dict[str, Any] | None
+) -> None:
     from h2aseg.analysis.curves import plot_training_curves
 
     if history:
@@ -455,6 +516,7 @@ def _finish(run_dir: Path, history: list[dict[str, Any]], best: float | None) ->
     summary = {
         "epochs": len(history),
         "best_val_dice": best,
+        "best": best_info,
         "seconds": round(sum(row.get("seconds") or 0.0 for row in history), 1),
         "final": history[-1] if history else None,
     }
