@@ -40,6 +40,34 @@ def test_tiny_demo_end_to_end(tmp_path: Path) -> None:
         assert len(list((out / "predictions" / method).glob("*.nii.gz"))) == summary["cases"]["test"]
     assert (out / "figures" / "training_curves.png").is_file()
     assert summary["training"]["epochs"] == 1
+    det = summary["detection"]["h2aseg"]
+    rows = _per_case(out / "evaluation" / "h2aseg" / "per_case.csv")
+    assert det["gt_lesions"] == sum(int(float(r["gt_lesions"])) for r in rows) > 0
+    assert 0 <= det["found"] <= det["gt_lesions"] and "Lesion-wise detection" in report
+
+
+def _per_case(path: Path) -> list[dict[str, str]]:
+    import csv
+
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_tiny_demo_uses_the_shipped_checkpoint_as_it_is(tmp_path: Path) -> None:
+    """The default: no training; the shipped weights predict, and the report says they were not fine-tuned."""
+    from h2aseg.demo import shipped_checkpoint
+
+    opts = DemoOptions(
+        out=tmp_path / "demo", cases=5, seed=4, progress=False, shape=(40, 40, 48), spacing=(10.0, 10.0, 12.0)
+    )
+    summary = run_demo(opts, log=lambda msg: None)
+    t = summary["training"]
+    assert t["epochs"] == 0 and t["checkpoint"] == str(shipped_checkpoint())
+    assert not (opts.out / "run").exists()
+    report = (opts.out / "report.md").read_text()
+    assert "not fine-tuned on this cohort" in report and "s of training" not in report
+    n_test = summary["cases"]["test"]
+    assert len(list((opts.out / "predictions" / "h2aseg").glob("*.nii.gz"))) == n_test
 
 
 def test_export_checkpoint_is_small_and_loads(tmp_path: Path) -> None:

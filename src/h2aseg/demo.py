@@ -3,9 +3,10 @@
 ``h2aseg demo --out demo_out`` (what ``make demo`` runs), with no downloads:
 
 1. writes a synthetic whole-body PET/CT cohort in the AutoPET layout (``h2aseg synth``);
-2. trains H2ASeg with the CPU-sized ``synthetic`` preset — by default it fine-tunes the small checkpoint
-   shipped with the package (trained on another synthetic cohort by the command in
-   ``docs/demo-checkpoint.md``), or trains from scratch with ``--from-scratch``;
+2. takes the H2ASeg checkpoint shipped with the package (trained on another synthetic cohort by the
+   command in ``docs/model-card.md``) as it is; ``--fine-tune-epochs N`` fine-tunes it on this cohort first
+   (kept only if the validation Dice rises), ``--from-scratch`` trains a new model with the ``synthetic``
+   preset;
 3. predicts the held-out test cases (sliding window, masks in the CT geometry);
 4. segments the same cases with the clinicians' classic SUV thresholds (SUV >= 2.5, and 41 % of SUVmax per
    connected region);
@@ -61,7 +62,8 @@ class DemoOptions:
     cases: int = 40
     seed: int = 2024
     from_scratch: bool = False
-    epochs: int | None = None  # None: the preset's (scratch) or the fine-tuning default
+    epochs: int | None = None  # training from scratch: None is the preset's
+    fine_tune_epochs: int = 0  # 0: the shipped checkpoint is used as it is
     overrides: tuple[str, ...] = ()
     progress: bool = True
     shape: tuple[int, int, int] | None = None  # phantom grid (None: the phantom's default 128x128x160)
@@ -74,12 +76,20 @@ def shipped_checkpoint() -> Path | None:
     return path if path.is_file() else None
 
 
-def demo_config(opts: DemoOptions, data_root: Path) -> tuple[Config, str]:
-    """The training config and a sentence saying how the model was obtained."""
+def demo_config(opts: DemoOptions, data_root: Path) -> tuple[Config, str, bool]:
+    """The training config, a sentence saying how the model was obtained, and whether to train at all."""
     overrides = [f"data.root={data_root}", "data.layout=autopet"]
     init = None if opts.from_scratch else shipped_checkpoint()
+    if init is not None and opts.fine_tune_epochs <= 0:
+        cfg = load_config("synthetic", [*overrides, *opts.overrides])
+        how = (
+            f"the checkpoint shipped with the package (`h2aseg/assets/{SHIPPED_CHECKPOINT}`, trained on a "
+            "different synthetic cohort, `docs/model-card.md`), not fine-tuned on this cohort (the default; "
+            "`--fine-tune-epochs N` fine-tunes it and keeps the result only if validation Dice rises)"
+        )
+        return cfg, how, False
     if init is not None:
-        epochs = opts.epochs or 4
+        epochs = opts.fine_tune_epochs
         overrides += [  # gentle: a fresh Adam state at a high lr would undo the pre-training
             f"train.init_checkpoint={init}",
             f"train.epochs={epochs}",
@@ -100,7 +110,7 @@ def demo_config(opts: DemoOptions, data_root: Path) -> tuple[Config, str]:
     cfg = load_config("synthetic", [*overrides, *opts.overrides])
     if init is None:
         how = f"{how} for {cfg.train.epochs} epochs"
-    return cfg, how
+    return cfg, how, True
 
 
 def _threshold_masks(cases: list[Case], cfg: Config, out: Path) -> None:
@@ -120,7 +130,6 @@ def _threshold_masks(cases: list[Case], cfg: Config, out: Path) -> None:
 def run_demo(opts: DemoOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every step; returns the summary written to ``summary.json``."""
     from h2aseg.data.splits import save_split
-    from h2aseg.training.trainer import train
 
     t_start = time.perf_counter()
     out = opts.out
@@ -136,28 +145,26 @@ def run_demo(opts: DemoOptions, log: Callable[[str], None] = print) -> dict[str,
     split = make_split(cases, (0.6, 0.2, 0.2), seed=opts.seed)
     split_file = out / "split.json"
     save_split(split, split_file)
-    cfg, how = demo_config(opts, data)
+    cfg, how, do_train = demo_config(opts, data)
     cfg = cfg.override([f"data.split_file={split_file}", f"data.cache_dir={out / 'cache'}"])
     run = out / "run"
-    log(f"[2/6] training H2ASeg ({how}) in {run}")
-    if (run / "finished.json").exists():  # a re-run after a later step failed: keep the trained model
-        log("      (reusing the finished training run)")
-        finished = json.loads((run / "finished.json").read_text())
-        epochs, best_val, train_s = finished["epochs"], finished["best_val_dice"], finished["seconds"]
+    epochs, best_val, train_s, best_epoch = 0, None, 0.0, None
+    if not do_train:
+        ckpt = shipped_checkpoint()
+        assert ckpt is not None
+        log(f"[2/6] using {how.split(' (')[0]}")
     else:
-        resume = (run / "checkpoints" / "last.pt").exists()
-        result = train(cfg, run, resume=resume, progress=opts.progress)
-        epochs, best_val = result.epochs, result.best_val_dice
-        train_s = sum(row.get("seconds") or 0.0 for row in result.history)
-    ckpt = run / "checkpoints" / ("best.pt" if (run / "checkpoints" / "best.pt").exists() else "last.pt")
-    best_epoch = int(load_checkpoint(ckpt)["epoch"])
-    if best_epoch == 0:
-        how += (
-            "; the fine-tuning did not raise the validation Dice, so the best checkpoint, used below, holds "
-            "the shipped weights unchanged"
-        )
-    else:
-        how += f"; the best validation Dice came after epoch {best_epoch}, whose weights are used below"
+        log(f"[2/6] training H2ASeg ({how}) in {run}")
+        epochs, best_val, train_s = _train(cfg, run, opts.progress, log)
+        ckpt = run / "checkpoints" / ("best.pt" if (run / "checkpoints" / "best.pt").exists() else "last.pt")
+        best_epoch = int(load_checkpoint(ckpt)["epoch"])
+        if best_epoch == 0:
+            how += (
+                "; the fine-tuning did not raise the validation Dice, so the best checkpoint, used below, "
+                "holds the shipped weights unchanged"
+            )
+        else:
+            how += f"; the best validation Dice came after epoch {best_epoch}, whose weights are used below"
 
     by_id = {c.case_id: c for c in cases}
     test_cases = [by_id[i] for i in split.test]
@@ -195,6 +202,7 @@ def run_demo(opts: DemoOptions, log: Callable[[str], None] = print) -> dict[str,
         "cases": {"train": len(split.train), "val": len(split.val), "test": len(split.test)},
         "predict_seconds": round(predict_s, 1),
         "metrics": {m: _metric_table(summaries[m]) for m in METHODS},
+        "detection": {m: detection(per_case[m]) for m in METHODS},
         "evaluation": {m: str(out / "evaluation" / m) for m in METHODS},
         "figures": [str(f) for f in figures],
         "total_seconds": round(time.perf_counter() - t_start, 1),
@@ -202,6 +210,34 @@ def run_demo(opts: DemoOptions, log: Callable[[str], None] = print) -> dict[str,
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=float))
     atomic_write_text(out / "report.md", _report(summary, figures, out))
     return summary
+
+
+def _train(cfg: Config, run: Path, progress: bool, log: Callable[[str], None]) -> tuple[int, Any, float]:
+    """Train (or reuse a finished run of a demo re-run); returns epochs, best validation Dice, seconds."""
+    from h2aseg.training.trainer import train
+
+    if (run / "finished.json").exists():  # a re-run after a later step failed: keep the trained model
+        log("      (reusing the finished training run)")
+        finished = json.loads((run / "finished.json").read_text())
+        return finished["epochs"], finished["best_val_dice"], finished["seconds"]
+    resume = (run / "checkpoints" / "last.pt").exists()
+    result = train(cfg, run, resume=resume, progress=progress)
+    return result.epochs, result.best_val_dice, sum(row.get("seconds") or 0.0 for row in result.history)
+
+
+def detection(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Lesion-wise detection over the test cases (18-connected lesions; a lesion counts as found when a
+    predicted voxel touches it): found / ground-truth lesions, and false-positive lesions per case."""
+    gt = sum(int(r.get("gt_lesions") or 0) for r in rows)
+    tp = sum(int(r.get("tp_lesions") or 0) for r in rows)
+    fp = sum(int(r.get("fp_lesions") or 0) for r in rows)
+    return {
+        "gt_lesions": gt,
+        "found": tp,
+        "sensitivity": 100.0 * tp / gt if gt else None,
+        "fp_lesions": fp,
+        "fp_per_case": fp / len(rows) if rows else None,
+    }
 
 
 def _manifest(cases: list[Case], path: Path) -> Path:
@@ -269,6 +305,16 @@ def _safe(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)[:60]
 
 
+def _model_sentence(t: dict[str, Any]) -> str:
+    text = f"**Model:** H2ASeg ({t['preset']} preset), {t['how']}"
+    if not t["epochs"]:
+        return text + "."
+    text += f"; {t['seconds']:.0f} s of training on this machine"
+    if t["best_val_dice"] is not None:
+        text += f"; best validation Dice {t['best_val_dice']:.1f}%"
+    return text + "."
+
+
 def _report(summary: dict[str, Any], figures: list[Path], out: Path) -> str:
     t = summary["training"]
     lines = [
@@ -277,10 +323,7 @@ def _report(summary: dict[str, Any], figures: list[Path], out: Path) -> str:
         "Synthetic whole-body PET/CT phantom (AutoPET layout), patient-level split "
         f"{summary['cases']['train']}/{summary['cases']['val']}/{summary['cases']['test']} (train/val/test).",
         "",
-        f"**Model:** H2ASeg ({t['preset']} preset), {t['how']}; {t['seconds']:.0f} s of training on this "
-        f"machine; best validation Dice {t['best_val_dice']:.1f}%."
-        if t["best_val_dice"] is not None
-        else f"**Model:** H2ASeg ({t['preset']} preset), {t['how']}; {t['seconds']:.0f} s of training.",
+        _model_sentence(t),
         "",
         "## Test-set metrics (mean ± std over cases; Dice, HD95, precision and recall over cases with "
         "lesions, FP volume over all cases — the paper's protocol)",
@@ -291,6 +334,19 @@ def _report(summary: dict[str, Any], figures: list[Path], out: Path) -> str:
     for method, label in METHODS.items():
         m = summary["metrics"][method]
         lines.append(f"| {label} | " + " | ".join(_fmt(m.get(k)) for k, _ in REPORT_METRICS) + " |")
+    lines += [
+        "",
+        "## Lesion-wise detection (test set; 18-connected lesions, a lesion is found when a predicted voxel "
+        "touches it)",
+        "",
+        "| method | lesions found | sensitivity (%) | false-positive lesions per study |",
+        "|---|---|---|---|",
+    ]
+    for method, label in METHODS.items():
+        d = summary["detection"][method]
+        sens = "n/a" if d["sensitivity"] is None else f"{d['sensitivity']:.1f}"
+        fpc = "n/a" if d["fp_per_case"] is None else f"{d['fp_per_case']:.2f}"
+        lines.append(f"| {label} | {d['found']} / {d['gt_lesions']} | {sens} | {fpc} |")
     lines += [
         "",
         "SUV >= 2.5: every voxel with SUV of at least 2.5. 41% SUVmax: connected regions of SUV >= 2.5, "

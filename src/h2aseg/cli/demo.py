@@ -20,7 +20,15 @@ def demo(
         "--from-scratch",
         help="Train from random weights instead of fine-tuning the shipped checkpoint.",
     ),
-    epochs: int | None = typer.Option(None, "--epochs", help="Training epochs [train.epochs]."),
+    epochs: int | None = typer.Option(
+        None, "--epochs", help="Epochs of --from-scratch training [train.epochs]; default: the preset's."
+    ),
+    fine_tune_epochs: int = typer.Option(
+        0,
+        "--fine-tune-epochs",
+        help="Fine-tune the shipped checkpoint on this cohort for N epochs first (kept only if the "
+        "validation Dice rises); 0 (default): use it as it is.",
+    ),
     assignments: list[str] = typer.Option([], "--set", help="Override a config field: section.key=value."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
@@ -36,6 +44,7 @@ def demo(
         seed=seed,
         from_scratch=from_scratch,
         epochs=epochs,
+        fine_tune_epochs=fine_tune_epochs,
         overrides=tuple(assignments),
         progress=progress,
     )
@@ -55,7 +64,11 @@ def demo(
                 f"report:   {out / 'report.md'}",
                 f"summary:  {out / 'summary.json'}",
                 f"figures:  {out / 'figures'}",
-                f"run:      {out / 'run'} (checkpoints, metrics.csv, TensorBoard logs in tb/)",
+                *(
+                    [f"run:      {out / 'run'} (checkpoints, metrics.csv, TensorBoard logs in tb/)"]
+                    if summary["training"]["epochs"]
+                    else []
+                ),
             ]
         ),
         highlight=False,
