@@ -214,6 +214,8 @@ def run_demo(opts: DemoOptions, log: Callable[[str], None] = print) -> dict[str,
 
 def _train(cfg: Config, run: Path, progress: bool, log: Callable[[str], None]) -> tuple[int, Any, float]:
     """Train (or reuse a finished run of a demo re-run); returns epochs, best validation Dice, seconds."""
+    from h2aseg.analysis.curves import plot_training_curves
+    from h2aseg.training.callbacks import CurvesPlot, default_callbacks
     from h2aseg.training.trainer import train
 
     if (run / "finished.json").exists():  # a re-run after a later step failed: keep the trained model
@@ -221,7 +223,8 @@ def _train(cfg: Config, run: Path, progress: bool, log: Callable[[str], None]) -
         finished = json.loads((run / "finished.json").read_text())
         return finished["epochs"], finished["best_val_dice"], finished["seconds"]
     resume = (run / "checkpoints" / "last.pt").exists()
-    result = train(cfg, run, resume=resume, progress=progress)
+    callbacks = [*default_callbacks(progress), CurvesPlot(plot_training_curves)]  # + run/curves.png
+    result = train(cfg, run, resume=resume, progress=progress, callbacks=callbacks)
     return result.epochs, result.best_val_dice, sum(row.get("seconds") or 0.0 for row in result.history)
 
 

@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from h2aseg.analysis.curves import plot_training_curves
 from h2aseg.checkpoint import load_checkpoint
 from h2aseg.config import Config, load_config
 from h2aseg.models.factory import build_from_config
 from h2aseg.synth import write_cohort
+from h2aseg.training.callbacks import CurvesPlot, default_callbacks
 from h2aseg.training.losses import DeepSupervisedDiceCE
 from h2aseg.training.sampling import EpochSampler
 from h2aseg.training.trainer import RunDirError, lr_lambda, train
@@ -50,7 +52,8 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 
 def test_two_epochs_loss_falls_and_checkpoints_reload(cohort: Path, tmp_path: Path) -> None:
     cfg = tiny_config(cohort, epochs=4, extra=("train.lr=0.01", "train.steps_per_epoch=3"))
-    result = train(cfg, tmp_path / "run", progress=False)
+    callbacks = [*default_callbacks(progress=False), CurvesPlot(plot_training_curves)]  # as the CLI does
+    result = train(cfg, tmp_path / "run", progress=False, callbacks=callbacks)
     losses = [row["train_loss"] for row in result.history]
     assert len(losses) == 4
     assert losses[-1] < losses[0]

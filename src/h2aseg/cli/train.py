@@ -25,10 +25,12 @@ def train(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
 ) -> None:
     """Train (the paper's recipe in the presets); validation by sliding window on whole cases."""
+    from h2aseg.analysis.curves import plot_training_curves
     from h2aseg.checkpoint import CheckpointError, load_checkpoint
     from h2aseg.config import Config
     from h2aseg.data.io import ImageError
     from h2aseg.data.layouts import LayoutError
+    from h2aseg.training.callbacks import CurvesPlot, default_callbacks
     from h2aseg.training.trainer import RunDirError
     from h2aseg.training.trainer import train as run_training
 
@@ -50,7 +52,8 @@ def train(
     else:
         cfg = build_config(preset, config, assignments, fields)
     try:
-        result = run_training(cfg, out, resume=resume, force=force, progress=progress)
+        callbacks = [*default_callbacks(progress), CurvesPlot(plot_training_curves)]  # + curves.png
+        result = run_training(cfg, out, resume=resume, force=force, progress=progress, callbacks=callbacks)
     except (RunDirError, LayoutError, ImageError, CheckpointError, ValueError) as e:
         raise fail(str(e)) from None
     best = "n/a" if result.best_val_dice is None else f"{result.best_val_dice:.2f}%"
