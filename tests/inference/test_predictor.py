@@ -20,7 +20,7 @@ from h2aseg.models.factory import build_from_config
 from h2aseg.synth import write_cohort
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "training"))
-from test_trainer import TINY
+from training_fixtures import TINY
 
 
 @pytest.fixture(scope="module")

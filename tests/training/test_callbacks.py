@@ -9,33 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from training_fixtures import tiny_config, write_tiny_cohort
 
-from h2aseg.config import load_config
-from h2aseg.synth import write_cohort
 from h2aseg.training.callbacks import CallbackList, CurvesPlot, TrainingCallbacks
 from h2aseg.training.trainer import train
-
-TINY = [
-    "model.channels=[2,4,4,8,8]",
-    "model.window_size=[4,4,2]",
-    "data.patch_size=[32,32,32]",
-    "data.crops_per_case=2",
-    "train.batch_size=2",
-    "train.steps_per_epoch=2",
-    "train.val_every=1",
-    "train.val_max_cases=1",
-    "train.amp=off",
-    "train.warmup_steps=0",
-    "infer.amp=off",
-    "infer.overlap=0.0",
-]
 
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("cohort")
-    write_cohort(root, 6, "autopet-nnunet", seed=5, shape=(40, 40, 48), spacing=(10.0, 10.0, 12.0))
-    return root
+    return write_tiny_cohort(tmp_path_factory.mktemp("cohort"))
 
 
 class Recorder(TrainingCallbacks):
@@ -66,7 +48,7 @@ class Recorder(TrainingCallbacks):
 
 
 def test_callbacks_are_called_in_order_with_the_run_numbers(cohort: Path, tmp_path: Path) -> None:
-    cfg = load_config("synthetic", [*TINY, f"data.root={cohort}", "train.epochs=2"])
+    cfg = tiny_config(cohort)
     rec = Recorder(tmp_path / "run")
     result = train(cfg, rec.run_dir, progress=False, callbacks=[rec])
     kinds = [e[0] for e in rec.events]
@@ -88,7 +70,7 @@ def test_callbacks_are_called_in_order_with_the_run_numbers(cohort: Path, tmp_pa
 
 
 def test_close_is_called_when_training_fails(cohort: Path, tmp_path: Path) -> None:
-    cfg = load_config("synthetic", [*TINY, f"data.root={cohort}", "train.epochs=2", "train.val_every=0"])
+    cfg = tiny_config(cohort, extra=("train.val_every=0",))
     rec = Recorder(tmp_path / "run", fail_at_epoch=1)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, rec.run_dir, progress=False, callbacks=[rec])

@@ -8,42 +8,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from training_fixtures import tiny_config, write_tiny_cohort
 
 from h2aseg.analysis.curves import plot_training_curves
 from h2aseg.checkpoint import load_checkpoint
 from h2aseg.config import Config, load_config
 from h2aseg.models.factory import build_from_config
-from h2aseg.synth import write_cohort
 from h2aseg.training.callbacks import CurvesPlot, default_callbacks
 from h2aseg.training.losses import DeepSupervisedDiceCE
 from h2aseg.training.sampling import EpochSampler
 from h2aseg.training.trainer import RunDirError, lr_lambda, train
 
-TINY = [
-    "model.channels=[2,4,4,8,8]",
-    "model.window_size=[4,4,2]",
-    "data.patch_size=[32,32,32]",
-    "data.crops_per_case=2",
-    "train.batch_size=2",
-    "train.steps_per_epoch=2",
-    "train.val_every=1",
-    "train.val_max_cases=1",
-    "train.amp=off",
-    "train.warmup_steps=0",
-    "infer.amp=off",
-    "infer.overlap=0.0",
-]
-
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("cohort")
-    write_cohort(root, 6, "autopet-nnunet", seed=5, shape=(40, 40, 48), spacing=(10.0, 10.0, 12.0))
-    return root
+    return write_tiny_cohort(tmp_path_factory.mktemp("cohort"))
 
-
-def tiny_config(root: Path, epochs: int = 2, extra: tuple[str, ...] = ()) -> Config:
-    return load_config("synthetic", [*TINY, f"data.root={root}", f"train.epochs={epochs}", *extra])
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:

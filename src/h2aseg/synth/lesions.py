@@ -7,6 +7,7 @@ primary (label 1) and cervical nodes (label 2).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -210,16 +211,23 @@ def headneck_lesions(rng: np.random.Generator, anat: Anatomy, min_spacing: float
     return lesions
 
 
-def label_map(grid: Grid, tissue: np.ndarray, lesions: list[Lesion]) -> tuple[np.ndarray, list[Lesion]]:
-    """Lesion labels on ``grid`` (inside the body only) and the lesions that have voxels there."""
-    label = np.zeros(grid.shape, dtype=np.uint8)
-    kept = []
+def body_masks(
+    grid: Grid, tissue: np.ndarray, lesions: list[Lesion]
+) -> Iterator[tuple[Lesion, tuple[slice, ...], np.ndarray]]:
+    """``(lesion, window slices, mask inside the body)`` for each lesion that reaches ``grid``."""
     for les in lesions:
         r = mask_on(grid, les.shape)
         if r is None:
             continue
         sl, m = r
-        m = m & IS_BODY[tissue[sl]]
+        yield les, sl, m & IS_BODY[tissue[sl]]
+
+
+def label_map(grid: Grid, tissue: np.ndarray, lesions: list[Lesion]) -> tuple[np.ndarray, list[Lesion]]:
+    """Lesion labels on ``grid`` (inside the body only) and the lesions that have voxels there."""
+    label = np.zeros(grid.shape, dtype=np.uint8)
+    kept = []
+    for les, sl, m in body_masks(grid, tissue, lesions):
         if m.any():
             label[sl][m] = les.label
             kept.append(les)

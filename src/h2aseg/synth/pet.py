@@ -7,10 +7,10 @@ import math
 import numpy as np
 from scipy import ndimage
 
-from h2aseg.synth.lesions import Lesion
+from h2aseg.synth.lesions import Lesion, body_masks
 from h2aseg.synth.noise import correlated_noise, smooth_noise
-from h2aseg.synth.shapes import Grid, mask_on
-from h2aseg.synth.tissues import IS_BODY, LUT_HET, TISSUE_NAMES
+from h2aseg.synth.shapes import Grid
+from h2aseg.synth.tissues import LUT_HET, TISSUE_NAMES
 
 
 def study_suvs(rng: np.random.Generator, prng: np.random.Generator) -> dict[str, float]:
@@ -53,12 +53,7 @@ def _activity(
     tex = smooth_noise(rng, grid.shape, grid.spacing, 15.0)
     het = LUT_HET[tissue]
     act = lut[tissue] * np.exp(het * tex - 0.5 * het * het)
-    for les in lesions:
-        r = mask_on(grid, les.shape)
-        if r is None:
-            continue
-        sl, m = r
-        m = m & IS_BODY[tissue[sl]]
+    for les, sl, m in body_masks(grid, tissue, lesions):
         host = float(np.median(act[sl][m])) if m.any() else 0.0
         val = max(les.suv, 1.25 * host) * np.exp(0.15 * tex[sl] - 0.011)
         if les.necrosis < 1.0:
