@@ -100,7 +100,7 @@ def demo_config(opts: DemoOptions, data_root: Path) -> tuple[Config, str, bool]:
         how = (
             f"fine-tuned for {epochs} epochs from the checkpoint shipped with the package "
             f"(`h2aseg/assets/{SHIPPED_CHECKPOINT}`, trained on a different synthetic cohort by the command "
-            "in `docs/demo-checkpoint.md`)"
+            "in `docs/model-card.md`)"
         )
     else:
         if opts.epochs:
