@@ -152,7 +152,7 @@ def run_demo(opts: DemoOptions, log: Callable[[str], None] = print) -> dict[str,
     if not do_train:
         ckpt = shipped_checkpoint()
         assert ckpt is not None
-        log(f"[2/6] using {how.split(' (')[0]}")
+        log(f"[2/6] using the shipped checkpoint {ckpt.name} as it is (not fine-tuned)")
     else:
         log(f"[2/6] training H2ASeg ({how}) in {run}")
         epochs, best_val, train_s = _train(cfg, run, opts.progress, log)

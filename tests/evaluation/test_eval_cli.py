@@ -7,20 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import typer
 from typer.testing import CliRunner
 
-from h2aseg.cli.evaluate import register
 from h2aseg.data.io import write_volume
 
 AFF = np.diag([2.0, 2.0, 3.0, 1.0])
-
-
-@pytest.fixture
-def app() -> typer.Typer:
-    a = typer.Typer(pretty_exceptions_enable=False)
-    register(a)
-    return a
 
 
 def _mask(path: Path, lo: int, hi: int, label: int = 1) -> None:

@@ -10,18 +10,10 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from h2aseg.cli.evaluate import register
 from h2aseg.data.io import write_volume
 from h2aseg.evaluation.matching import EvaluationError, parse_label_map
 
 AFF = np.diag([2.0, 2.0, 3.0, 1.0])
-
-
-@pytest.fixture
-def app() -> typer.Typer:
-    a = typer.Typer(pretty_exceptions_enable=False)
-    register(a)
-    return a
 
 
 def _case(tmp_path: Path, gt_extra: int = 7, pred_label: int = 1) -> tuple[Path, Path]:

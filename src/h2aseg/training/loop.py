@@ -276,7 +276,7 @@ def _rng_state() -> dict[str, Any]:
     return state
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
@@ -288,7 +288,7 @@ def _val_fields(epoch: int, v: Validation) -> dict[str, Any]:
     return {"epoch": epoch, "val_dice": v.dice, "val_dice_sd": v.sd, "val_cases": v.cases}
 
 
-def _best_line(info: dict[str, Any]) -> str:
+def best_line(info: dict[str, Any]) -> str:
     """What best.pt was chosen on: the run's output says it, with a warning when that is too little."""
     v = Validation(info["val_dice"], info.get("val_dice_sd") or 0.0, int(info.get("val_cases") or 0))
     line = f"best.pt: epoch {info['epoch']}, val Dice {v.describe()}"

@@ -56,10 +56,10 @@ from h2aseg.training.loop import (
     Engine,
     TrainState,
     Validation,
-    _best_line,
-    _set_rng_state,
+    best_line,
     initial_validation,
     save_epoch,
+    set_rng_state,
     train_one_epoch,
     validate,
 )
@@ -184,7 +184,7 @@ def restore(run: TrainingRun, eng: Engine) -> TrainState:
     eng.optimizer.load_state_dict(state["optimizer"])
     eng.scheduler.load_state_dict(state["scheduler"])
     eng.scaler.load_state_dict(state["scaler"])
-    _set_rng_state(state["rng"])
+    set_rng_state(state["rng"])
     ts.epoch, ts.step, ts.history = state["epoch"], state["step"], state["history"]
     ts.best, ts.best_info = state["best_val_dice"], state.get("best_info")
     return ts
@@ -203,7 +203,7 @@ def finish(run: TrainingRun, eng: Engine, ts: TrainState, cbs: TrainingCallbacks
         }
         atomic_write_text(run.run_dir / "finished.json", json.dumps(summary, indent=2))
         if ts.best_info is not None:
-            cbs.on_message(_best_line(ts.best_info))
+            cbs.on_message(best_line(ts.best_info))
     run.dd.barrier()
     last = run.ckpt_dir / "last.pt"
     return TrainResult(
