@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from h2aseg.config import PRESETS, Config, ConfigError, load_config, save_config
+from h2aseg.config import PRESETS, Config, ConfigError, load_config, preset_path, save_config
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -52,3 +52,16 @@ def test_gradient_checkpointing_is_a_switch_or_levels() -> None:
     assert cfg.model.gradient_checkpointing == (1, 2)
     with pytest.raises(ConfigError, match="gradient_checkpointing"):
         load_config("autopet2", ["model.gradient_checkpointing=level1"])
+
+
+@pytest.mark.parametrize("preset", ["autopet2", "hecktor2022", "synthetic"])
+def test_every_preset_setting_says_whose_it_is(preset: str) -> None:
+    unmarked = [
+        line
+        for line in preset_path(preset).read_text().splitlines()
+        if line.startswith("  ")
+        and not line.strip().startswith(("#", "name:"))
+        and not any(m in line for m in ("[paper]", "[released]", "[ours]"))
+    ]
+    assert not unmarked, f"{preset}.yaml lines without a paper/released/ours mark: {unmarked}"
+

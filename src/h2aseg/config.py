@@ -39,14 +39,17 @@ class DataConfig:
     pet_window: tuple[float, float] = (0.0, 20.0)  # SUV clipped, then scaled to [0, 1]
     label_mode: str = "binary"  # binary (GTVp + GTVn merged, as the paper) | multiclass
     num_label_classes: int = 1  # foreground classes in the label files (HECKTOR: 2)
-    patch_size: Triple = (128, 128, 64)
-    crops_per_case: int = 2
-    pos_fraction: float = 0.5  # positive : negative crops = 1 : 1 as in the paper
-    crop_to_body: bool = True
-    rotate_prob: float = 0.8
-    rotate_range_deg: float = 45.0
-    flip_prob: float = 0.5
-    intensity_jitter: float = 0.1
+    patch_size: Triple = (128, 128, 64)  # paper
+    crops_per_case: int = 2  # released code (2 cases x 2 crops per step)
+    pos_fraction: float = 0.5  # released code: positive : negative crops = 1 : 1
+    lesion_case_fraction: float | None = None  # None: cases drawn uniformly (paper); f: a share f of draws
+    # are studies with lesions (ours; needs train.steps_per_epoch)
+    augment: str = "configured"  # configured: the five fields below | paper | released (see augmentation())
+    crop_to_body: bool = True  # ours (the released code crops to the PET foreground)
+    rotate_prob: float = 0.8  # released code (about the axial axis)
+    rotate_range_deg: float = 45.0  # released code
+    flip_prob: float = 0.5  # ours
+    intensity_jitter: float = 0.1  # ours
     cache_dir: str | None = None  # default: <run>/cache
     split_ratios: FloatTriple = (0.6, 0.2, 0.2)
     split_seed: int = 12345

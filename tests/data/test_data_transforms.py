@@ -16,6 +16,7 @@ from h2aseg.data.preprocess import Geometry, PreprocessedCase
 from h2aseg.data.transforms import (
     RandAxialRotated,
     _rotate_axial,
+    augmentation,
     body_threshold,
     case_to_dict,
     inference_transforms,
@@ -139,3 +140,22 @@ def test_validation_and_inference_are_deterministic() -> None:
     inf = inference_transforms(_cfg())({"image": pc.image})
     assert type(inf["image"]) is torch.Tensor and torch.equal(inf["image"], v1["image"])
     assert "label" not in val_transforms(_cfg())({"image": pc.image})
+
+
+def test_augment_modes_turn_off_what_the_paper_does_not_state() -> None:
+    from monai.transforms import CropForegroundd, RandFlipd, RandScaleIntensityd
+
+    def kinds(mode: str) -> set[type]:
+        cfg = _cfg(augment=mode, flip_prob=0.5, intensity_jitter=0.1, rotate_prob=0.3, crop_to_body=True)
+        return {type(t) for t in train_transforms(cfg).transforms}
+
+    configured, paper, released = kinds("configured"), kinds("paper"), kinds("released")
+    assert {CropForegroundd, RandAxialRotated, RandFlipd, RandScaleIntensityd} <= configured
+    assert not {CropForegroundd, RandAxialRotated, RandFlipd, RandScaleIntensityd} & paper
+    assert {CropForegroundd, RandAxialRotated} <= released and not {RandFlipd, RandScaleIntensityd} & released
+    assert augmentation(_cfg(augment="released")).rotate_range_deg == 45.0
+    # crops are still patch-sized and positive/negative under the paper setting
+    out = train_transforms(_cfg(augment="paper"))(case_to_dict(_case()))
+    assert all(tuple(c["image"].shape[1:]) == PATCH for c in out)
+    with pytest.raises(ValueError, match=r"data\.augment"):
+        train_transforms(_cfg(augment="strict"))

@@ -16,7 +16,6 @@ from h2aseg.config import Config, load_config
 from h2aseg.models.factory import build_from_config
 from h2aseg.training.callbacks import CurvesPlot, default_callbacks
 from h2aseg.training.losses import DeepSupervisedDiceCE
-from h2aseg.training.sampling import EpochSampler
 from h2aseg.training.trainer import RunDirError, lr_lambda, train
 
 
@@ -95,17 +94,6 @@ def test_finished_run_is_extended_by_resume_with_more_epochs(cohort: Path, tmp_p
 def test_missing_data_root_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"data\.root"):
         train(load_config("synthetic"), tmp_path / "run", progress=False)
-
-
-def test_epoch_sampler_ranks_draw_distinct_cases() -> None:
-    a = EpochSampler(10, seed=1, rank=0, world=2)
-    b = EpochSampler(10, seed=1, rank=1, world=2)
-    ia, ib = list(a), list(b)
-    assert len(ia) == len(ib) == 5 and not set(ia) & set(ib) and set(ia) | set(ib) == set(range(10))
-    a.set_epoch(1)
-    assert list(a) != ia  # a new order every epoch
-    a.set_epoch(0)
-    assert list(a) == ia  # and the same order again for the same epoch (resume)
 
 
 def test_lr_schedules() -> None:

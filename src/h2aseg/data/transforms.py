@@ -7,8 +7,9 @@ Outputs are plain torch tensors (no metadata tracking, for speed): image float32
 Training (:func:`train_transforms`): crop to the body (CT above -500 HU, when ``cfg.crop_to_body``), pad to
 the patch size, ``cfg.crops_per_case`` positive/negative patch crops (``cfg.pos_fraction`` of the crop centres
 on lesion voxels, MONAI's ``RandCropByPosNegLabeld``; lesion-free cases give negative crops), random rotation
-about the axial (z) axis, random flips along each axis, light per-channel intensity scale/shift. Returns a
-list of ``cfg.crops_per_case`` dicts. Validation/inference (:func:`val_transforms`,
+about the axial (z) axis, random flips along each axis, light per-channel intensity scale/shift, as
+``cfg.augment`` chooses (:func:`augmentation`: as configured, the paper's none, or the released code's).
+Returns a list of ``cfg.crops_per_case`` dicts. Validation/inference (:func:`val_transforms`,
 :func:`inference_transforms`) are deterministic and keep the whole volume (so predictions stay on the
 preprocessed grid for :func:`~h2aseg.data.preprocess.restore_to_ct_grid`).
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -173,6 +175,42 @@ def _post(allow_missing: bool = False) -> list[Any]:
     ]
 
 
+@dataclass(frozen=True)
+class Augmentation:
+    """What the training pipeline does to a crop besides cropping it."""
+
+    crop_to_body: bool
+    rotate_prob: float
+    rotate_range_deg: float
+    flip_prob: float
+    intensity_jitter: float
+
+
+AUGMENT_MODES = ("configured", "paper", "released")
+
+
+def augmentation(cfg: DataConfig) -> Augmentation:
+    """The augmentation ``cfg.augment`` asks for.
+
+    - ``configured``: the fields ``crop_to_body``, ``rotate_*``, ``flip_prob``, ``intensity_jitter`` as set.
+    - ``paper``: only what the paper states (section 3.1: patches of the patch size), so no body crop,
+      rotation, flip or intensity change. How crops are placed (``pos_fraction``) is not stated in the
+      paper; the released code's positive/negative sampling is kept, since crops must be placed somehow.
+    - ``released``: the authors' released code: crop to the foreground (here the body), rotation about the
+      axial axis with probability 0.8 within +-45 degrees, no flip, no intensity change.
+    """
+    mode = cfg.augment
+    if mode == "configured":
+        return Augmentation(
+            cfg.crop_to_body, cfg.rotate_prob, cfg.rotate_range_deg, cfg.flip_prob, cfg.intensity_jitter
+        )
+    if mode == "paper":
+        return Augmentation(False, 0.0, 0.0, 0.0, 0.0)
+    if mode == "released":
+        return Augmentation(True, 0.8, 45.0, 0.0, 0.0)
+    raise ValueError(f"data.augment must be one of {', '.join(AUGMENT_MODES)}, got {mode!r}")
+
+
 def train_transforms(cfg: DataConfig) -> Compose:
     """Random patch pipeline (see the module docstring); output: a list of ``cfg.crops_per_case`` dicts."""
     if not 0.0 <= cfg.pos_fraction <= 1.0:
@@ -180,8 +218,9 @@ def train_transforms(cfg: DataConfig) -> Compose:
     if cfg.crops_per_case < 1:
         raise ValueError(f"data.crops_per_case must be >= 1, got {cfg.crops_per_case}")
     patch = tuple(int(v) for v in cfg.patch_size)
+    aug = augmentation(cfg)
     t: list[Any] = _pre(cfg)
-    if cfg.crop_to_body:
+    if aug.crop_to_body:
         t.append(
             CropForegroundd(
                 keys=KEYS,
@@ -205,12 +244,12 @@ def train_transforms(cfg: DataConfig) -> Compose:
             num_samples=int(cfg.crops_per_case),
         ),
     ]
-    if cfg.rotate_prob > 0 and cfg.rotate_range_deg > 0:
-        t.append(RandAxialRotated(KEYS, cfg.rotate_prob, cfg.rotate_range_deg, modes=("bilinear", "nearest")))
-    if cfg.flip_prob > 0:
-        t += [RandFlipd(keys=KEYS, prob=cfg.flip_prob, spatial_axis=a) for a in FLIP_AXES]
-    if cfg.intensity_jitter > 0:
-        j = float(cfg.intensity_jitter)
+    if aug.rotate_prob > 0 and aug.rotate_range_deg > 0:
+        t.append(RandAxialRotated(KEYS, aug.rotate_prob, aug.rotate_range_deg, modes=("bilinear", "nearest")))
+    if aug.flip_prob > 0:
+        t += [RandFlipd(keys=KEYS, prob=aug.flip_prob, spatial_axis=a) for a in FLIP_AXES]
+    if aug.intensity_jitter > 0:
+        j = float(aug.intensity_jitter)
         t += [
             RandScaleIntensityd(keys="image", factors=j, prob=0.5, channel_wise=True),
             RandShiftIntensityd(keys="image", offsets=j / 2, prob=0.5, channel_wise=True),

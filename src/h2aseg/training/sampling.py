@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -32,13 +32,27 @@ class EpochSampler(Sampler[int]):
 
     ``num_samples=None``: a shuffled pass over all ``n`` cases (padded by wrapping so every rank gets the
     same count); otherwise ``num_samples`` draws per epoch across all ranks (with replacement when it
-    exceeds ``n``). Call :meth:`set_epoch` before each epoch.
+    exceeds ``n``). With ``weights`` (one non-negative number per case), every draw is independent with
+    probability proportional to its case's weight (:func:`lesion_case_weights`). Call :meth:`set_epoch`
+    before each epoch.
     """
 
-    def __init__(self, n: int, seed: int, *, num_samples: int | None = None, rank: int = 0, world: int = 1):
+    def __init__(
+        self,
+        n: int,
+        seed: int,
+        *,
+        num_samples: int | None = None,
+        rank: int = 0,
+        world: int = 1,
+        weights: Sequence[float] | None = None,
+    ):
         if n < 1:
             raise ValueError("no training cases to sample from")
+        if weights is not None and (len(weights) != n or min(weights) < 0 or sum(weights) <= 0):
+            raise ValueError(f"sampling weights must be {n} non-negative numbers with a positive sum")
         self.n, self.seed, self.num_samples, self.rank, self.world = n, seed, num_samples, rank, world
+        self.weights = None if weights is None else torch.tensor([float(w) for w in weights])
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -48,6 +62,8 @@ class EpochSampler(Sampler[int]):
         g = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, 7))
         total = self.num_samples or self.n
         order: list[int] = []
+        if self.weights is not None:
+            order = torch.multinomial(self.weights, total, replacement=True, generator=g).tolist()
         while len(order) < total:
             order += torch.randperm(self.n, generator=g).tolist()
         order = order[:total]
@@ -60,6 +76,21 @@ class EpochSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return -(-(self.num_samples or self.n) // self.world)
+
+
+def lesion_case_weights(has_lesion: Sequence[bool], fraction: float) -> list[float] | None:
+    """Per-case weights that make a ``fraction`` of the draws studies with lesions (ours, not the paper's).
+
+    The studies with lesions share ``fraction`` equally, the lesion-free ones ``1 - fraction``. ``None``
+    (uniform sampling) when every study, or none, has a lesion: there is nothing to re-balance.
+    """
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"lesion_case_fraction must lie in [0, 1], got {fraction}")
+    n_pos = sum(bool(h) for h in has_lesion)
+    n_neg = len(has_lesion) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return None
+    return [fraction / n_pos if h else (1.0 - fraction) / n_neg for h in has_lesion]
 
 
 class PatchDataset(Dataset):

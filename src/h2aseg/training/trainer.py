@@ -38,13 +38,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 from monai.data import list_data_collate
 from torch.utils.data import DataLoader
 
 from h2aseg.checkpoint import load_checkpoint
-from h2aseg.config import Config
+from h2aseg.config import Config, ConfigError
 from h2aseg.data.transforms import train_transforms
 from h2aseg.files import atomic_write_text
 from h2aseg.models.factory import build_from_config
@@ -65,7 +66,13 @@ from h2aseg.training.loop import (
 )
 from h2aseg.training.losses import DeepSupervisedDiceCE
 from h2aseg.training.run import RunDirError, TrainingRun, prepare_run_dir, setup_run
-from h2aseg.training.sampling import EpochSampler, PatchDataset, mix_seed, seed_everything
+from h2aseg.training.sampling import (
+    EpochSampler,
+    PatchDataset,
+    lesion_case_weights,
+    mix_seed,
+    seed_everything,
+)
 
 __all__ = [
     "CSV_COLUMNS",
@@ -144,7 +151,7 @@ def build_model_and_optim(run: TrainingRun) -> Engine:
     if device.type == "cuda" and cfg.train.deterministic:
         torch.backends.cudnn.benchmark = False
         torch.use_deterministic_algorithms(True, warn_only=True)
-    model = build_from_config(cfg.model).to(device)
+    model = build_from_config(cfg.model, patch_size=cfg.data.patch_size).to(device)
     if cfg.train.init_checkpoint and run.state is None:
         model.load_state_dict(load_checkpoint(cfg.train.init_checkpoint)["model"], strict=True)
     net: nn.Module = model
@@ -157,7 +164,12 @@ def build_model_and_optim(run: TrainingRun) -> Engine:
     t = cfg.train
     num_samples = t.steps_per_epoch * t.batch_size * dd.world if t.steps_per_epoch else None
     sampler = EpochSampler(
-        len(run.train_cases), t.seed, num_samples=num_samples, rank=dd.rank, world=dd.world
+        len(run.train_cases),
+        t.seed,
+        num_samples=num_samples,
+        rank=dd.rank,
+        world=dd.world,
+        weights=_case_weights(run),
     )
     loader = DataLoader(
         dataset,
@@ -171,6 +183,22 @@ def build_model_and_optim(run: TrainingRun) -> Engine:
     use_scaler = device.type == "cuda" and t.amp in ("auto", "fp16")
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
     return Engine(model, net, loss_fn, dataset, sampler, loader, optimizer, scheduler, scaler, use_scaler)
+
+
+def _case_weights(run: TrainingRun) -> list[float] | None:
+    """``data.lesion_case_fraction``'s sampling weights over the training cases (None: uniform)."""
+    fraction = run.cfg.data.lesion_case_fraction
+    if fraction is None:
+        return None
+    if not run.cfg.train.steps_per_epoch:
+        raise ConfigError(
+            "data.lesion_case_fraction needs train.steps_per_epoch (an epoch of weighted draws, "
+            "not one pass over the cases)"
+        )
+    if not 0.0 <= fraction <= 1.0:
+        raise ConfigError(f"data.lesion_case_fraction must lie in [0, 1], got {fraction}")
+    has_lesion = [bool(np.any(run.cache.get(c).label)) for c in run.train_cases]
+    return lesion_case_weights(has_lesion, fraction)
 
 
 def restore(run: TrainingRun, eng: Engine) -> TrainState:
