@@ -272,15 +272,15 @@ def section_train(rep: Report, device: torch.device, quick: bool) -> None:
 
 
 def section_fused(rep: Report, device: torch.device, quick: bool) -> None:
-    """The fused instance-norm node (h2aseg.models.norm_act) against the module path on this device:
+    """The fused instance-norm node (h2aseg.models.kernels.norm_act) against the module path on this device:
     gradients of one fp32 step, then bf16 step time and memory each way. It is on by default only on the
     CPU (where it was measured); this section is what decides whether CUDA should take it too."""
-    import h2aseg.models.norm_act as norm_act
+    import h2aseg.models.kernels as kernels
     from h2aseg.training.losses import DeepSupervisedDiceCE
 
     size = (32, 32, 32) if quick else (128, 128, 64)
     batch = 2 if quick else 4
-    default = set(norm_act.FUSED_DEVICES)
+    default = set(kernels.FUSED_DEVICES)
     rows = []
     try:
         for name, kwargs in VARIANTS.items():
@@ -289,7 +289,7 @@ def section_fused(rep: Report, device: torch.device, quick: bool) -> None:
             y = (torch.rand(batch, 1, *size, device=device) > 0.98).long()
             grads, timing = {}, {}
             for fused in (False, True):
-                norm_act.FUSED_DEVICES = default | {device.type} if fused else default - {device.type}
+                kernels.FUSED_DEVICES = default | {device.type} if fused else default - {device.type}
                 net = build(kwargs, device, dropout=0.0, attn_dropout=0.0).train()
                 DeepSupervisedDiceCE(net.out_channels)(net(x), y).backward()
                 grads[fused] = [p.grad.float().clone() for p in net.parameters()]
@@ -314,7 +314,7 @@ def section_fused(rep: Report, device: torch.device, quick: bool) -> None:
                 "fused": timing[True],
             }
     finally:
-        norm_act.FUSED_DEVICES = default
+        kernels.FUSED_DEVICES = default
     rep.add(
         f"### 6. Fused norm node vs modules on {device.type.upper()}, {batch} x {'x'.join(map(str, size))}"
     )

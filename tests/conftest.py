@@ -10,8 +10,10 @@ import torch
 
 # one share of the cores per pytest-xdist worker: two workers with two threads each on two cores made
 # the OpenMP threads wait on each other (a 1-second test took 40 s in the parallel suite)
+# (H2ASEG_TEST_THREADS=1 for a single-process run on a machine that is busy with something else)
 _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _workers)))
+_threads = os.environ.get("H2ASEG_TEST_THREADS")
+torch.set_num_threads(int(_threads) if _threads else max(1, min(2, (os.cpu_count() or 1) // _workers)))
 
 
 @pytest.fixture(autouse=True)

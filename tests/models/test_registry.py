@@ -6,14 +6,37 @@ import pytest
 import torch
 
 from h2aseg.models import build_network, list_networks
+from h2aseg.models.factory import accepts_keyword
 
 # Tiny widths; small windows so that every level has several tokens (a single token gives Q/K no gradient).
+# A name missing here is built with its defaults ({}); one that takes ``img_size`` gets the input size.
 TINY = {
     "h2aseg": {
         "channels": (2, 4, 4, 8, 8),
         "window_size": {1: (8, 8, 4), 2: (4, 4, 4), 3: (2, 2, 2), 4: (2, 2, 1), 5: (1, 1, 2)},
-    }
+    },
+    "unet3d": {"channels": (4, 8, 16, 32, 64)},
+    "resunet3d": {"channels": (4, 8, 16, 32, 64)},
+    "vnet": {},  # MONAI's VNet has fixed widths (16..256); the smallest input keeps it quick
+    "unetr": {"hidden_size": 48, "num_heads": 4, "mlp_dim": 96, "feature_size": 4},
+    "swinunetr": {"feature_size": 12, "window_size": 4},
+    "nestedformer": {
+        "features": (4, 4, 4, 8, 8, 4),
+        "window_size": (2, 2, 1),
+        "num_heads": 2,
+        "num_tokens": 4,
+    },
+    "a2fseg": {"widths": (2, 4, 4, 8)},
+    "sdb": {"widths": (2, 4, 4, 8)},
 }
+# Input sizes each network accepts (in training); others get DEFAULT_SIZE.
+SIZES = {
+    "h2aseg": (48, 48, 32),
+    "vnet": (16, 16, 16),  # batch norm: 2 values per channel at the 1x1x1 bottleneck suffice
+    "swinunetr": (64, 32, 32),  # divisible by 32, and more than a 1x1x1 bottleneck for instance norm
+    "nestedformer": (32, 32, 16),  # its img_size: bottleneck 2x2x1 holds the (2, 2, 1) window
+}
+DEFAULT_SIZE = (32, 32, 32)
 H2ASEG_CONFIGS = {
     "paper": {},
     "released": {"variant": "released"},
@@ -24,20 +47,30 @@ H2ASEG_CONFIGS = {
 }
 
 
+
+
+def _kwargs(name: str) -> dict:
+    kwargs = dict(TINY.get(name, {}))
+    if "img_size" not in kwargs and accepts_keyword(name, "img_size"):
+        kwargs["img_size"] = SIZES.get(name, DEFAULT_SIZE)
+    return kwargs
+
+
 def _cases() -> list[tuple[str, dict]]:
     cases = []
     for name in list_networks():
         if name == "h2aseg":
             cases += [(name, {**TINY[name], **cfg}) for cfg in H2ASEG_CONFIGS.values()]
         else:
-            cases.append((name, TINY.get(name, {})))
+            cases.append((name, _kwargs(name)))
     return cases
 
 
 @pytest.mark.parametrize(("name", "kwargs"), _cases(), ids=lambda v: v if isinstance(v, str) else None)
 def test_forward_backward_state_dict(name: str, kwargs: dict) -> None:
+    """Every registered name: train-mode forward and backward, output shapes, state_dict round trip."""
     net = build_network(name, **kwargs)
-    x = torch.randn(2, 2, 48, 48, 32)
+    x = torch.randn(2, 2, *SIZES.get(name, DEFAULT_SIZE))
     net.train()
     out = net(x)
     outs = out if isinstance(out, list) else [out]

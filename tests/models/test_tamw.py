@@ -1,4 +1,5 @@
-"""TAMW on small hand-checked examples (paper eqs. 2-4 and the released variant)."""
+"""TAMW: the literal eqs. 2-4 (``tamw_reference``) and the factored fast form, each on small hand-checked
+examples (paper and released variants), and equal to each other on random inputs, values and gradients."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import math
 import pytest
 import torch
 
-from h2aseg.models.h2aseg import foreground_probability
-from h2aseg.models.tamw import TAMW
+from h2aseg.models.kernels import use_reference_kernels
+from h2aseg.models.outputs import foreground_probability
+from h2aseg.models.tamw import TAMW, tamw_reference
 
 
 def _constant_weights(tamw: TAMW, w_fore: float, w_back: float) -> None:
@@ -29,8 +31,9 @@ def _inputs() -> tuple[torch.Tensor, ...]:
     return f_ct, f_pet, dec, p
 
 
-def test_paper_equation_four_by_hand() -> None:
-    tamw = TAMW(1, 2, variant="paper")
+@pytest.mark.parametrize("reference", [False, True])
+def test_paper_equation_four_by_hand(reference: bool) -> None:
+    tamw = TAMW(1, 2, variant="paper", reference=reference)
     _constant_weights(tamw, 0.5, -0.25)
     f_ct, f_pet, dec, p = _inputs()
     out = tamw(f_ct, f_pet, dec, p)
@@ -41,8 +44,9 @@ def test_paper_equation_four_by_hand() -> None:
     torch.testing.assert_close(out[0, :, 1, 0, 0], feat * 0.9375)
 
 
-def test_released_minus_sign_and_unmasked_decoder_by_hand() -> None:
-    tamw = TAMW(1, 2, variant="released")
+@pytest.mark.parametrize("reference", [False, True])
+def test_released_minus_sign_and_unmasked_decoder_by_hand(reference: bool) -> None:
+    tamw = TAMW(1, 2, variant="released", reference=reference)
     _constant_weights(tamw, 0.5, 0.25)
     f_ct, f_pet, dec, p = _inputs()
     out = tamw(f_ct, f_pet, dec, p)
@@ -56,8 +60,9 @@ def test_released_minus_sign_and_unmasked_decoder_by_hand() -> None:
     torch.testing.assert_close(out[0, :, 1, 0, 0], v1)
 
 
-def test_mlp_sees_global_average_of_foreground_features() -> None:
-    tamw = TAMW(1, 2, variant="paper")
+@pytest.mark.parametrize("reference", [False, True])
+def test_mlp_sees_global_average_of_foreground_features(reference: bool) -> None:
+    tamw = TAMW(1, 2, variant="paper", reference=reference)
     f_ct, f_pet, dec, p = _inputs()
     seen = {}
     tamw.CA_fore.register_forward_hook(lambda m, i, o: seen.setdefault("fore", i[0].clone()))
@@ -96,22 +101,6 @@ def test_foreground_probability() -> None:
     )
 
 
-def _tamw_by_equations(tamw: TAMW, f_ct, f_pet, dec, p):  # type: ignore[no-untyped-def]
-    """Eqs. (2)-(4) written out literally (and the released variant's form), as the reference."""
-    if tamw.variant == "paper":
-        feat = torch.cat([f_pet, f_ct, dec], dim=1)
-        fore, back = p * feat, (1.0 - p) * feat
-        sign = 1.0
-    else:
-        feat = torch.cat([f_ct, f_pet, dec], dim=1)
-        fore = torch.cat([p * f_ct, p * f_pet, dec], dim=1)
-        back = torch.cat([(1.0 - p) * f_ct, (1.0 - p) * f_pet, dec], dim=1)
-        sign = -1.0
-    w_fore = tamw.CA_fore(fore.mean(dim=(2, 3, 4)))[..., None, None, None]
-    w_back = tamw.CA_back(back.mean(dim=(2, 3, 4)))[..., None, None, None]
-    return feat + w_fore * fore + sign * (w_back * back)
-
-
 @pytest.mark.parametrize("variant", ["paper", "released"])
 def test_factored_form_equals_the_equations(variant: str) -> None:
     torch.manual_seed(3)
@@ -120,12 +109,35 @@ def test_factored_form_equals_the_equations(variant: str) -> None:
     dec, p = torch.randn(2, 4, 5, 6, 7), torch.rand(2, 1, 5, 6, 7)
     inputs = [t.requires_grad_() for t in (f_ct, f_pet, dec)]
     out = tamw(*inputs, p)
-    ref = _tamw_by_equations(tamw, *inputs, p)
+    ref = tamw_reference(tamw, *inputs, p)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
-    grads = torch.autograd.grad(out.square().sum(), inputs)
-    ref_grads = torch.autograd.grad(ref.square().sum(), inputs)
+    params = list(tamw.parameters())
+    grads = torch.autograd.grad(out.square().sum(), inputs + params)
+    ref_grads = torch.autograd.grad(ref.square().sum(), inputs + params)
     for g, r in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("variant", ["paper", "released"])
+def test_reference_is_selectable(variant: str) -> None:
+    """``reference=True`` and the forced reference path of h2aseg.models.kernels run the literal
+    equations (the recorded weights come from them too)."""
+    torch.manual_seed(4)
+    tamw = TAMW(2, 4, variant=variant)
+    inputs = (torch.randn(1, 2, 4, 4, 2), torch.randn(1, 2, 4, 4, 2), torch.randn(1, 4, 4, 4, 2))
+    p = torch.rand(1, 1, 4, 4, 2)
+    tamw.record = True
+    fast = tamw(*inputs, p)
+    fast_weights = tamw.last_weights
+    expected = tamw_reference(tamw, *inputs, p)
+    tamw.reference = True
+    assert torch.equal(tamw(*inputs, p), expected)
+    for w, r in zip(tamw.last_weights, fast_weights, strict=True):  # type: ignore[arg-type]
+        torch.testing.assert_close(w, r, rtol=1e-5, atol=1e-6)
+    tamw.reference = False
+    with use_reference_kernels():
+        assert torch.equal(tamw(*inputs, p), expected)
+    torch.testing.assert_close(fast, expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

@@ -47,7 +47,7 @@ class Predictor:
         cfg = Config.from_dict(payload["config"], source=f"{path} (stored config)")
         if cfg_overrides:
             cfg = cfg.override(cfg_overrides)
-        model = build_from_config(cfg.model)
+        model = build_from_config(cfg.model, patch_size=cfg.data.patch_size)  # the training patch
         model.load_state_dict(payload["model"], strict=True)
         return cls(model, cfg, resolve_device(cfg.infer.device))
 

@@ -17,6 +17,7 @@ from monai.inferers import sliding_window_inference
 
 from h2aseg.config import InferConfig
 from h2aseg.hardware import cpu_has_bf16
+from h2aseg.models.outputs import class_probabilities
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -56,11 +57,6 @@ def _warn_no_bf16() -> None:
         RuntimeWarning,
         stacklevel=3,
     )
-
-
-def logits_to_probabilities(logits: torch.Tensor) -> torch.Tensor:
-    """Sigmoid for one output channel, softmax over channels otherwise."""
-    return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
 
 
 def probabilities_to_mask(probs: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
@@ -116,7 +112,7 @@ def predict_probabilities(
                     sw_device=device,
                     device=torch.device("cpu"),
                 )
-            probs = logits_to_probabilities(logits.float())
+            probs = class_probabilities(logits.float())
             probs = torch.flip(probs, axes) if axes else probs
             total = probs if total is None else total + probs
     finally:

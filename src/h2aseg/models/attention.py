@@ -1,20 +1,26 @@
-"""Bi-directional spatial attention (BDSA, paper eq. 1) and 3D window utilities.
+"""Bi-directional spatial attention (BDSA, paper section 2.1, eq. 1) and the 3D windows of MCSA.
 
-One *direction* of BDSA improves a target feature ``E_t`` with a source feature ``E_s``:
-1x1x1 convs give ``Q_tt, K_tt, V_tt, Q_st`` from the target and ``K_st, V_st`` from the source; two
-softmax attentions over the spatial positions follow, target->target and target-queries-over-source.
-:class:`BiDirectionalSpatialAttention` holds both directions (``sa_ct``: CT is the target, PET the
-source; ``sa_pet``: the reverse).
+One *direction* of BDSA improves a target feature ``E_t`` with a source feature ``E_s`` (``C`` channels).
+1x1x1 convs give ``Q_t, K_t, V_t`` and ``Q_s`` from the target, ``K_s, V_s`` from the source; with the
+maps flattened to ``(C, HWD)``, eq. (1) reads::
 
-How the two attention results are combined is the main paper/released difference:
+    A_self  = V_s softmax(Q_s^T K_s / sqrt(C))^T      target queries over the source
+    A_cross = V_t softmax(Q_t^T K_t / sqrt(C))^T      the target over itself
+    E'_t    = Conv_3x3x3(concat(A_self, A_cross))                                  (paper)
+
+(the names ``self``/``cross`` are the paper's). :class:`BiDirectionalSpatialAttention` holds both
+directions (``sa_ct``: CT is the target, PET the source; ``sa_pet``: the reverse).
+
+How the two attentions are combined is the main paper/released difference:
 - ``combine="concat"`` (paper): concatenate, then a 3x3x3 conv (inside each window when windowed).
-- ``combine="mean"`` (released code): average, then a 1x1x1 conv and dropout; optionally a residual.
+- ``combine="mean"`` (released code): ``Conv_1x1x1((A_self + A_cross) / 2)`` and dropout; optionally
+  ``E_t + E'_t`` (``residual``). Its queries and keys have ``C / 4`` channels, and ``C`` in the scale is
+  that width.
 
-Which kernel computes an attention is decided by :func:`attention` (PyTorch's fused kernel on CUDA and for
-fp32 inference, the kernels of :mod:`h2aseg.models.attention_kernels` on the CPU and for attention
-dropout); ``impl="reference"`` is the plain einsum/softmax formulation (:func:`softmax_attention`) used by
-the tests as ground truth. The 1x1x1 convs run as linear maps on window tokens, each map partitioned into
-windows once for both directions.
+The softmax attention itself is computed by :func:`h2aseg.models.kernels.attention`, which chooses the
+kernel (``impl="reference"`` is the plain einsum/softmax formulation of eq. 1, the tests' ground truth).
+The 1x1x1 convs run as linear maps on window tokens, each map partitioned into windows once for both
+directions.
 """
 
 from __future__ import annotations
@@ -25,19 +31,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from h2aseg.models.attention_kernels import (
-    chunked_attention,
-    dropout_keep_mask,
-    recomputed_attention,
-    softmax_attention,
-)
-from h2aseg.models.tiny_conv import conv3d
-
-__all__ = ["dropout_keep_mask", "softmax_attention"]  # re-exported: part of this module's contract
+from h2aseg.models.kernels import attention, conv3d
 
 Triple = tuple[int, int, int]
-
-ATTENTION_IMPLS = ("sdpa", "reference")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -97,59 +93,29 @@ def maps_to_windows(maps: torch.Tensor) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------------------
-# which kernel (h2aseg.models.attention_kernels) computes an attention
-# ----------------------------------------------------------------------------------------------------
-def attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    *,
-    scale: float,
-    key_mask: torch.Tensor | None = None,
-    dropout_p: float = 0.0,
-    impl: str = "sdpa",
-) -> torch.Tensor:
-    """Softmax attention ``softmax(q k^T * scale) v`` over the token axis.
-
-    ``q, k``: ``(b, h, n, d_qk)``; ``v``: ``(b, h, n, d_v)``; ``key_mask``: bool ``(b, n)``, True where a
-    key is a real voxel (False for padding). Returns ``(b, h, n, d_v)``.
-
-    ``impl="sdpa"`` picks the fastest exact route (kernels in :mod:`h2aseg.models.attention_kernels`):
-    PyTorch's fused kernel on CUDA and for fp32 inference; for training on the CPU and for
-    attention-weight dropout anywhere, :func:`~h2aseg.models.attention_kernels.recomputed_attention`
-    (one autograd node, chunked, scores recomputed in backward; the PyTorch kernels are several times slower
-    on the CPU at H2ASeg's head widths, and their dropout draws one Bernoulli per element); for bf16/fp16
-    inference on the CPU, softmax attention over chunks of windows small enough to stay in cache.
-    """
-    if impl not in ATTENTION_IMPLS:
-        raise ValueError(f"unknown attention implementation {impl!r}; choose one of {ATTENTION_IMPLS}")
-    mask = None if key_mask is None else key_mask[:, None, None, :]
-    if impl == "reference":
-        return softmax_attention(q, k, v, scale, mask, dropout_p)
-    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-    if dropout_p > 0.0 or (grad and q.device.type == "cpu"):
-        return recomputed_attention(q, k, v, scale, mask, dropout_p)
-    if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
-        return chunked_attention(q, k, v, scale, mask)
-    d_qk, d_v = q.shape[-1], v.shape[-1]
-    if d_qk < d_v:  # zero channels change no dot product; equal widths let the fused kernel run
-        q = F.pad(q, (0, d_v - d_qk))
-        k = F.pad(k, (0, d_v - d_qk))
-    return F.scaled_dot_product_attention(
-        q.contiguous(), k.contiguous(), v.contiguous(), attn_mask=mask, dropout_p=dropout_p, scale=scale
-    )
-
-
-# ----------------------------------------------------------------------------------------------------
 # BDSA
 # ----------------------------------------------------------------------------------------------------
-class DirectionalAttention(nn.Module):
-    """One direction of BDSA: the target attends to itself and to the source (paper eq. 1).
+def _projection(name: str) -> property:
+    """A read-only paper name (eq. 1) for the projection conv stored as ``name`` (the released key)."""
+    return property(lambda self: getattr(self, name), doc=f"The 1x1x1 conv stored as ``{name}``.")
 
-    Parameter names follow the released code (``Q_conv_target_target``, ``K_conv_source_target`` ...):
-    ``*_target_target`` project the target; ``Q_conv_source_target`` projects the target too (the
-    queries of the target-over-source attention); ``K/V_conv_source_target`` project the source.
+
+class DirectionalAttention(nn.Module):
+    """One direction of BDSA (paper eq. 1): the target attends to the source (``A_self``) and to itself
+    (``A_cross``), and one conv combines the two.
+
+    The projections are stored under the released code's names (state_dict keys) and read under the
+    paper's: ``Q_t, K_t, V_t`` = ``{Q,K,V}_conv_target_target`` (from the target), ``Q_s`` =
+    ``Q_conv_source_target`` (from the target too: the queries of ``A_self``), ``K_s, V_s`` =
+    ``{K,V}_conv_source_target`` (from the source); ``out`` is the combining conv.
     """
+
+    Q_t = _projection("Q_conv_target_target")
+    K_t = _projection("K_conv_target_target")
+    V_t = _projection("V_conv_target_target")
+    Q_s = _projection("Q_conv_source_target")
+    K_s = _projection("K_conv_source_target")
+    V_s = _projection("V_conv_source_target")
 
     def __init__(
         self,
@@ -188,10 +154,10 @@ class DirectionalAttention(nn.Module):
         valid: torch.Tensor | None = None,
         impl: str = "sdpa",
     ) -> torch.Tensor:
-        """``target, source``: tokens ``(N, n, C)`` (:func:`tokens`: one row of tokens per window, or per
-        sample without ``window``) of maps of spatial size ``shape``; ``valid`` is a bool ``(N, n)`` mask
-        of non-padding voxels. Returns the attention term for the target as a map ``(B, C, X, Y, Z)``
-        (without the residual)."""
+        """``target, source``: tokens ``(N, n, C)`` of ``E_t, E_s`` (:func:`tokens`: one row of tokens per
+        window, or per sample without ``window``) of maps of spatial size ``shape``; ``valid`` is a bool
+        ``(N, n)`` mask of non-padding voxels. Returns the attention term ``E'_t`` as a map
+        ``(B, C, X, Y, Z)`` (without the residual)."""
         c, d = self.channels, self.qk_channels
 
         def project(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
@@ -200,6 +166,7 @@ class DirectionalAttention(nn.Module):
             return F.linear(x, conv.weight.view(conv.out_channels, c))[:, None]  # (N, 1, n, .)
 
         def attend(q: nn.Conv3d, k: nn.Conv3d, v: nn.Conv3d, keys: torch.Tensor) -> torch.Tensor:
+            """``V softmax(Q^T K / sqrt(d))^T``: queries from the target, keys and values from ``keys``."""
             return attention(
                 project(q, target),
                 project(k, keys),
@@ -210,14 +177,13 @@ class DirectionalAttention(nn.Module):
                 impl=impl,
             )[:, 0]  # (N, n, C)
 
-        # target -> target, and target queries over the source
-        a_tt = attend(self.Q_conv_target_target, self.K_conv_target_target, self.V_conv_target_target, target)
-        a_ts = attend(self.Q_conv_source_target, self.K_conv_source_target, self.V_conv_source_target, source)
+        # eq. (1); A_cross first: with attention dropout, the masks are drawn in this order
+        a_cross = attend(self.Q_t, self.K_t, self.V_t, target)
+        a_self = attend(self.Q_s, self.K_s, self.V_s, source)
         if self.combine == "mean":
-            y = F.linear((a_tt + a_ts).mul_(0.5), self.out.weight.view(c, c))
+            y = F.linear((a_cross + a_self).mul_(0.5), self.out.weight.view(c, c))
         else:
-            # paper order: concat(A_self, A_cross) with A_self the source-based attention
-            y = torch.cat([a_ts, a_tt], dim=-1)
+            y = torch.cat([a_self, a_cross], dim=-1)  # the paper's order: concat(A_self, A_cross)
             if valid is not None:
                 y = y * valid[..., None].to(y.dtype)  # padding must not leak into the 3x3x3 conv
         if window is None:
@@ -240,7 +206,8 @@ def tokens(x: torch.Tensor, window: Triple | None) -> torch.Tensor:
 
 
 class BiDirectionalSpatialAttention(nn.Module):
-    """BDSA: ``(ct, pet) -> (ct', pet')``, each improved by the other (``sa_ct``, ``sa_pet``)."""
+    """BDSA: ``(E_ct, E_pet) -> (E'_ct, E'_pet)``, each modality the target of one direction (``sa_ct``:
+    CT the target, PET the source; ``sa_pet``: the reverse), both run on the same inputs."""
 
     def __init__(self, channels: int, qk_channels: int, *, residual: bool = False, **kwargs: object) -> None:
         """``residual``: return ``ct + attention``, ``pet + attention`` (the released code's global BDSA at

@@ -2,8 +2,21 @@
 
 Input ``(B, 2, X, Y, Z)`` with channel 0 = CT and channel 1 = PET (or ``model(ct, pet)``, each
 ``(B, 1, X, Y, Z)``, as in the authors' code). Any spatial size works (odd sizes included).
-Output: in training mode a list of 5 logit maps, finest first, each at the input size (deep
-supervision, paper eq. 5); in eval mode the finest map only, unless ``return_all=True``.
+Output: in training mode a list of 5 logit maps ``P^1 .. P^5``, finest first, each at the input size
+(deep supervision, paper eq. 5, computed by :mod:`h2aseg.training.losses`); in eval mode the finest map
+only, unless ``return_all=True``.
+
+Where the paper's parts live (Fig. 1):
+
+- encoder level k: two ResUNet-3D blocks (:mod:`~h2aseg.models.blocks`) give ``E_ct^k, E_pet^k``; MCSA
+  (section 2.1, :mod:`~h2aseg.models.mcsa`) turns them into ``F_ct^k, F_pet^k`` with inter- and
+  intra-window BDSA (eq. 1, :mod:`~h2aseg.models.attention`);
+- decoder level k: TAMW (section 2.2, eqs. 2-4, :mod:`~h2aseg.models.tamw`) weights
+  ``F^k = concat(F_pet^k, F_ct^k, D~^{k+1})`` by the up-sampled prediction ``P~^{k+1}``; a residual block
+  gives ``D^k`` and a head the logits ``P^k``.
+
+Which kernels compute attention and normalisation is chosen in :mod:`h2aseg.models.kernels`, which can
+force the plain reference formulations everywhere (``H2ASEG_REFERENCE_KERNELS=1``).
 
 Two variants share this code:
 
@@ -29,9 +42,11 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
-from h2aseg.models.attention import ATTENTION_IMPLS, BiDirectionalSpatialAttention, Triple
+from h2aseg.models.attention import BiDirectionalSpatialAttention, Triple
 from h2aseg.models.blocks import InputResBlock, PreActResBlock, SegHead, upsample
+from h2aseg.models.kernels import ATTENTION_IMPLS
 from h2aseg.models.mcsa import MCSA
+from h2aseg.models.outputs import foreground_probability
 from h2aseg.models.registry import register_network
 from h2aseg.models.tamw import TAMW
 
@@ -76,18 +91,9 @@ def run_block(module: nn.Module, *args: torch.Tensor, checkpointed: bool = False
     return module(*args)
 
 
-def foreground_probability(logits: torch.Tensor) -> torch.Tensor:
-    """``(B, K, ...)`` logits -> ``(B, 1, ...)`` probability of any foreground class.
-
-    Sigmoid for one channel; ``1 - softmax[background]`` for two or more (equals ``softmax[:, 1]`` for two).
-    """
-    if logits.shape[1] == 1:
-        return torch.sigmoid(logits)
-    return 1.0 - torch.softmax(logits, dim=1)[:, :1]
-
-
 class DualEncoder(nn.Module):
-    """Two ResUNet-3D encoders (CT, PET) whose levels talk through attention modules ``sa{k}``."""
+    """Two ResUNet-3D encoders (CT, PET) whose levels talk through attention modules ``sa{k}`` (MCSA, or
+    the released code's global BDSA at levels 4-5)."""
 
     def __init__(
         self,
@@ -108,7 +114,8 @@ class DualEncoder(nn.Module):
         self.checkpointed: frozenset[int] = frozenset()  # levels whose blocks are recomputed in backward
 
     def forward(self, ct: torch.Tensor, pet: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Returns ``[(F_ct^k, F_pet^k) for k = 1..5]``; each level's attention output feeds the next."""
+        """Returns ``[(F_ct^k, F_pet^k) for k = 1..5]``: block outputs ``E^k`` after the level's attention
+        (``E^k`` itself where there is none); each level's output feeds the next."""
         feats = []
         for k in range(1, 6):
             ckpt = k in self.checkpointed
@@ -121,7 +128,7 @@ class DualEncoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """Decoder levels 4..1 (TAMW, residual block) and heads at all five levels."""
+    """Decoder levels 4..1 (TAMW, eqs. 2-4, then a residual block) and heads at all five levels."""
 
     def __init__(
         self,
@@ -151,21 +158,23 @@ class Decoder(nn.Module):
         return upsample(x, size, self.align_corners)
 
     def forward(self, feats: list[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
-        """Returns the logits of levels 1..5 (finest first), each at its level's resolution."""
-        dec = torch.cat(feats[4], dim=1)
-        logits = [self.output5(dec)]
+        """``feats[k - 1] = (F_ct^k, F_pet^k)`` -> the logits ``P^1 .. P^5`` (finest first), each at its
+        level's resolution."""
+        d = torch.cat(feats[4], dim=1)  # the deepest level reads both modalities directly
+        logits = [self.output5(d)]  # P^5
         for k in (4, 3, 2, 1):
             ckpt = k in self.checkpointed
             f_ct, f_pet = feats[k - 1]
             size = f_ct.shape[2:]
-            dec_up = self._up(dec, size)
+            d_up = self._up(d, size)  # D~^{k+1}
             if self.use_tamw:
-                p_fore = foreground_probability(self._up(logits[-1], size))
-                fused = run_block(getattr(self, f"tamw{k}"), f_ct, f_pet, dec_up, p_fore, checkpointed=ckpt)
+                p_up = foreground_probability(self._up(logits[-1], size))  # P~^{k+1}
+                tamw = getattr(self, f"tamw{k}")
+                f = run_block(tamw, f_ct, f_pet, d_up, p_up, checkpointed=ckpt)  # F_enh^k
             else:
-                fused = torch.cat([f_ct, f_pet, dec_up], dim=1)
-            dec = run_block(getattr(self, f"conv{k}"), fused, checkpointed=ckpt)
-            logits.append(run_block(getattr(self, f"output{k}"), dec, checkpointed=ckpt))
+                f = torch.cat([f_ct, f_pet, d_up], dim=1)
+            d = run_block(getattr(self, f"conv{k}"), f, checkpointed=ckpt)  # D^k
+            logits.append(run_block(getattr(self, f"output{k}"), d, checkpointed=ckpt))  # P^k
         return logits[::-1]
 
 

@@ -1,12 +1,12 @@
-"""Modality-Cooperative Spatial Attention (MCSA, paper section 2.1).
+"""Modality-Cooperative Spatial Attention (MCSA, paper section 2.1, Fig. 2a).
 
-``(E_ct, E_pet) -> (F_ct, F_pet)``, each ``(B, C, X, Y, Z)``:
+``(E_ct^k, E_pet^k) -> (F_ct^k, F_pet^k)``, each ``(B, C^k, H^k, W^k, D^k)``:
 
-1. Inter-window attention: each modality's windows are pooled to one token by a conv whose kernel and
-   stride equal the window (``win_merge_ct``/``win_merge_pet``), BDSA runs over the tokens, and trilinear
-   up-sampling brings the result back to the map size.
-2. Intra-window attention: the maps are partitioned into windows, BDSA runs inside each, and the windows
-   are put back in order.
+1. Inter-window attention: each window of ``E`` is pooled to one token by a conv whose kernel and stride
+   equal the window (``win_merge_ct``/``win_merge_pet``), BDSA (eq. 1) runs over the tokens, and window
+   up-sampling (trilinear) brings the result back to the map size: ``Ê_ct, Ê_pet``.
+2. Intra-window attention: window partition splits ``Ê`` into the ordered sets of windows ``S_ct, S_pet``,
+   BDSA runs inside each window, and window reconstruction puts them back in order: ``F_ct, F_pet``.
 
 Each stage is added to its input (identity residual). The paper's text does not spell the residuals out,
 but without them the intra-window stage would only see the up-sampled token map and fine detail would
@@ -33,7 +33,7 @@ from h2aseg.models.blocks import NormAct, upsample
 
 
 class IntraWindowAttention(nn.Module):
-    """BDSA inside each window of the (padded) maps, then windows reversed and cropped."""
+    """Window partition of the (padded) maps, BDSA inside each window, window reconstruction, crop."""
 
     def __init__(self, channels: int, qk_channels: int, window: Triple, **kwargs: object) -> None:
         super().__init__()
@@ -50,7 +50,12 @@ class IntraWindowAttention(nn.Module):
 
 
 class MCSA(nn.Module):
-    """Inter-window then intra-window bi-directional attention between CT and PET features."""
+    """Inter-window then intra-window bi-directional spatial attention between CT and PET features.
+
+    ``pool_window`` (default: the window) sets the inter-window pooling, ``qk_channels`` the query/key
+    width, ``combine`` the BDSA variant (:mod:`h2aseg.models.attention`), ``norm_act`` the released
+    code's InstanceNorm -> PReLU after each stage (``IR_*``), ``align_corners`` the up-sampling.
+    """
 
     def __init__(
         self,
@@ -80,23 +85,23 @@ class MCSA(nn.Module):
             self.IR_ct2, self.IR_pet2 = NormAct(channels), NormAct(channels)
         self.align_corners = align_corners
 
-    def forward(self, ct: torch.Tensor, pet: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``ct, pet``: ``(B, C, X, Y, Z)`` -> ``(F_ct, F_pet)`` of the same shape."""
-        sx, sy, sz = ct.shape[2:]
-        # inter-window: pool each window to a token, attend across tokens, up-sample back
-        ct_p = pad_to_multiple(ct, self.pool_window)  # type: ignore[arg-type]
-        pet_p = pad_to_multiple(pet, self.pool_window)  # type: ignore[arg-type]
-        tok_ct, tok_pet = self.inter_window_attention(self.win_merge_ct(ct_p), self.win_merge_pet(pet_p))
-        size = tuple(ct_p.shape[2:])
+    def forward(self, e_ct: torch.Tensor, e_pet: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``E_ct, E_pet``: ``(B, C, X, Y, Z)`` -> ``(F_ct, F_pet)`` of the same shape."""
+        sx, sy, sz = e_ct.shape[2:]
+        # inter-window: pool each window to a token, BDSA across the tokens, window up-sampling
+        e_ct_p = pad_to_multiple(e_ct, self.pool_window)  # type: ignore[arg-type]
+        e_pet_p = pad_to_multiple(e_pet, self.pool_window)  # type: ignore[arg-type]
+        tok_ct, tok_pet = self.inter_window_attention(self.win_merge_ct(e_ct_p), self.win_merge_pet(e_pet_p))
+        size = tuple(e_ct_p.shape[2:])
         up_ct = upsample(tok_ct, size, self.align_corners)
         up_pet = upsample(tok_pet, size, self.align_corners)
-        ct1 = ct + up_ct[..., :sx, :sy, :sz]
-        pet1 = pet + up_pet[..., :sx, :sy, :sz]
+        e_hat_ct = e_ct + up_ct[..., :sx, :sy, :sz]
+        e_hat_pet = e_pet + up_pet[..., :sx, :sy, :sz]
         if self.norm_act:
-            ct1, pet1 = self.IR_ct1(ct1), self.IR_pet1(pet1)
-        # intra-window: attention inside each window
-        loc_ct, loc_pet = self.intra_window_attention(ct1, pet1)
-        ct2, pet2 = ct1 + loc_ct, pet1 + loc_pet
+            e_hat_ct, e_hat_pet = self.IR_ct1(e_hat_ct), self.IR_pet1(e_hat_pet)
+        # intra-window: window partition, BDSA inside each window, window reconstruction
+        loc_ct, loc_pet = self.intra_window_attention(e_hat_ct, e_hat_pet)
+        f_ct, f_pet = e_hat_ct + loc_ct, e_hat_pet + loc_pet
         if self.norm_act:
-            ct2, pet2 = self.IR_ct2(ct2), self.IR_pet2(pet2)
-        return ct2, pet2
+            f_ct, f_pet = self.IR_ct2(f_ct), self.IR_pet2(f_pet)
+        return f_ct, f_pet

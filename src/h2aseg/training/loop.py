@@ -198,6 +198,9 @@ def _train_step(
     if not cfg.train.deep_supervision and isinstance(outs, list):
         outs = outs[0]
     loss = eng.loss_fn(outs, y)
+    extra = auxiliary_loss(eng.model)
+    if extra is not None:  # a network's own term (SDB's similarity loss), from the same forward
+        loss = loss + extra
     eng.scaler.scale(loss).backward()
     eng.scaler.unscale_(eng.optimizer)
     norm = nn.utils.clip_grad_norm_(eng.model.parameters(), cfg.train.grad_clip or float("inf"))
@@ -220,6 +223,16 @@ def _train_step(
     value = float(loss.detach()) if finite else None
     cbs.on_step(ts.step, value, eng.optimizer.param_groups[0]["lr"])
     return value
+
+
+def auxiliary_loss(model: nn.Module) -> torch.Tensor | None:
+    """The network's own loss term from its last training forward (``model.auxiliary_loss()``), if any.
+
+    Networks whose method adds a term to the segmentation loss (SDB: similarity between its branch
+    predictions) define ``auxiliary_loss() -> Tensor | None``; every other network has none.
+    """
+    fn = getattr(model, "auxiliary_loss", None)
+    return fn() if callable(fn) else None
 
 
 def _warn(run: TrainingRun, cbs: TrainingCallbacks, text: str) -> None:

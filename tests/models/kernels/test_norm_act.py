@@ -1,4 +1,5 @@
-"""The fused instance norm + PReLU node equals the modules it replaces, values and gradients."""
+"""The fused instance norm + PReLU (+ conv) node equals the modules it replaces, values and gradients, and
+the chooser (h2aseg.models.kernels) falls back to the modules where the node does not apply."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ import pytest
 import torch
 import torch.nn as nn
 
-import h2aseg.models.norm_act as norm_act
+import h2aseg.models.kernels as kernels
+import h2aseg.models.kernels.norm_act as norm_act
 from h2aseg.models.blocks import norm
-from h2aseg.models.norm_act import _NormPReLUConv, norm_prelu, norm_prelu_conv
+from h2aseg.models.kernels import norm_prelu, norm_prelu_conv, use_reference_kernels
+from h2aseg.models.kernels.norm_act import _NormPReLUConv
 
 
 def test_gradcheck_float64_two_prelus() -> None:
@@ -74,10 +77,47 @@ def test_falls_back_to_modules_off_the_fused_devices(monkeypatch: pytest.MonkeyP
     x = torch.randn(2, 3, 5, 4, 3)
     prelu = nn.PReLU()
     (fused,) = norm_prelu(x, norm(3), prelu)
-    monkeypatch.setattr(norm_act, "FUSED_DEVICES", set())
+    monkeypatch.setattr(kernels, "FUSED_DEVICES", set())
     (plain,) = norm_prelu(x, norm(3), prelu)
     assert plain.grad_fn is not None and "NormPReLUConv" not in type(plain.grad_fn).__name__
     torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)
+
+
+def _branches() -> tuple[torch.Tensor, list[tuple[nn.PReLU, nn.Conv3d]]]:
+    x = torch.randn(2, 3, 6, 5, 4)
+    return x, [(nn.PReLU(), nn.Conv3d(3, 4, 3, padding=1)), (nn.PReLU(init=-0.2), nn.Conv3d(3, 2, 3, 2, 1))]
+
+
+def _run(x: torch.Tensor, branches: list[tuple[nn.PReLU, nn.Conv3d]]) -> tuple[list[torch.Tensor], bool]:
+    """Outputs and gradients of norm_prelu_conv, and whether the fused node computed them."""
+    for m in (m for b in branches for m in b):
+        m.zero_grad(set_to_none=True)
+    xt = x.clone().requires_grad_()
+    outs = norm_prelu_conv(xt, norm(3), *branches)
+    fused = "NormPReLUConv" in type(outs[0].grad_fn).__name__
+    sum(o.square().sum() for o in outs).backward()
+    grads = [p.grad for b in branches for m in b for p in m.parameters()]
+    return [o.detach() for o in outs] + [xt.grad] + grads, fused
+
+
+@pytest.mark.parametrize("route", ["reference switch", "no private operators"])
+def test_reference_route_equals_the_node(route: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The forced reference path, and a PyTorch without the node's non-public operators, take the modules:
+    same values and gradients as the node."""
+    torch.manual_seed(8)
+    x, branches = _branches()
+    fast, fused = _run(x, branches)
+    assert fused
+    if route == "no private operators":
+        monkeypatch.setattr(norm_act, "PRIVATE_OPS_AVAILABLE", False)
+        ref, fused = _run(x, branches)
+    else:
+        with use_reference_kernels():
+            ref, fused = _run(x, branches)
+        assert not kernels.reference_kernels()  # restored on leaving the block
+    assert not fused
+    for a, b in zip(fast, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_affine_norm_or_per_channel_prelu_take_the_module_path() -> None:

@@ -1,7 +1,8 @@
-"""Softmax-attention kernels behind :func:`h2aseg.models.attention.attention`.
+"""Scaled dot-product (softmax) attention kernels; :mod:`h2aseg.models.kernels` chooses among them.
 
-- :func:`softmax_attention`: the plain formulation (scores, mask, softmax, dropout, product); the ground
-  truth of the tests.
+- :func:`softmax_attention`: the plain formulation (scores, mask, softmax, dropout, product), eq. (1)'s
+  ``V softmax(Q^T K / sqrt(C))^T`` as written; the reference path and the ground truth of the tests.
+- :func:`torch_attention`: PyTorch's fused ``scaled_dot_product_attention`` (CUDA, fp32 inference).
 - :func:`chunked_attention`: bf16/fp16 inference on the CPU, a few windows at a time so that the scores stay
   in cache (PyTorch's fused CPU kernel is slow at H2ASeg's head widths of 4-16).
 - :func:`recomputed_attention`: training on the CPU, and attention-weight dropout anywhere (the released
@@ -11,7 +12,9 @@
   flash attention does). At H2ASeg's head widths that is about 3x faster on the CPU than PyTorch's fused
   kernel (level-1 windows of the paper variant, bf16: 1.3 s against 3.9 s forward + backward for two
   crops), and, with dropout, replaces a route that kept three copies of the ``(b, h, n, n)`` weights
-  (268 M elements at level 2 with the paper's 4 crops).
+  (268 M elements at level 2 with the paper's 4 crops). Its backward calls PyTorch's non-public
+  ``_softmax_backward_data``: where that is missing, :data:`PRIVATE_OPS_AVAILABLE` is False and the
+  chooser takes the public routes instead.
 
 The dropout mask comes from the global RNG exactly as :func:`dropout_keep_mask` draws it, so activation
 checkpointing (which restores the RNG state) recomputes the same mask, and the reference with the same seed
@@ -23,6 +26,10 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
+
+#: whether this PyTorch has the non-public operator :func:`recomputed_attention`'s backward calls
+PRIVATE_OPS_AVAILABLE: bool = callable(getattr(torch, "_softmax_backward_data", None))
 
 SCORE_CHUNK = 1 << 21  # attention-score elements materialised at once by the chunked paths (4 MB in bf16)
 
@@ -74,6 +81,21 @@ def _row_chunks(rows: int, per_row: int) -> list[slice]:
     """Consecutive slices of ``rows`` with about :data:`SCORE_CHUNK` elements each (at least one row)."""
     step = max(1, SCORE_CHUNK // per_row)
     return [slice(i, min(i + step, rows)) for i in range(0, rows, step)]
+
+
+def torch_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, mask: torch.Tensor | None
+) -> torch.Tensor:
+    """PyTorch's fused ``scaled_dot_product_attention`` (no dropout). Queries and keys narrower than the
+    values are zero-padded to their width: zero channels change no dot product, and equal widths let the
+    fused kernel run."""
+    d_qk, d_v = q.shape[-1], v.shape[-1]
+    if d_qk < d_v:
+        q = F.pad(q, (0, d_v - d_qk))
+        k = F.pad(k, (0, d_v - d_qk))
+    return F.scaled_dot_product_attention(
+        q.contiguous(), k.contiguous(), v.contiguous(), attn_mask=mask, scale=scale
+    )
 
 
 # ----------------------------------------------------------------------------------------------------

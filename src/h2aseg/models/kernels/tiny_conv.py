@@ -2,9 +2,12 @@
 
 With torch 2.13.0 on the CPU, the weight gradient of a 3x3x3 convolution in bf16 over a map of 2x2x2 or
 2x2x1 voxels (H2ASeg's deepest level at 32^3 patches, and windows clipped to such sizes) contains NaN in
-about half of the calls, with finite inputs, on one thread as on several
-(``tests/models/test_tiny_conv.py`` reproduces it). It was the cause of the occasional non-finite bf16
+about half of the calls, with finite inputs, on one thread as on several (reproduced standalone; it
+shows on AVX-512 BF16 CPUs, not on every machine). It was the cause of the occasional non-finite bf16
 training steps. Maps that small cost nothing to convolve in float32, which is what these functions do.
+
+This is a correctness fix, not a speed kernel: it applies on the reference path too
+(:func:`h2aseg.models.kernels.use_reference_kernels` does not turn it off).
 """
 
 from __future__ import annotations

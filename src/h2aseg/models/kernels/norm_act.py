@@ -1,4 +1,4 @@
-"""Instance norm followed by PReLUs (and the convs they feed), as one autograd node.
+"""Instance norm followed by PReLUs (and the convs they feed), as one autograd node, and its reference.
 
 Every block of the network opens with ``InstanceNorm3d -> PReLU -> Conv3d`` (the pre-activation blocks feed
 one normalisation to two PReLU -> conv branches). Done module by module under bf16 autocast this costs, per
@@ -18,9 +18,12 @@ the conv, per branch). Here:
   sample and channel), which bounds backward's temporaries;
 - narrow convs run channels-last on the CPU (:func:`_layout`).
 
-Same mathematics as the modules; they stay in the model (their names and parameters are the released
-state_dict's) and :func:`norm_prelu` / :func:`norm_prelu_conv` route through them where the fused node does
-not apply. Measured in ``benchmarks/bench_model.py`` (docs/benchmarks.md).
+Same mathematics as the modules, which stay in the model (their names and parameters are the released
+state_dict's): :func:`reference_norm_prelu` / :func:`reference_norm_prelu_conv` run them one by one and are
+the ground truth of the tests. The node calls ATen operators that are not public API
+(``native_batch_norm`` and its backward, ``convolution_backward``, ``threshold_backward``); where one is
+missing, :data:`PRIVATE_OPS_AVAILABLE` is False and :mod:`h2aseg.models.kernels`, which chooses between
+node and modules, takes the modules. Measured in ``benchmarks/bench_model.py`` (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -31,11 +34,20 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from h2aseg.models.tiny_conv import conv3d, conv_dtype
+from h2aseg.models.kernels.tiny_conv import conv3d, conv_dtype
 
-#: devices on which the fused node runs. CUDA keeps the module path until the fused one has been checked
-#: there (``benchmarks/cuda_check.py`` compares the two); add "cuda" once it has.
-FUSED_DEVICES: set[str] = {"cpu"}
+
+def _private_ops_available() -> bool:
+    try:
+        aten = torch.ops.aten
+        ops = (aten.convolution_backward, aten.threshold_backward, aten.native_batch_norm_backward)
+        return callable(torch.native_batch_norm) and all(op is not None for op in ops)
+    except (AttributeError, RuntimeError):
+        return False
+
+
+#: whether this PyTorch has the non-public operators the node calls (else the modules run)
+PRIVATE_OPS_AVAILABLE: bool = _private_ops_available()
 
 
 def _unit_weight(xv: torch.Tensor) -> torch.Tensor:
@@ -238,40 +250,13 @@ def _backward_chunk(
     return dx, param_grads
 
 
-def _fusable(x: torch.Tensor, norm: nn.InstanceNorm3d, prelus: Sequence[nn.PReLU]) -> bool:
-    return (
-        x.device.type in FUSED_DEVICES
-        and x.is_floating_point()
-        and not norm.affine
-        and not norm.track_running_stats
-        and all(p.weight.numel() == 1 for p in prelus)
-    )
-
-
-def norm_prelu(x: torch.Tensor, norm: nn.InstanceNorm3d, *prelus: nn.PReLU) -> tuple[torch.Tensor, ...]:
-    """``tuple(prelu(norm(x)) for prelu in prelus)``, the normalisation computed once.
-
-    ``norm`` must be a parameter-free instance norm (``affine=False``, no running statistics) and every
-    PReLU have a single parameter; otherwise, and off :data:`FUSED_DEVICES`, the modules run one by one.
-    """
-    if not _fusable(x, norm, prelus):
-        n = norm(x)
-        return tuple(p(n) for p in prelus)
-    params = [t for p in prelus for t in (p.weight, None, None, None)]
-    return _NormPReLUConv.apply(x, norm.eps, (1,) * len(prelus), *params)
-
-
-Branch = tuple[nn.PReLU, nn.Conv3d] | tuple[nn.PReLU, nn.Dropout3d, nn.Conv3d]
-
-
-def norm_prelu_conv(x: torch.Tensor, norm: nn.InstanceNorm3d, *branches: Branch) -> tuple[torch.Tensor, ...]:
-    """``tuple(conv(prelu(norm(x))) for prelu, conv in branches)``, normalised once, no activation kept;
-    a branch ``(prelu, dropout, conv)`` has a ``Dropout3d`` between its PReLU and conv.
-
-    Each conv must be a plain cubic-kernel conv with "same" padding (``padding = kernel // 2``), a stride
-    equal along the three axes and no dilation or groups, as every conv of the blocks is.
-    """
-    convs = [b[-1] for b in branches]
+def supports(
+    x: torch.Tensor, norm: nn.InstanceNorm3d, prelus: Sequence[nn.PReLU], convs: Sequence[nn.Conv3d] = ()
+) -> bool:
+    """Whether the node computes ``norm -> prelu (-> conv)`` for ``x``: a floating-point input, a
+    parameter-free instance norm (``affine=False``, no running statistics), single-parameter PReLUs, and
+    plain cubic-kernel convs with "same" padding (``padding = kernel // 2``), a stride equal along the
+    three axes and no dilation or groups, as every conv of the blocks is."""
     plain = all(
         c.kernel_size[0] == c.kernel_size[1] == c.kernel_size[2]
         and c.padding == (c.kernel_size[0] // 2,) * 3
@@ -281,15 +266,28 @@ def norm_prelu_conv(x: torch.Tensor, norm: nn.InstanceNorm3d, *branches: Branch)
         and c.padding_mode == "zeros"
         for c in convs
     )
-    if not (plain and _fusable(x, norm, [b[0] for b in branches])):
-        n = norm(x)
-        outs = []
-        for branch in branches:
-            h = n
-            for layer in branch:
-                h = conv3d(layer, h) if isinstance(layer, nn.Conv3d) else layer(h)
-            outs.append(h)
-        return tuple(outs)
+    return (
+        plain
+        and x.is_floating_point()
+        and not norm.affine
+        and not norm.track_running_stats
+        and all(p.weight.numel() == 1 for p in prelus)
+    )
+
+
+def fused_norm_prelu(x: torch.Tensor, norm: nn.InstanceNorm3d, *prelus: nn.PReLU) -> tuple[torch.Tensor, ...]:
+    """:func:`reference_norm_prelu` as one node (see :func:`supports` for what it takes)."""
+    params = [t for p in prelus for t in (p.weight, None, None, None)]
+    return _NormPReLUConv.apply(x, norm.eps, (1,) * len(prelus), *params)
+
+
+Branch = tuple[nn.PReLU, nn.Conv3d] | tuple[nn.PReLU, nn.Dropout3d, nn.Conv3d]
+
+
+def fused_norm_prelu_conv(
+    x: torch.Tensor, norm: nn.InstanceNorm3d, *branches: Branch
+) -> tuple[torch.Tensor, ...]:
+    """:func:`reference_norm_prelu_conv` as one node that keeps no activation (see :func:`supports`)."""
     params = []
     for branch in branches:
         prelu, conv = branch[0], branch[-1]
@@ -299,8 +297,32 @@ def norm_prelu_conv(x: torch.Tensor, norm: nn.InstanceNorm3d, *branches: Branch)
             conv.bias,
             _channel_keep(x, branch[1] if len(branch) == 3 else None),
         ]
-    strides = tuple(c.stride[0] for c in convs)
+    strides = tuple(b[-1].stride[0] for b in branches)
     return _NormPReLUConv.apply(x, norm.eps, strides, *params)
+
+
+def reference_norm_prelu(
+    x: torch.Tensor, norm: nn.InstanceNorm3d, *prelus: nn.PReLU
+) -> tuple[torch.Tensor, ...]:
+    """``tuple(prelu(norm(x)) for prelu in prelus)``: the modules one by one, the normalisation once."""
+    n = norm(x)
+    return tuple(p(n) for p in prelus)
+
+
+def reference_norm_prelu_conv(
+    x: torch.Tensor, norm: nn.InstanceNorm3d, *branches: Branch
+) -> tuple[torch.Tensor, ...]:
+    """``tuple(conv(prelu(norm(x))) for prelu, conv in branches)``, module by module; a branch
+    ``(prelu, dropout, conv)`` has a ``Dropout3d`` between its PReLU and conv. The convs go through
+    :func:`~h2aseg.models.kernels.tiny_conv.conv3d` (float32 on tiny bf16 maps)."""
+    n = norm(x)
+    outs = []
+    for branch in branches:
+        h = n
+        for layer in branch:
+            h = conv3d(layer, h) if isinstance(layer, nn.Conv3d) else layer(h)
+        outs.append(h)
+    return tuple(outs)
 
 
 def _channel_keep(x: torch.Tensor, dropout: nn.Dropout3d | None) -> torch.Tensor | None:
