@@ -8,12 +8,12 @@ states, the split and the metrics history (see :mod:`h2aseg.training.trainer`).
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from h2aseg.files import atomic_write
 
 FORMAT = "h2aseg-checkpoint"
 
@@ -24,17 +24,7 @@ class CheckpointError(ValueError):
 
 def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
     """``torch.save`` to a temporary file in the same folder, then rename (never a half-written file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save({"format": FORMAT, **payload}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_write(path, lambda tmp: torch.save({"format": FORMAT, **payload}, tmp), suffix=".tmp")
 
 
 def export_checkpoint(src: str | Path, dst: str | Path, *, half: bool = True, note: str = "") -> Path:

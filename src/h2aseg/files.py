@@ -1,26 +1,42 @@
-"""Atomic writes of text files: a temporary file in the same folder, then a rename.
+"""Atomic writes: a temporary file in the same folder, then a rename; the one writer every output uses.
 
-A crash never leaves a half-written config, split, metrics table or report behind. (Images and
-checkpoints have their own writers in :mod:`h2aseg.data.io` and :mod:`h2aseg.checkpoint`.)
+A crash never leaves a half-written config, split, metrics table, checkpoint, image, cache entry or figure
+behind: the target either keeps its old content or gets the whole new one.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` (UTF-8, newlines as given) to ``path`` atomically; creates the folder."""
+def atomic_write(path: str | Path, write: Callable[[Path], object], *, suffix: str | None = None) -> Path:
+    """Call ``write(tmp)`` on a temporary path beside ``path``, then rename it onto ``path``.
+
+    ``suffix`` is the temporary file's ending (default: ``path``'s), for writers that choose the format by
+    the file name (``.nii.gz``, ``.png``). Creates the folder; removes the temporary file on any error.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", suffix=path.suffix if suffix is None else suffix,
+                               dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
+        write(Path(tmp))
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` (UTF-8, newlines as given) to ``path`` atomically."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+
+    return atomic_write(path, write)

@@ -10,7 +10,9 @@ from typer.testing import CliRunner
 from h2aseg.cli import app
 
 runner = CliRunner()
-COMMANDS = ["synth", "train", "predict", "evaluate", "evaluate-table", "demo"]
+COMMANDS = [
+    "synth", "convert", "train", "predict", "evaluate", "evaluate-table", "quantify", "experiment", "demo"
+]
 
 
 def test_top_level_help_lists_commands() -> None:

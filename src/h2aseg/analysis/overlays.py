@@ -14,13 +14,13 @@ positive yellow, true negative transparent.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
+
+from h2aseg.files import atomic_write
 
 View = Literal["coronal", "axial"]
 _AXIS = {"coronal": 1, "axial": 2}
@@ -117,17 +117,7 @@ def _figsize(w_mm: float, h_mm: float, height_in: float) -> tuple[float, float]:
 
 
 def _save(fig, out_png: str | Path) -> Path:  # type: ignore[no-untyped-def]
-    path = Path(out_png)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_write(out_png, lambda t: fig.savefig(t, format="png", bbox_inches="tight"), suffix=".png")
 
 
 def default_slice(gt: np.ndarray | None, pred: np.ndarray | None, view: View,

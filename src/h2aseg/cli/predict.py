@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from h2aseg.cli.common import err_console, fail
+from h2aseg.cli.convert import DOSE_OPTION, INJECTION_OPTION, WEIGHT_OPTION, dicom_to_autopet, suv_overrides
 
 
 def predict(
@@ -30,6 +31,18 @@ def predict(
     amp: str | None = typer.Option(None, "--amp", help="auto | bf16 | fp16 | off [infer.amp]."),
     assignments: list[str] = typer.Option([], "--set", help="Override a stored config field (infer.*)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Recompute cases whose output exists."),
+    weight_kg: float | None = WEIGHT_OPTION,
+    dose_mbq: float | None = DOSE_OPTION,
+    injection_time: str | None = INJECTION_OPTION,
+    quantify: bool = typer.Option(
+        False, "--quantify", help="Also write <case>_lesions.csv and <case>_patient.csv (PET measures, "
+        "docs/quantify.md) beside each mask, measured on the case's SUV."
+    ),
+    challenge_io: tuple[Path, Path] | None = typer.Option(
+        None, "--challenge-io", metavar="INPUT OUTPUT", help="The autoPET grand-challenge interface: read "
+        "INPUT/images/{ct,pet}/*.mha, write OUTPUT/images/automated-petct-lesion-segmentation/<uuid>.mha "
+        "(docs/challenge.md)."
+    ),
 ) -> None:
     """Sliding-window prediction; masks are uint8 NIfTI in the original CT geometry."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -42,7 +55,9 @@ def predict(
 
     single = ct is not None or pet is not None or out is not None
     folder = input_dir is not None or out_dir is not None
-    if single == folder:
+    if challenge_io is not None and (single or folder):
+        raise fail("--challenge-io takes no --ct/--pet/--out or --input/--out-dir")
+    if single == folder and challenge_io is None:
         raise fail("give either --ct, --pet and --out (one patient) or --input and --out-dir (a folder)")
     if single and (ct is None or pet is None or out is None):
         raise fail("--ct, --pet and --out must be given together")
@@ -61,13 +76,25 @@ def predict(
     ]
     try:
         predictor = Predictor.from_checkpoint(checkpoint, overrides)
+        if challenge_io is not None:
+            from h2aseg.inference.challenge import run_challenge
+
+            masks = run_challenge(predictor, *challenge_io, on_case=lambda p: err_console.print(
+                f"wrote {p}", highlight=False))
+            err_console.print(f"wrote {len(masks)} mask(s) with their lesion CSVs", highlight=False)
+            return
         if single:
             assert ct is not None and pet is not None and out is not None
             pred = predictor.predict_files(ct, pet, case_id=ct.name)
             path = write_prediction(pred, out, inputs=(ct, pet))
             err_console.print(f"wrote {path}", highlight=False)
+            if quantify:
+                _quantify([(path, pet)])
             return
         assert input_dir is not None and out_dir is not None
+        input_dir, layout, dicom_failed = dicom_to_autopet(  # DICOM: converted into out_dir/.dicom first
+            input_dir, out_dir, layout, suv_overrides(weight_kg, dose_mbq, injection_time), overwrite
+        )
         cases = discover(
             input_dir, layout or predictor.cfg.data.layout, swap_channels=predictor.cfg.data.swap_channels
         )
@@ -88,8 +115,21 @@ def predict(
                 on_case=lambda cid, status: bar.update(task, advance=1, description=f"{cid} {status}"),
             )
         err_console.print(f"wrote {len(paths)} masks to {out_dir}", highlight=False)
+        if quantify:
+            _quantify([(p, c.pet) for c, p in zip(cases, paths, strict=True)])
+        if dicom_failed:
+            raise typer.Exit(code=1)  # the failed studies were reported above
     except (CheckpointError, ConfigError, ImageError, LayoutError, ValueError) as e:
         raise fail(str(e)) from None
+
+
+def _quantify(masks_and_suvs: list[tuple[Path, Path]]) -> None:
+    """``--quantify``: ``<case>_lesions.csv`` and ``<case>_patient.csv`` beside each mask."""
+    from h2aseg.evaluation.quantify import quantify_mask_file
+
+    for mask, suv in masks_and_suvs:
+        quantify_mask_file(mask, suv)
+    err_console.print(f"wrote lesion and patient CSVs beside {len(masks_and_suvs)} mask(s)", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -12,13 +12,14 @@ space, label values, label grid == CT grid, channel order); each error names the
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+
+from h2aseg.data.geometry import affine_voxel_volume_ml
+from h2aseg.files import atomic_write
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 ITK_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr")
@@ -51,7 +52,7 @@ class Volume:
     @property
     def voxel_volume_ml(self) -> float:
         """Volume of one voxel in millilitres (from the header's spacing)."""
-        return float(abs(np.linalg.det(self.affine[:3, :3]))) / 1000.0
+        return affine_voxel_volume_ml(self.affine)
 
     def same_grid(self, other: Volume, atol: float = 1e-3) -> bool:
         """True when both volumes have the same shape and (to ``atol`` mm) the same affine."""
@@ -229,12 +230,4 @@ def write_volume(
     img = nib.Nifti1Image(np.asarray(array), np.asarray(affine, dtype=np.float64))
     img.set_qform(img.affine, code=1)
     img.set_sform(img.affine, code=1)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=image_suffix(path), dir=path.parent)
-    os.close(fd)
-    try:
-        nib.save(img, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_write(path, lambda tmp: nib.save(img, tmp), suffix=image_suffix(path))

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,12 +30,11 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
-from scipy import ndimage
 
 from h2aseg.config import DataConfig
+from h2aseg.data.geometry import reorient, resample_to_grid
 from h2aseg.data.io import (
     ImageError,
-    Volume,
     check_finite,
     check_label_values,
     check_modalities,
@@ -46,6 +43,7 @@ from h2aseg.data.io import (
     read_volume,
 )
 from h2aseg.data.layouts import Case
+from h2aseg.files import atomic_write
 
 CACHE_VERSION = 1
 _RAS = np.array([[0, 1], [1, 1], [2, 1]], dtype=np.float64)
@@ -120,57 +118,6 @@ class PreprocessedCase:
     geometry: Geometry
 
 
-# ----------------------------------------------------------------------------------------------- resampling
-def _is_diagonal(m: np.ndarray, tol: float = 1e-9) -> bool:
-    return bool(np.all(np.abs(m - np.diag(np.diag(m))) <= tol * max(1.0, float(np.abs(m).max()))))
-
-
-def resample_to_grid(
-    array: np.ndarray,
-    src_affine: np.ndarray,
-    dst_affine: np.ndarray,
-    dst_shape: tuple[int, ...],
-    *,
-    order: int = 1,
-    cval: float = 0.0,
-    mode: str = "constant",
-    antialias: bool = True,
-) -> np.ndarray:
-    """Resample ``array`` (grid ``src_affine``) onto the grid (``dst_affine``, ``dst_shape``) in world space.
-
-    Linear (``order=1``) or nearest (``order=0``) interpolation via :func:`scipy.ndimage.affine_transform`.
-    With ``antialias`` and ``order > 0``, the source is Gaussian-smoothed first where the destination is
-    coarser (sigma = (factor - 1) / 2 source voxels).
-    """
-    m = np.linalg.inv(src_affine) @ dst_affine  # destination index -> source index
-    lin, off = m[:3, :3], m[:3, 3]
-    src = array
-    if antialias and order > 0:
-        factor = np.linalg.norm(lin, axis=1)  # source voxels per destination voxel, per source axis
-        sigma = np.clip((factor - 1.0) / 2.0, 0.0, None)
-        if np.any(sigma > 0.1):
-            src = ndimage.gaussian_filter(np.asarray(src, dtype=np.float32), sigma=sigma, mode="nearest")
-    matrix = np.diag(lin) if _is_diagonal(lin) else lin
-    out_dtype = array.dtype if order == 0 else np.float32
-    return ndimage.affine_transform(
-        src,
-        matrix,
-        offset=off,
-        output_shape=tuple(int(v) for v in dst_shape),
-        output=out_dtype,
-        order=order,
-        mode=mode,
-        cval=cval,
-        prefilter=False,
-    )
-
-
-def _reorient(vol: Volume, ornt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    arr = nib.orientations.apply_orientation(vol.array, ornt)
-    aff = vol.affine @ nib.orientations.inv_ornt_aff(ornt, vol.shape)
-    return np.ascontiguousarray(arr), aff
-
-
 def _target_grid(
     canon_affine: np.ndarray, canon_shape: tuple[int, int, int], spacing: tuple[float, float, float]
 ) -> tuple[np.ndarray, tuple[int, int, int]]:
@@ -237,9 +184,9 @@ def preprocess_images(
         check_label_values(label, range(int(cfg.num_label_classes) + 1))
 
     ornt = nib.orientations.io_orientation(ct.affine)
-    ct_arr, canon_aff = _reorient(ct, ornt)
+    ct_arr, canon_aff = reorient(ct.array, ct.affine, ornt)
     canon_shape = tuple(int(v) for v in ct_arr.shape)
-    lab_arr = _reorient(label, ornt)[0] if label is not None else None
+    lab_arr = reorient(label.array, label.affine, ornt)[0] if label is not None else None
     lab_arr = lab_arr.astype(np.uint8) if lab_arr is not None else None
 
     if cfg.target_spacing is None:
@@ -397,11 +344,9 @@ class CaseCache:
         arrays: dict[str, np.ndarray] = {"ct": pc.image[0], "suv": pc.suv, "meta": np.array(meta)}
         if pc.label is not None:
             arrays["label"] = pc.label
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=self.cache_dir)
-        try:
-            with os.fdopen(fd, "wb") as f:
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as f:
                 np.savez(f, **arrays)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+
+        atomic_write(path, write)

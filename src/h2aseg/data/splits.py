@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +19,7 @@ import nibabel as nib
 import numpy as np
 
 from h2aseg.data.layouts import Case
+from h2aseg.files import atomic_write_text
 
 PARTS = ("train", "val", "test")
 
@@ -183,14 +182,7 @@ def save_split(split: Split, path: str | Path) -> None:
         "test": list(split.test),
         "patients": dict(split.patients),
     }
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, indent=1)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write_text(path, json.dumps(doc, indent=1))
 
 
 def load_split(path: str | Path) -> Split:

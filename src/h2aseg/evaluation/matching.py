@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
+from h2aseg.data.geometry import resample_labels, voxel_volume_ml
 from h2aseg.data.io import ImageError, Volume, image_suffix, read_volume, strip_image_suffix
 
 
@@ -161,15 +161,6 @@ def _grid_difference(a: Volume, b: Volume) -> str:
     return "orientation differs"
 
 
-def resample_nearest(moving: Volume, target: Volume) -> np.ndarray:
-    """``moving``'s labels on ``target``'s grid by nearest neighbour (world coordinates; outside = 0)."""
-    m = np.linalg.inv(moving.affine) @ target.affine
-    return ndimage.affine_transform(
-        moving.array.astype(np.uint8), m[:3, :3], offset=m[:3, 3], output_shape=target.shape,
-        order=0, mode="constant", cval=0, prefilter=False,
-    )
-
-
 def parse_label_map(specs: Iterable[str]) -> dict[int, int]:
     """``["7=1", "2=0"]`` -> ``{7: 1, 2: 0}`` (``--label-map``); labels 0..255, one target per source."""
     out: dict[int, int] = {}
@@ -244,10 +235,10 @@ def load_pair(
     elif gt.same_grid(pred):
         p = pred.array
     elif resample:
-        p, resampled = resample_nearest(pred, gt), True
+        p, resampled = resample_labels(pred.array, pred.affine, gt.affine, gt.shape), True
     else:
         raise EvaluationError(
             f"{pair.pred} and {pair.gt} are on different grids ({_grid_difference(pred, gt)}); "
             "pass --resample to resample the prediction onto the ground truth (nearest neighbour)"
         )
-    return LoadedPair(pair.case_id, p, gt.array, gt.spacing, float(np.prod(gt.spacing)) / 1000.0, resampled)
+    return LoadedPair(pair.case_id, p, gt.array, gt.spacing, voxel_volume_ml(gt.spacing), resampled)

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import cc3d
 import numpy as np
 
+from h2aseg.data.geometry import voxel_volume_ml
 from h2aseg.evaluation.surface import HD95Convention, as_spacing, hd95, union_bounding_box
 
 AUTOPET_CONNECTIVITY = 18
@@ -59,11 +60,6 @@ def _binary(mask: np.ndarray) -> np.ndarray:
 def _check_pair(pred: np.ndarray, gt: np.ndarray) -> None:
     if pred.shape != gt.shape:
         raise ValueError(f"prediction and ground truth differ in shape: {pred.shape} vs {gt.shape}")
-
-
-def voxel_volume_ml(spacing: Sequence[float]) -> float:
-    """Voxel volume in ml from the spacing in mm: AutoPET's ``pixdim[1]*pixdim[2]*pixdim[3]/1000``."""
-    return float(np.prod(np.asarray(spacing, dtype=np.float64))) / 1000.0
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,56 @@
+"""``h2aseg experiment``: methods x seeds from one YAML file -> Table 1, Table 2 and a cost table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from h2aseg.cli.common import err_console, fail
+
+
+def experiment(
+    config: Path = typer.Option(..., "--config", help="The experiment file (YAML; see experiments/*.yaml)."),
+    out: Path = typer.Option(..., "--out", help="Output folder: split, runs/, tables (shared by shards)."),
+    shard: str = typer.Option("0/1", "--shard", help="I/N: take every N-th run starting at the I-th "
+                              "(0-based); start one process per shard on the same --out."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bars."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the runs and which are done, locked or "
+                                 "pending; run nothing."),
+) -> None:
+    """Train, predict and evaluate every (method, seed) run; resumable, and safe to run in parallel."""
+    from h2aseg.checkpoint import CheckpointError
+    from h2aseg.config import ConfigError
+    from h2aseg.data.io import ImageError
+    from h2aseg.data.layouts import LayoutError
+    from h2aseg.evaluation.matching import EvaluationError
+    from h2aseg.experiments.plan import parse_shard
+    from h2aseg.experiments.runner import plan_lines, run_experiment
+    from h2aseg.experiments.spec import SpecError, load_spec
+
+    def log(msg: str) -> None:
+        err_console.print(msg, highlight=False)
+
+    errors = (SpecError, ConfigError, LayoutError, ImageError, CheckpointError, EvaluationError, ValueError,
+              OSError)
+    try:
+        which = parse_shard(shard)
+        spec = load_spec(config)
+        if dry_run:
+            for line in plan_lines(spec, out, which):
+                typer.echo(line)
+            return
+        result = run_experiment(spec, out, shard=which, progress=progress, log=log)
+    except errors as e:
+        raise fail(str(e)) from None
+    log(f"shard {shard}: {len(result.done)} run(s) done now, {len(result.skipped)} done before, "
+        f"{len(result.locked)} locked by other processes, {len(result.failed)} failed (of {result.selected} "
+        f"in this shard, {result.total} in all)")
+    for path in result.tables:
+        log(f"  {path}")
+    if result.failed:
+        raise typer.Exit(code=1)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("experiment")(experiment)

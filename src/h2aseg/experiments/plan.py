@@ -1,0 +1,146 @@
+"""The runs of an experiment, which shard takes which, where each one writes, and how far each has got.
+
+Output folder (``--out DIR``)::
+
+    experiment.yaml              the experiment file of the last invocation
+    split.json                   the one patient-level split every run uses (data.split_file)
+    test_cases.csv               the test cases (ground truth for the evaluation)
+    cache/                       preprocessed cases, shared by all runs
+    runs/<label>/seed<N>/        a trained run: the training run folder (config.yaml, checkpoints/,
+                                 metrics.csv, tb/, finished.json), predictions/, evaluation/,
+                                 timing.json, done.json (written last, atomically)
+    runs/<label>/fixed/          a training-free method (SUV thresholds): predictions/, evaluation/, done.json
+    runs/<label>/seed<N>.lock    the run's lock while a process works on it
+    cost/<label>.json            parameters, GFLOP, train-step time and memory of a network method
+    table1.md/.tex/.json, table2.md, cost.md
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from h2aseg.config import Config
+from h2aseg.experiments.spec import ExperimentSpec, MethodSpec
+
+
+@dataclass(frozen=True)
+class Run:
+    """One (method, seed) run; ``seed`` is None for a training-free method; ``index`` counts from 1."""
+
+    index: int
+    method: MethodSpec
+    seed: int | None
+
+    @property
+    def name(self) -> str:
+        return f"{self.method.label} seed {'-' if self.seed is None else self.seed}"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Paths inside an experiment's output folder."""
+
+    out: Path
+
+    @property
+    def split(self) -> Path:
+        return self.out / "split.json"
+
+    @property
+    def manifest(self) -> Path:
+        return self.out / "test_cases.csv"
+
+    @property
+    def cache(self) -> Path:
+        return self.out / "cache"
+
+    def run_dir(self, run: Run) -> Path:
+        leaf = "fixed" if run.seed is None else f"seed{run.seed}"
+        return self.out / "runs" / run.method.label / leaf
+
+    def lock(self, run: Run) -> Path:
+        d = self.run_dir(run)
+        return d.with_name(d.name + ".lock")
+
+    def done(self, run: Run) -> Path:
+        return self.run_dir(run) / "done.json"
+
+    def cost(self, method: MethodSpec) -> Path:
+        return self.out / "cost" / f"{method.label}.json"
+
+    @property
+    def tables_lock(self) -> Path:
+        return self.out / "tables.lock"
+
+
+def plan_runs(spec: ExperimentSpec) -> list[Run]:
+    """Training-free methods first (seconds each), then seed by seed every network method, so that a
+    table with one seed per method exists early."""
+    order: list[tuple[MethodSpec, int | None]] = [(m, None) for m in spec.methods if m.training_free]
+    order += [(m, s) for s in spec.seeds for m in spec.methods if not m.training_free]
+    return [Run(i + 1, m, s) for i, (m, s) in enumerate(order)]
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"I/N"`` -> ``(I, N)`` with ``0 <= I < N``."""
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard: expected I/N (e.g. 0/2), got {text!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise ValueError(f"--shard: expected I/N with 0 <= I < N, got {text!r}")
+    return i, n
+
+
+def select_shard(runs: list[Run], shard: tuple[int, int]) -> list[Run]:
+    """Every N-th run starting at the I-th (0-based): shards 0/N ... N-1/N cover every run once."""
+    i, n = shard
+    return [r for k, r in enumerate(runs) if k % n == i]
+
+
+def fingerprint(cfg: Config, training_free: bool = False) -> str:
+    """A hash of what determines a run's result (not where its files are; only the data settings for a
+    training-free method)."""
+    d = cfg.to_dict()
+    for key in ("root", "split_file", "cache_dir", "num_workers"):
+        d["data"].pop(key, None)
+    if training_free:
+        d = {"data": d["data"]}
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def read_done(layout: Layout, run: Run) -> dict[str, Any] | None:
+    """The run's done marker, or None when the run is not finished (or its marker is unreadable)."""
+    try:
+        return json.loads(layout.done(run).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def describe_status(spec: ExperimentSpec, layout: Layout, run: Run) -> str:
+    """done | done (config changed) | locked by ... | pending (resumes from epoch k) | pending."""
+    from h2aseg.experiments.locks import RunLock, stale_reason
+
+    done = read_done(layout, run)
+    if done is not None:
+        cfg = spec.run_config(run.method, run.seed, layout.out)
+        same = done.get("fingerprint") == fingerprint(cfg, run.method.training_free)
+        return "done" if same else "done (made with a different config; delete its folder to redo it)"
+    lock = RunLock(layout.lock(run), spec.lock_timeout_s)
+    info = lock.read()
+    if info is not None:
+        reason = stale_reason(info, spec.lock_timeout_s)
+        if reason is None:
+            return f"locked by {info.describe()}"
+        pending = f"pending (stale lock: {reason})"
+    else:
+        pending = "pending"
+    metrics = layout.run_dir(run) / "metrics.csv"
+    if metrics.exists():
+        epochs = max(0, len(metrics.read_text(encoding="utf-8").splitlines()) - 1)
+        pending += f", resumes after epoch {epochs}"
+    return pending

@@ -1,0 +1,237 @@
+"""The experiment's tables, from whatever runs are done: Table 1, Table 2 (ablations), cost.
+
+Written by whichever process finishes a run (under a short ``tables.lock``, atomically), so they always
+reflect every finished run:
+
+* ``table1.md`` / ``table1.tex`` / ``table1.json``: a row per method (its seed count in the row name),
+  the protocol's columns, mean over seeds ± (``std_over: cases``, the paper's convention and
+  :func:`~h2aseg.evaluation.report.aggregate_runs`'s ``std``) the standard deviation over test cases
+  averaged over seeds, or (``std_over: seeds``) the standard deviation of the seed means; best bold,
+  second underlined (:func:`~h2aseg.evaluation.report.table1`);
+* ``table2.md`` when the methods hold all four H2ASeg ablation configurations (MCSA x TAMW);
+* ``cost.md``: per network method, parameters, forward GFLOP, train-step time and peak memory
+  (:mod:`h2aseg.experiments.cost`), whole-case prediction time and training time per run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from h2aseg.evaluation.report import (
+    METRICS,
+    PROTOCOL_COLUMNS,
+    _header,
+    _ranks,
+    aggregate_runs,
+    load_summary,
+    table1,
+)
+from h2aseg.experiments.locks import held
+from h2aseg.experiments.plan import Layout, plan_runs, read_done
+from h2aseg.experiments.spec import Ablation, ExperimentSpec, MethodSpec
+from h2aseg.files import atomic_write_text
+
+ABLATION_ORDER = (Ablation(False, False), Ablation(True, False), Ablation(False, True), Ablation(True, True))
+Cells = dict[str, dict[str, Any]]
+
+
+def collect(spec: ExperimentSpec, layout: Layout) -> dict[str, list[tuple[int | None, dict[str, Any]]]]:
+    """``{label: [(seed, evaluation summary), ...]}`` over the finished runs."""
+    done: dict[str, list[tuple[int | None, dict[str, Any]]]] = {m.label: [] for m in spec.methods}
+    for run in plan_runs(spec):
+        if read_done(layout, run) is None:
+            continue
+        try:
+            done[run.method.label].append((run.seed, load_summary(layout.run_dir(run) / "evaluation")))
+        except ValueError:
+            continue  # a marker without its summary (copied folders): not counted
+    return done
+
+
+def write_tables(spec: ExperimentSpec, layout: Layout) -> list[Path]:
+    """(Re)write every table from the finished runs; returns the files written."""
+    with held(layout.tables_lock, timeout_s=120.0, wait_s=60.0):
+        done = collect(spec, layout)
+        paths = write_table1(spec, layout, done)
+        t2 = table2_markdown(spec, done)
+        if t2 is not None:
+            paths.append(atomic_write_text(layout.out / "table2.md", t2))
+        if any(not m.training_free for m in spec.methods):
+            paths.append(atomic_write_text(layout.out / "cost.md", cost_markdown(spec, layout, done)))
+    return paths
+
+
+def method_cells(spec: ExperimentSpec, summaries: list[dict[str, Any]]) -> Cells:
+    """Aggregated metrics of a method's runs, with ``std`` as the experiment's ``std_over`` asks."""
+    if not summaries:
+        return {}
+    cells = aggregate_runs(summaries)
+    if spec.std_over == "seeds":
+        cells = {k: {**v, "std": v.get("std_runs")} for k, v in cells.items()}
+    return cells
+
+
+def row_name(spec: ExperimentSpec, method: MethodSpec, n_done: int) -> str:
+    if method.training_free:
+        return f"{method.title} (training-free)"
+    return f"{method.title} ({n_done}/{len(spec.seeds)} seeds)"
+
+
+def _spread(spec: ExperimentSpec) -> str:
+    if spec.std_over == "seeds":
+        return "mean over seeds ± std of the seed means"
+    return "mean over seeds ± std over test cases, averaged over seeds as in the paper"
+
+
+def write_table1(spec: ExperimentSpec, layout: Layout, done: dict[str, list]) -> list[Path]:
+    """``table1.md``, ``table1.tex``, ``table1.json``."""
+    group = spec.dataset.name
+    columns = [(group, c) for c in PROTOCOL_COLUMNS[spec.protocol]]
+    rows: dict[str, dict[str, Cells]] = {}
+    for m in spec.methods:
+        summaries = [s for _, s in done[m.label]]
+        rows[row_name(spec, m, len(summaries))] = {group: method_cells(spec, summaries)}
+    caption = f"{spec.name}: {_spread(spec)}. The best is in bold, the second underlined."
+    notes = _table1_notes(spec, done)
+    doc = {
+        "caption": caption,
+        "protocol": spec.protocol,
+        "std_over": spec.std_over,
+        "columns": [list(c) for c in columns],
+        "rows": _json_safe(rows),
+        "seeds_done": {m.label: [s for s, _ in done[m.label]] for m in spec.methods},
+    }
+    return [
+        atomic_write_text(layout.out / "table1.md", table1(rows, columns, caption=caption) + notes),
+        atomic_write_text(layout.out / "table1.tex", table1(rows, columns, fmt="latex", caption=caption)),
+        atomic_write_text(layout.out / "table1.json", json.dumps(doc, indent=2) + "\n"),
+    ]
+
+
+def _table1_notes(spec: ExperimentSpec, done: dict[str, list]) -> str:
+    parts = []
+    for m in spec.methods:
+        seeds = [s for s, _ in done[m.label]]
+        if m.training_free:
+            parts.append(f"{m.label}: {'done' if seeds else 'pending'} (deterministic, no seeds)")
+        else:
+            parts.append(f"{m.label}: {len(seeds)} of {len(spec.seeds)} seeds"
+                         + (f" ({', '.join(map(str, seeds))})" if seeds else ""))
+    first = next((s for runs in done.values() for _, s in runs), None)
+    cases = "" if first is None else (f" Test set: {first.get('n_cases')} cases "
+                                      f"({first.get('n_lesion_cases')} with lesions).")
+    extra = len(spec.schedule.overrides) + len(spec.overrides)
+    schedule = spec.schedule.base + (f" + {extra} override(s)" if extra else "")
+    return f"\nRuns done: {'; '.join(parts)}.{cases} Protocol: {spec.protocol}; schedule: {schedule}.\n"
+
+
+def table2_markdown(spec: ExperimentSpec, done: dict[str, list]) -> str | None:
+    """Table 2 (MCSA x TAMW) when all four ablation configurations are methods of the experiment."""
+    by_ablation = {m.ablation: m for m in spec.methods if m.ablation is not None}
+    if any(a not in by_ablation for a in ABLATION_ORDER):
+        return None
+    metrics = PROTOCOL_COLUMNS[spec.protocol]
+    cells = {a: method_cells(spec, [s for _, s in done[by_ablation[a].label]]) for a in ABLATION_ORDER}
+    marks: dict[str, list[int]] = {}
+    for k in metrics:
+        means = [cells[a].get(k, {}).get("mean") for a in ABLATION_ORDER]
+        marks[k] = _ranks(means, METRICS[k].higher_is_better, 2)
+    lines = [
+        f"{spec.name}: effects of MCSA and TAMW; {_spread(spec)}. The best is in bold, the second "
+        "underlined.",
+        "",
+        "| MCSA | TAMW | " + " | ".join(_header(k) for k in metrics) + " | Seeds |",
+        "|:-:|:-:|" + "---:|" * len(metrics) + "---:|",
+    ]
+    for i, a in enumerate(ABLATION_ORDER):
+        vals = [_mark(cells[a].get(k, {}), marks[k][i]) for k in metrics]
+        n = len(done[by_ablation[a].label])
+        lines.append(f"| {'✓' if a.mcsa else ''} | {'✓' if a.tamw else ''} | " + " | ".join(vals)
+                     + f" | {n}/{len(spec.seeds)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _mark(cell: dict[str, Any], rank: int) -> str:
+    mean, std = cell.get("mean"), cell.get("std")
+    if mean is None:
+        return "–"
+    num = f"{mean:.2f}"
+    num = f"**{num}**" if rank == 0 else f"<u>{num}</u>" if rank == 1 else num
+    return num + ("" if std is None else f" ±{std:.2f}")
+
+
+def cost_markdown(spec: ExperimentSpec, layout: Layout, done: dict[str, list]) -> str:
+    """``cost.md``: a row per network method (cost probe, prediction and training times of its runs)."""
+    lines = [
+        f"# {spec.name}: cost per method",
+        "",
+        "| Method | Network | Parameters (M) | Forward (GFLOP) | Train step (s) | Peak memory (MiB) "
+        "| Prediction (s/case) | Training (min/run) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    notes: list[str] = []
+    for m in spec.methods:
+        if m.training_free:
+            continue
+        cost = _read_json(layout.cost(m)) or {}
+        pred, train = _run_times(spec, layout, m)
+        cells = [_num(cost.get("params"), 1e-6, 2), _num(cost.get("gflop"), 1, 1),
+                 _num(cost.get("train_step_s"), 1, 3), _num(cost.get("peak_memory_mib"), 1, 0), pred, train]
+        lines.append(f"| {m.title} | {m.network} | " + " | ".join(cells) + " |")
+        notes.append(_cost_note(m, cost))
+    lines += ["", *sorted(set(notes)), "", "Prediction: seconds per whole test case (read, preprocess, "
+              "sliding window, write), mean over the cases each run predicted (n). Training: wall-clock "
+              "minutes per run (finished.json), mean over the runs done."]
+    return "\n".join(lines) + "\n"
+
+
+def _cost_note(m: MethodSpec, cost: dict[str, Any]) -> str:
+    if not cost:
+        return "- not measured yet: the cost probe runs before a method's first training run."
+    if "error" in cost:
+        return f"- {m.label}: the cost probe failed ({cost['error']})."
+    patch = "x".join(str(v) for v in cost.get("patch", []))
+    return (f"- Forward: one eval forward at {patch}, batch 1 (FlopCounterMode). Train step: batch "
+            f"{cost.get('train_batch')} patches of {patch}, amp {cost.get('amp')}, on {cost.get('device')}. "
+            f"Peak memory: {cost.get('memory_kind')}.")
+
+
+def _run_times(spec: ExperimentSpec, layout: Layout, method: MethodSpec) -> tuple[str, str]:
+    """Mean prediction seconds per case (with n) and mean training minutes per run, over done runs."""
+    per_case: list[float] = []
+    minutes: list[float] = []
+    for run in plan_runs(spec):
+        if run.method.label != method.label or read_done(layout, run) is None:
+            continue
+        timing = _read_json(layout.run_dir(run) / "timing.json") or {}
+        per_case += [float(s) for s in timing.get("predict_seconds_per_case", [])]
+        finished = _read_json(layout.run_dir(run) / "finished.json") or {}
+        if finished.get("seconds") is not None:
+            minutes.append(float(finished["seconds"]) / 60.0)
+    pred = f"{sum(per_case) / len(per_case):.2f} (n={len(per_case)})" if per_case else "–"
+    train = f"{sum(minutes) / len(minutes):.2f}" if minutes else "–"
+    return pred, train
+
+
+def _num(value: Any, scale: float, digits: int) -> str:
+    return "–" if value is None else f"{float(value) * scale:.{digits}f}"
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    return obj

@@ -1,0 +1,112 @@
+"""`h2aseg quantify` and `h2aseg predict --quantify`: the lesion and patient CSVs, one-line errors."""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from h2aseg.checkpoint import save_checkpoint
+from h2aseg.cli import app
+from h2aseg.config import load_config
+from h2aseg.data.io import write_volume
+from h2aseg.models.factory import build_from_config
+from h2aseg.synth import write_cohort
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "training"))
+from training_fixtures import TINY
+
+runner = CliRunner()
+AFFINE = np.diag([2.0, 2.0, 3.0, 1.0])
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> dict[str, Path]:
+    suv = np.ones((20, 20, 12), np.float32)
+    suv[3:7, 3:7, 2:5] = 6.0
+    suv[12:15, 12:15, 7:9] = 3.0
+    mask = np.zeros(suv.shape, np.uint8)
+    mask[3:7, 3:7, 2:5] = 1
+    mask[12:15, 12:15, 7:9] = 1
+    gt = np.zeros_like(mask)
+    gt[3:7, 3:7, 2:5] = 1
+    paths = {k: tmp_path / f"{k}.nii.gz" for k in ("suv", "mask", "gt")}
+    for key, arr in (("suv", suv), ("mask", mask), ("gt", gt)):
+        write_volume(paths[key], arr, AFFINE)
+    return paths
+
+
+def test_help_lists_quantify() -> None:
+    assert "quantify" in runner.invoke(app, ["--help"]).output
+    result = runner.invoke(app, ["quantify", "--help"])
+    assert result.exit_code == 0 and "--pet" in result.output and "--gt" in result.output
+
+
+def test_quantify_writes_both_csvs(images: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "q"
+    args = ["quantify", "--pet", str(images["suv"]), "--mask", str(images["mask"]), "--out", str(out)]
+    result = runner.invoke(app, [*args, "--gt", str(images["gt"])])
+    assert result.exit_code == 0, result.output
+    assert "2 lesion(s)" in result.output and "1 of 1 GT lesion(s) detected" in result.output
+    rows = list(csv.DictReader((out / "lesions.csv").open()))
+    by_volume = {round(float(r["volume_ml"]), 6): r for r in rows}
+    big, small = by_volume[round(48 * 12 / 1000, 6)], by_volume[round(18 * 12 / 1000, 6)]
+    assert (big["suv_max"], big["suv_mean"], big["detected"]) == ("6", "6", "1")
+    assert float(small["tlg"]) == pytest.approx(3.0 * 18 * 12 / 1000) and small["detected"] == "0"
+    (patient,) = csv.DictReader((out / "patient.csv").open())
+    assert patient["lesion_count"] == "2" and patient["fp_lesions"] == "1"
+    assert float(patient["mtv_ml"]) == pytest.approx(66 * 12 / 1000)
+    # centroids (4.5, 4.5, 3) and (13, 13, 7.5) voxels -> Dmax in mm
+    expected = float(np.linalg.norm([(13 - 4.5) * 2, (13 - 4.5) * 2, (7.5 - 3) * 3]))
+    assert float(patient["dmax_mm"]) == pytest.approx(expected)
+
+
+def test_quantify_errors_are_one_line(images: dict[str, Path], tmp_path: Path) -> None:
+    write_volume(tmp_path / "other.nii.gz", np.zeros((20, 20, 13), np.uint8), AFFINE)
+    result = runner.invoke(
+        app, ["quantify", "--pet", str(images["suv"]), "--mask", str(tmp_path / "other.nii.gz"),
+              "--out", str(tmp_path / "q")]
+    )
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "other.nii.gz" in result.output and "suv.nii.gz" in result.output
+    result = runner.invoke(
+        app, ["quantify", "--pet", str(tmp_path / "none.nii.gz"), "--mask", str(images["mask"]),
+              "--out", str(tmp_path / "q")]
+    )
+    assert result.exit_code == 2 and "file not found" in result.output
+    assert not (tmp_path / "q").exists()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cfg = load_config("synthetic", TINY)
+    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
+    save_checkpoint({"config": cfg.to_dict(), "model": build_from_config(cfg.model).state_dict()}, path)
+    return path
+
+
+def test_predict_quantify_writes_csvs_beside_each_mask(checkpoint: Path, tmp_path: Path) -> None:
+    shape, spacing = (36, 40, 30), (10.0, 10.0, 12.0)
+    cases = write_cohort(tmp_path / "data", 2, "autopet", seed=3, shape=shape, spacing=spacing)
+    out = tmp_path / "pred"
+    result = runner.invoke(
+        app, ["predict", "--checkpoint", str(checkpoint), "--input", str(tmp_path / "data"),
+              "--out-dir", str(out), "--quantify"]
+    )
+    assert result.exit_code == 0, result.output
+    for case in cases:
+        assert (out / f"{case.case_id}.nii.gz").is_file()
+        (row,) = csv.DictReader((out / f"{case.case_id}_patient.csv").open())
+        assert row["case_id"] == case.case_id
+        assert (out / f"{case.case_id}_lesions.csv").read_text().startswith("case_id,lesion_id,")
+    single = tmp_path / "one" / "mask.nii.gz"
+    result = runner.invoke(
+        app, ["predict", "--checkpoint", str(checkpoint), "--ct", str(cases[0].ct),
+              "--pet", str(cases[0].pet), "--out", str(single), "--quantify"]
+    )
+    assert result.exit_code == 0, result.output
+    assert (single.parent / "mask_lesions.csv").is_file() and (single.parent / "mask_patient.csv").is_file()

@@ -1,0 +1,108 @@
+"""The experiment file: valid files load; every error is one line naming the file and the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from experiment_fixtures import METHODS, spec_dict, write_spec
+from typer.testing import CliRunner
+
+from h2aseg.cli import app
+from h2aseg.experiments.spec import SpecError, load_spec
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _error(tmp_path: Path, doc: dict[str, Any]) -> str:
+    path = write_spec(tmp_path / "exp.yaml", doc)
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    msg = str(info.value)
+    assert msg.startswith(f"{path}: ") and "\n" not in msg
+    return msg
+
+
+def test_tiny_spec_loads_and_builds_run_configs(tmp_path: Path) -> None:
+    spec = load_spec(write_spec(tmp_path / "exp.yaml", spec_dict(tmp_path / "data")))
+    assert [m.label for m in spec.methods] == ["suv_2.5", "suv_41pct", "full", "base"]
+    assert spec.methods[0].training_free and spec.methods[0].title == "SUV >= 2.5"
+    cfg = spec.run_config(spec.methods[3], 1, tmp_path / "out")
+    assert cfg.train.seed == 1 and cfg.train.epochs == 2 and cfg.data.patch_size == (32, 32, 32)
+    assert (cfg.model.use_mcsa, cfg.model.use_tamw) == (False, False)
+    assert cfg.data.split_file == str(tmp_path / "out" / "split.json")
+
+
+@pytest.mark.parametrize("name", ["table1.yaml", "table2.yaml", "table1-cpu.yaml", "table2-cpu.yaml"])
+def test_shipped_experiment_files_load(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUTOPET_ROOT", "/data/autopet")
+    spec = load_spec(REPO / "experiments" / name)
+    assert spec.seeds == (0, 1, 2, 3)
+    assert spec.schedule.base == ("cpu-small" if "cpu" in name else "paper")
+    if name.startswith("table2"):
+        assert sum(m.ablation is not None for m in spec.methods) == 4
+
+
+def test_unknown_network(tmp_path: Path) -> None:
+    doc = spec_dict(tmp_path, methods=[*METHODS, {"label": "x", "network": "no_such_net"}])
+    msg = _error(tmp_path, doc)
+    assert "methods[4].network" in msg and "unknown network 'no_such_net'" in msg and "h2aseg" in msg
+
+
+def test_nnunet_is_not_supported_yet(tmp_path: Path) -> None:
+    msg = _error(tmp_path, spec_dict(tmp_path, methods=[{"label": "nnunet", "network": "nnunet"}]))
+    assert "methods[0].network" in msg and "not supported" in msg
+
+
+@pytest.mark.parametrize("seeds", [[], [0, 0], [1, "a"], [-1], 3, [True]])
+def test_bad_seed_list(tmp_path: Path, seeds: Any) -> None:
+    msg = _error(tmp_path, spec_dict(tmp_path, seeds=seeds))
+    assert ": seeds: " in msg and "distinct non-negative integers" in msg
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"sedes": [0]}, "sedes"),
+        ({"dataset": {"root": ".", "layuot": "auto"}}, "dataset.layuot"),
+        ({"methods": [{"label": "a", "network": "h2aseg", "overide": []}]}, "methods[0].overide"),
+        ({"schedule": {"base": "cpu-small", "extra": 1}}, "schedule.extra"),
+    ],
+)
+def test_unknown_field(tmp_path: Path, change: dict[str, Any], field: str) -> None:
+    msg = _error(tmp_path, spec_dict(tmp_path, **change))
+    assert f": {field}: unknown field" in msg
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "text"),
+    [
+        ({"schedule": "fast"}, "schedule", "paper, cpu-small"),
+        ({"methods": [{"label": "a", "network": "h2aseg", "overrides": ["model.nope=1"]}]},
+         "methods[0].overrides", "unknown config field"),
+        ({"methods": [{"label": "a", "network": "h2aseg", "overrides": ["train.seed=3"]}]},
+         "methods[0].overrides[0]", "seeds"),
+        ({"methods": [{"label": "a b", "network": "h2aseg"}]}, "methods[0].label", "folder name"),
+        ({"methods": [METHODS[2], {**METHODS[2], "label": "again"}]}, "methods[1].title", "used by"),
+        ({"methods": [{"label": "u", "network": "unet3d", "ablation": {"mcsa": True, "tamw": True}}]},
+         "methods[0].ablation", "only H2ASeg"),
+        ({"methods": [{**METHODS[2], "overrides": ["model.use_tamw=false"]}]}, "methods[0].overrides",
+         "contradicts its ablation"),
+        ({"overrides": ["data.patch_size=[1,2]"]}, "overrides", "expected 3 values"),
+        ({"dataset": {"root": "${NO_SUCH_VARIABLE_H2ASEG}"}}, "dataset.root", "NO_SUCH_VARIABLE_H2ASEG"),
+        ({"protocol": "brats"}, "protocol", "paper, autopet, hecktor"),
+    ],
+)
+def test_bad_values_name_the_field(tmp_path: Path, change: dict[str, Any], field: str, text: str) -> None:
+    msg = _error(tmp_path, spec_dict(tmp_path, **change))
+    assert f": {field}: " in msg and text in msg
+
+
+def test_cli_reports_spec_errors_in_one_line(tmp_path: Path) -> None:
+    path = write_spec(tmp_path / "exp.yaml", spec_dict(tmp_path, seeds=[0, 0]))
+    result = CliRunner().invoke(app, ["experiment", "--config", str(path), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "error:" in result.output and "seeds" in result.output and "exp.yaml" in result.output
+    bad = CliRunner().invoke(app, ["experiment", "--config", str(path), "--out", "o", "--shard", "2/2"])
+    assert bad.exit_code == 2 and "--shard" in bad.output
