@@ -47,3 +47,9 @@ def test_predict_needs_one_mode(tmp_path: Path) -> None:
         app, ["predict", "--checkpoint", str(tmp_path / "x.pt"), "--input", "a", "--out-dir", "b"]
     )
     assert result.exit_code == 2 and "checkpoint file not found" in result.output
+
+
+@pytest.mark.parametrize("cmd", ["synth", "train", "predict", "experiment", "demo"])
+def test_long_running_commands_share_the_progress_flag(cmd: str) -> None:
+    result = runner.invoke(app, [cmd, "--help"], terminal_width=200)
+    assert result.exit_code == 0 and "--no-progress" in result.output

@@ -43,6 +43,7 @@ def predict(
         "INPUT/images/{ct,pet}/*.mha, write OUTPUT/images/automated-petct-lesion-segmentation/<uuid>.mha "
         "(docs/challenge.md)."
     ),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
 ) -> None:
     """Sliding-window prediction; masks are uint8 NIfTI in the original CT geometry."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -105,6 +106,7 @@ def predict(
             TextColumn("{task.description}"),
             TimeRemainingColumn(),
             console=err_console,
+            disable=not progress,
         ) as bar:
             task = bar.add_task("", total=len(cases))
             paths = predict_cases(
