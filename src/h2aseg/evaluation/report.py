@@ -162,15 +162,16 @@ def _none_if_nan(v: float) -> float | None:
     return None if v is None or not math.isfinite(v) else float(v)
 
 
-def _json_safe(obj: Any) -> Any:
+def json_safe(obj: Any) -> Any:
+    """``obj`` with NaN/inf as ``None``, NumPy scalars as Python numbers and paths as strings (for JSON)."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, Mapping):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
+        return {str(k): json_safe(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
+        return [json_safe(v) for v in obj]
     if isinstance(obj, np.generic):
-        return _json_safe(obj.item())
+        return json_safe(obj.item())
     if isinstance(obj, Path):
         return str(obj)
     return obj
@@ -224,7 +225,8 @@ def format_cell(mean: float | None, std: float | None, digits: int = 2) -> str:
     return f"{mean:.{digits}f}" + ("" if std is None else f"±{std:.{digits}f}")
 
 
-def _header(metric: str) -> str:
+def metric_header(metric: str) -> str:
+    """A table column head: the metric's label, its better direction and its unit."""
     info = METRICS[metric]
     arrow = "↑" if info.higher_is_better else "↓"
     return f"{info.label} ({arrow})" + (f" [{info.unit}]" if info.unit and info.unit != "%" else "")
@@ -235,7 +237,7 @@ def summary_markdown(summary: Mapping[str, Any], name: str = "this run") -> str:
     cols = list(summary["columns"])
     m = summary["metrics"]
     lines = [
-        f"| {summary['protocol']} | " + " | ".join(_header(c) for c in cols) + " |",
+        f"| {summary['protocol']} | " + " | ".join(metric_header(c) for c in cols) + " |",
         "|---|" + "---:|" * len(cols),
         f"| {name} | " + " | ".join(format_cell(m[c]["mean"], m[c]["std"]) for c in cols) + " |",
         "",
@@ -256,7 +258,7 @@ def write_evaluation(
     out.mkdir(parents=True, exist_ok=True)
     paths = {
         "per_case": write_per_case_csv(rows, out / "per_case.csv", per_case_columns(summary["protocol"])),
-        "summary": atomic_write_text(out / "summary.json", json.dumps(_json_safe(summary), indent=2) + "\n"),
+        "summary": atomic_write_text(out / "summary.json", json.dumps(json_safe(summary), indent=2) + "\n"),
         "markdown": atomic_write_text(out / "summary.md", summary_markdown(summary)),
     }
     return paths
@@ -307,7 +309,7 @@ def aggregate_runs(summaries: Sequence[Mapping[str, Any]]) -> dict[str, dict[str
 Cell = Mapping[str, float | int | None]
 
 
-def _ranks(values: Sequence[float | None], higher_is_better: bool, digits: int) -> list[int]:
+def rank_positions(values: Sequence[float | None], higher_is_better: bool, digits: int) -> list[int]:
     """0 = best, 1 = second, 2 = other, on values rounded as displayed (ties share a rank)."""
     shown = sorted({round(v, digits) for v in values if v is not None}, reverse=higher_is_better)
     return [2 if v is None else min(shown.index(round(v, digits)), 2) for v in values]
@@ -333,7 +335,7 @@ def table1(
     for group, metric in columns:
         vals = [rows[m].get(group, {}).get(metric, {}) for m in methods]
         means = [v.get("mean") for v in vals]
-        ranks = _ranks(means, METRICS[metric].higher_is_better, digits)  # type: ignore[arg-type]
+        ranks = rank_positions(means, METRICS[metric].higher_is_better, digits)  # type: ignore[arg-type]
         for m, v, rank in zip(methods, vals, ranks, strict=True):
             mean, std = v.get("mean"), v.get("std")
             if mean is None:
@@ -347,7 +349,7 @@ def table1(
                 num = f"\\textbf{{{num}}}" if rank == 0 else f"\\underline{{{num}}}" if rank == 1 else num
                 cells[m].append(num + ("" if std is None else f"$\\pm${std:.{digits}f}"))
     groups = list(dict.fromkeys(g for g, _ in columns))
-    heads = [_header(metric) for _, metric in columns]
+    heads = [metric_header(metric) for _, metric in columns]
     if fmt == "markdown":
         top = "| Methods | " + " | ".join(f"{g}: {h}" if len(groups) > 1 else h
                                           for (g, _), h in zip(columns, heads, strict=True)) + " |"
@@ -419,7 +421,7 @@ def write_runs_table(
     return {
         "markdown": atomic_write_text(out / "table.md", table1(rows, cols, fmt="markdown")),
         "latex": atomic_write_text(out / "table.tex", table1(rows, cols, fmt="latex")),
-        "json": atomic_write_text(out / "table.json", json.dumps(_json_safe(
+        "json": atomic_write_text(out / "table.json", json.dumps(json_safe(
             {"columns": [list(c) for c in cols], "rows": rows,
              "n_runs": {m: {g: len(s) for g, s in gr.items()} for m, gr in runs.items()}}), indent=2) + "\n"),
     }

@@ -16,17 +16,17 @@ reflect every finished run:
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 from h2aseg.evaluation.report import (
     METRICS,
     PROTOCOL_COLUMNS,
-    _header,
-    _ranks,
     aggregate_runs,
+    json_safe,
     load_summary,
+    metric_header,
+    rank_positions,
     table1,
 )
 from h2aseg.experiments.locks import held
@@ -101,7 +101,7 @@ def write_table1(spec: ExperimentSpec, layout: Layout, done: dict[str, list]) ->
         "protocol": spec.protocol,
         "std_over": spec.std_over,
         "columns": [list(c) for c in columns],
-        "rows": _json_safe(rows),
+        "rows": json_safe(rows),
         "seeds_done": {m.label: [s for s, _ in done[m.label]] for m in spec.methods},
     }
     return [
@@ -138,12 +138,12 @@ def table2_markdown(spec: ExperimentSpec, done: dict[str, list]) -> str | None:
     marks: dict[str, list[int]] = {}
     for k in metrics:
         means = [cells[a].get(k, {}).get("mean") for a in ABLATION_ORDER]
-        marks[k] = _ranks(means, METRICS[k].higher_is_better, 2)
+        marks[k] = rank_positions(means, METRICS[k].higher_is_better, 2)
     lines = [
         f"{spec.name}: effects of MCSA and TAMW; {_spread(spec)}. The best is in bold, the second "
         "underlined.",
         "",
-        "| MCSA | TAMW | " + " | ".join(_header(k) for k in metrics) + " | Seeds |",
+        "| MCSA | TAMW | " + " | ".join(metric_header(k) for k in metrics) + " | Seeds |",
         "|:-:|:-:|" + "---:|" * len(metrics) + "---:|",
     ]
     for i, a in enumerate(ABLATION_ORDER):
@@ -225,13 +225,3 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-
-
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    return obj
