@@ -65,3 +65,22 @@ def test_every_preset_setting_says_whose_it_is(preset: str) -> None:
     ]
     assert not unmarked, f"{preset}.yaml lines without a paper/released/ours mark: {unmarked}"
 
+
+
+@pytest.mark.parametrize(
+    ("assignment", "field", "allowed"),
+    [
+        ("train.optimizer=sgd", "train.optimizer", "adam, adamw"),
+        ("model.variant=official", "model.variant", "paper, released"),
+        ("data.augment=strict", "data.augment", "configured, paper, released"),
+        ("infer.amp=fp8", "infer.amp", "auto, bf16, fp16, off"),
+        ("data.layout=nifti", "data.layout", "auto, autopet, autopet-nnunet, hecktor, csv"),
+    ],
+)
+def test_options_with_fixed_values_are_checked_at_load(assignment: str, field: str, allowed: str) -> None:
+    with pytest.raises(ConfigError, match=rf"{field}: .* is not one of {allowed}$"):
+        load_config("synthetic", [assignment])
+
+
+def test_yaml_off_is_read_as_the_amp_option() -> None:
+    assert load_config("synthetic", ["train.amp=off", "infer.amp=bf16"]).train.amp == "off"

@@ -13,7 +13,7 @@ import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -21,6 +21,17 @@ from h2aseg.files import atomic_write_text
 
 Triple = tuple[int, int, int]
 FloatTriple = tuple[float, float, float]
+
+
+# Options with a fixed set of values: checked when a config is loaded (the error names field and values).
+Layout = Literal["auto", "autopet", "autopet-nnunet", "hecktor", "csv"]
+LabelMode = Literal["binary", "multiclass"]
+Augment = Literal["configured", "paper", "released"]
+Variant = Literal["paper", "released"]
+Optimizer = Literal["adam", "adamw"]
+Schedule = Literal["constant", "exponential", "cosine", "onecycle"]
+Amp = Literal["auto", "bf16", "fp16", "off"]
+Blend = Literal["gaussian", "constant"]
 
 
 class ConfigError(ValueError):
@@ -32,19 +43,19 @@ class DataConfig:
     """Where the cases are and how they become tensors (layout, geometry, intensities, patches)."""
 
     root: str | None = None
-    layout: str = "auto"  # auto | autopet | autopet-nnunet | hecktor | csv
+    layout: Layout = "auto"
     swap_channels: bool = False  # nnU-Net layout with _0000 = PET, _0001 = CT (autoPET I baseline order)
     target_spacing: FloatTriple | None = None  # mm; None keeps the CT grid
     ct_window: tuple[float, float] = (-1000.0, 1000.0)  # HU clipped, then scaled to [0, 1]
     pet_window: tuple[float, float] = (0.0, 20.0)  # SUV clipped, then scaled to [0, 1]
-    label_mode: str = "binary"  # binary (GTVp + GTVn merged, as the paper) | multiclass
+    label_mode: LabelMode = "binary"  # binary: GTVp + GTVn merged, as the paper
     num_label_classes: int = 1  # foreground classes in the label files (HECKTOR: 2)
     patch_size: Triple = (128, 128, 64)  # paper
     crops_per_case: int = 2  # released code (2 cases x 2 crops per step)
     pos_fraction: float = 0.5  # released code: positive : negative crops = 1 : 1
     lesion_case_fraction: float | None = None  # None: cases drawn uniformly (paper); f: a share f of draws
     # are studies with lesions (ours; needs train.steps_per_epoch)
-    augment: str = "configured"  # configured: the five fields below | paper | released (see augmentation())
+    augment: Augment = "configured"  # configured: the five fields below; paper | released (augmentation())
     crop_to_body: bool = True  # ours (the released code crops to the PET foreground)
     rotate_prob: float = 0.8  # released code (about the axial axis)
     rotate_range_deg: float = 45.0  # released code
@@ -62,7 +73,7 @@ class ModelConfig:
     """Which network from the registry, and its constructor arguments."""
 
     name: str = "h2aseg"
-    variant: str = "paper"  # paper | released
+    variant: Variant = "paper"
     channels: tuple[int, ...] = (8, 16, 32, 64, 128)
     window_size: Triple = (8, 8, 4)
     mcsa_levels: tuple[int, ...] | None = None  # None: the variant's (paper 1-5, released 2-3)
@@ -84,8 +95,8 @@ class TrainConfig:
     steps_per_epoch: int | None = None  # None: one pass over the training cases
     lr: float = 1e-4
     weight_decay: float = 1e-5
-    optimizer: str = "adam"  # adam | adamw
-    lr_schedule: str = "constant"  # constant | exponential (released: x0.99 per epoch) | cosine | onecycle
+    optimizer: Optimizer = "adam"
+    lr_schedule: Schedule = "constant"  # exponential: the released x0.99 per epoch
     lr_decay: float = 0.99
     warmup_steps: int = 0
     grad_clip: float | None = None
@@ -93,7 +104,7 @@ class TrainConfig:
     val_every: int = 10
     val_max_cases: int | None = None
     seed: int = 12345
-    amp: str = "auto"  # auto (fp16 on CUDA, off on CPU) | bf16 | fp16 | off
+    amp: Amp = "auto"  # auto: fp16 on CUDA, off on CPU
     device: str = "auto"
     deterministic: bool = True
     init_checkpoint: str | None = None  # start from these weights (fine-tuning)
@@ -106,11 +117,11 @@ class InferConfig:
     roi_size: Triple | None = None  # None: data.patch_size
     overlap: float = 0.5
     sw_batch_size: int = 2
-    blend: str = "gaussian"  # gaussian | constant
+    blend: Blend = "gaussian"
     tta_flips: bool = False
     threshold: float = 0.5
     save_probabilities: bool = False
-    amp: str = "auto"
+    amp: Amp = "auto"
     device: str = "auto"
 
 
@@ -172,6 +183,12 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
             except ConfigError as e:
                 errors.append(str(e))
         raise ConfigError(f"{where}: {value!r} does not match {tp}")
+    if origin is Literal:
+        if isinstance(value, bool) and "off" in args:  # YAML 1.1 reads a bare off/on as a boolean
+            value = "on" if value else "off"
+        if value not in args:
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, args))}")
+        return value
     if origin is tuple:
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{where}: expected a sequence, got {value!r}")
