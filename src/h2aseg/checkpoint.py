@@ -13,12 +13,13 @@ from typing import Any
 
 import torch
 
+from h2aseg.errors import H2ASegError
 from h2aseg.files import atomic_write
 
 FORMAT = "h2aseg-checkpoint"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(H2ASegError):
     """A checkpoint file is missing, unreadable or not an h2aseg checkpoint."""
 
 

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import yaml
 
+from h2aseg.errors import H2ASegError
 from h2aseg.files import atomic_write_text
 
 Triple = tuple[int, int, int]
@@ -34,7 +35,7 @@ Amp = Literal["auto", "bf16", "fp16", "off"]
 Blend = Literal["gaussian", "constant"]
 
 
-class ConfigError(ValueError):
+class ConfigError(H2ASegError):
     """A configuration value, file or override is invalid; the message names it."""
 
 

@@ -19,6 +19,7 @@ import nibabel as nib
 import numpy as np
 
 from h2aseg.data.geometry import affine_voxel_volume_ml
+from h2aseg.errors import InputError
 from h2aseg.files import atomic_write
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -27,7 +28,7 @@ IMAGE_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 
 
-class ImageError(ValueError):
+class ImageError(InputError):
     """An input image is missing, unreadable or invalid; the message names the file and the problem."""
 
 

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from h2aseg.data.io import IMAGE_SUFFIXES, image_suffix, strip_image_suffix
+from h2aseg.errors import InputError
 
 LAYOUTS = ("autopet", "autopet-nnunet", "hecktor", "csv")
 AUTOPET_FILES = {"ct": "CTres", "pet": "SUV", "label": "SEG"}
@@ -46,7 +47,7 @@ WRITE_SUFFIX = ".nii.gz"
 _MAX_LISTED = 8
 
 
-class LayoutError(ValueError):
+class LayoutError(InputError):
     """A dataset folder cannot be read as the requested layout; the message names the offending paths."""
 
 

@@ -19,12 +19,13 @@ import nibabel as nib
 import numpy as np
 
 from h2aseg.data.layouts import Case
+from h2aseg.errors import InputError
 from h2aseg.files import atomic_write_text
 
 PARTS = ("train", "val", "test")
 
 
-class SplitError(ValueError):
+class SplitError(InputError):
     """A split file or split request is invalid; the message names the file or the problem."""
 
 

@@ -16,9 +16,10 @@ import numpy as np
 
 from h2aseg.data.geometry import resample_labels, voxel_volume_ml
 from h2aseg.data.io import ImageError, Volume, image_suffix, read_volume, strip_image_suffix
+from h2aseg.errors import InputError
 
 
-class EvaluationError(ValueError):
+class EvaluationError(InputError):
     """Inputs that cannot be evaluated (missing cases, mismatched grids, bad labels); message is one line."""
 
 

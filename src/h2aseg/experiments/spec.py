@@ -31,6 +31,7 @@ from typing import Any
 import yaml
 
 from h2aseg.config import PRESETS, Config, ConfigError, load_config
+from h2aseg.errors import H2ASegError
 
 #: Training-free rows (``h2aseg.inference.thresholding``) and their default titles.
 THRESHOLD_METHODS = {"suv_2.5": "SUV >= 2.5", "suv_41pct": "41% SUVmax"}
@@ -70,7 +71,7 @@ TOP_FIELDS = {"name", "dataset", "schedule", "seeds", "overrides", "methods", "p
               "std_over"}
 
 
-class SpecError(ValueError):
+class SpecError(H2ASegError):
     """The experiment file is invalid; the message names the file and the field."""
 
 

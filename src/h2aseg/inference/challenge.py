@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from h2aseg.data.io import ImageError, strip_image_suffix
+from h2aseg.errors import InputError
 from h2aseg.files import atomic_write
 from h2aseg.inference.predictor import Predictor
 
@@ -29,7 +30,7 @@ OUTPUT_DIR = Path("images") / "automated-petct-lesion-segmentation"
 SUFFIX = ".mha"
 
 
-class ChallengeIOError(ValueError):
+class ChallengeIOError(InputError):
     """The challenge's input folders cannot be read as CT/PET pairs; the message names the folder."""
 
 

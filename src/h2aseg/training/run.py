@@ -16,11 +16,12 @@ from h2aseg.config import Config, save_config
 from h2aseg.data.layouts import Case, discover
 from h2aseg.data.preprocess import CaseCache
 from h2aseg.data.splits import Split, load_split, make_split, save_split
+from h2aseg.errors import H2ASegError
 from h2aseg.inference.sliding import resolve_device
 from h2aseg.training.callbacks import progress_bar
 
 
-class RunDirError(ValueError):
+class RunDirError(H2ASegError):
     """The run directory cannot be used as asked (finished run without force, nothing to resume...)."""
 
 
