@@ -79,14 +79,14 @@ def test_constructor_validation(kwargs: dict, message: str) -> None:
 
 def test_input_not_divisible_is_refused() -> None:
     net = build_network("a2fseg", **TINY)
-    message = r"divisible by 8, got \(20, 16, 16\); pad or crop to e\.g\. \(24, 16, 16\)"
+    message = r"\(20, 16, 16\) is not divisible by 8 in every dimension; use e\.g\. \(24, 16, 16\)"
     with pytest.raises(ValueError, match=message):
         net(torch.randn(1, 2, 20, 16, 16))
 
 
 def test_too_small_training_input_and_bad_channels_are_refused() -> None:
     net = build_network("a2fseg", **TINY)
-    with pytest.raises(ValueError, match="too small to train"):
+    with pytest.raises(ValueError, match="too small"):
         net(torch.randn(1, 2, 8, 8, 8))
     with pytest.raises(ValueError, match=r"\(B, 2, X, Y, Z\)"):
         net(torch.randn(1, 3, 16, 16, 16))

@@ -86,3 +86,10 @@ def check_deepest_level(name: str, size: Sequence[int], divisor: Sequence[int]) 
             f"{name}: input spatial size {size} is too small: the deepest level would be 1x1x1, "
             f"which instance norm cannot normalise; use e.g. {bigger}"
         )
+
+
+def check_sized_input(name: str, x: torch.Tensor, divisor: Sequence[int], deepest_level: bool) -> None:
+    """:func:`check_input`, then :func:`check_deepest_level` when ``deepest_level`` (instance norm in use)."""
+    check_input(name, x, divisor)
+    if deepest_level:
+        check_deepest_level(name, x.shape[2:], divisor)

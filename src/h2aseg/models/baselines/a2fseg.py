@@ -36,6 +36,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
+from h2aseg.models.baselines._common import check_sized_input
 from h2aseg.models.blocks import InstanceNorm3dFP32, upsample
 from h2aseg.models.registry import register_network
 
@@ -150,24 +151,6 @@ def _validate(widths: Sequence[int], out_channels: int, in_channels: int) -> Non
         raise ValueError(f"A2FSeg here takes 2 input channels (CT, PET), got in_channels={in_channels}")
 
 
-def check_input(x: torch.Tensor, divisor: int, name: str, training: bool) -> None:
-    """Raise ``ValueError`` unless ``x`` is ``(B, 2, X, Y, Z)`` with every size divisible by ``divisor``
-    (and, in training, a deepest level of more than one voxel, which instance norm needs)."""
-    if x.ndim != 5 or x.shape[1] != MODALITIES:
-        raise ValueError(f"expected input (B, 2, X, Y, Z) with CT then PET, got {tuple(x.shape)}")
-    size = tuple(x.shape[2:])
-    if any(s % divisor for s in size):
-        good = tuple(-(-s // divisor) * divisor for s in size)
-        raise ValueError(
-            f"{name} needs every spatial size divisible by {divisor}, got {size}; pad or crop to e.g. {good}"
-        )
-    if training and all(s == divisor for s in size):
-        raise ValueError(
-            f"input {size} is too small to train {name}: its deepest level has one voxel, which instance "
-            f"normalisation cannot normalise; use e.g. {(2 * divisor, divisor, divisor)}"
-        )
-
-
 @register_network("a2fseg")
 class A2FSeg(nn.Module):
     """A2FSeg for ``(B, 2, X, Y, Z)`` CT/PET input; see the module docstring.
@@ -193,7 +176,7 @@ class A2FSeg(nn.Module):
         self.apply(he_init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        check_input(x, self.size_divisor, "A2FSeg", self.training)
+        check_sized_input("A2FSeg", x, (self.size_divisor,) * 3, self.training)  # IN: training only
         size = x.shape[2:]
         per_modality = [unet(x[:, m : m + 1]) for m, unet in enumerate(self.unets)]
         avg, deep = self.average(per_modality)

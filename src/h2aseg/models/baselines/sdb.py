@@ -45,7 +45,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from h2aseg.models.baselines.a2fseg import check_input
+from h2aseg.models.baselines._common import check_sized_input
 from h2aseg.models.blocks import InstanceNorm3dFP32, upsample
 from h2aseg.models.registry import register_network
 
@@ -191,7 +191,7 @@ class SDB(nn.Module):
         self._branch_logits: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input(x, self.size_divisor, "SDB", self.training)
+        check_sized_input("SDB", x, (self.size_divisor,) * 3, self.training)
         feats = self.encoder(x[:, 1:2], x[:, :1])
         fused: list[torch.Tensor] = []
         deeper = None

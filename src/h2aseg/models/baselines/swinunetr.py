@@ -26,8 +26,7 @@ from monai.networks.nets import SwinUNETR
 from h2aseg.models.baselines._common import (
     IN_CHANNELS,
     SPATIAL_DIMS,
-    check_deepest_level,
-    check_input,
+    check_sized_input,
     fixed_layout,
     is_instance_norm,
 )
@@ -88,7 +87,5 @@ class SwinUNETR3D(SwinUNETR):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, out_channels, X, Y, Z)``; every spatial size must be divisible by 32."""
-        check_input(self.network_name, x, self.size_divisor)
-        if self._instance_norm:
-            check_deepest_level(self.network_name, x.shape[2:], self.size_divisor)
+        check_sized_input(self.network_name, x, self.size_divisor, self._instance_norm)
         return super().forward(x)
