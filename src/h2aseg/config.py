@@ -33,6 +33,7 @@ Optimizer = Literal["adam", "adamw"]
 Schedule = Literal["constant", "exponential", "cosine", "onecycle"]
 Amp = Literal["auto", "bf16", "fp16", "off"]
 Blend = Literal["gaussian", "constant"]
+NegativeCentres = Literal["any", "hot"]
 
 
 class ConfigError(H2ASegError):
@@ -56,6 +57,9 @@ class DataConfig:
     pos_fraction: float = 0.5  # released code: positive : negative crops = 1 : 1
     lesion_case_fraction: float | None = None  # None: cases drawn uniformly (paper); f: a share f of draws
     # are studies with lesions (ours; needs train.steps_per_epoch)
+    negative_centres: NegativeCentres = "any"  # any: negative crops centred on any lesion-free voxel
+    # (released code); hot: on lesion-free voxels with SUV >= hot_suv (kidneys, bladder, brain, heart; ours)
+    hot_suv: float = 2.5  # SUV above which a lesion-free voxel is a hard-negative crop centre
     augment: Augment = "configured"  # configured: the five fields below; paper | released (augmentation())
     crop_to_body: bool = True  # ours (the released code crops to the PET foreground)
     rotate_prob: float = 0.8  # released code (about the axial axis)

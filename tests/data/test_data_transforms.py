@@ -159,3 +159,41 @@ def test_augment_modes_turn_off_what_the_paper_does_not_state() -> None:
     assert all(tuple(c["image"].shape[1:]) == PATCH for c in out)
     with pytest.raises(ValueError, match=r"data\.augment"):
         train_transforms(_cfg(augment="strict"))
+
+
+def _hot_case() -> PreprocessedCase:
+    """A lesion in the middle and a hot organ (SUV 6 on the [0, 20] window) in one corner of the body."""
+    pc = _case()
+    pc.image[1][5:9, 5:9, 4:8] = 0.3
+    return pc
+
+
+def test_hot_negative_crops_are_centred_on_physiological_uptake() -> None:
+    cfg = _cfg(crops_per_case=8, pos_fraction=0.0, crop_to_body=False, negative_centres="hot", hot_suv=2.5)
+    t = train_transforms(cfg)
+    for seed in range(3):
+        t.set_random_state(seed=seed)
+        for d in t(case_to_dict(_hot_case())):
+            assert d["label"].sum() == 0
+            # the crop centre lies in the hot organ, so the organ (PET 0.3, +- jitter) is in the crop
+            assert float(d["image"][1].max()) > 0.2
+
+
+def test_any_negative_crops_mostly_miss_the_hot_organ() -> None:
+    cfg = _cfg(crops_per_case=16, pos_fraction=0.0, crop_to_body=False, intensity_jitter=0.0)
+    t = train_transforms(cfg)
+    t.set_random_state(seed=0)
+    hits = [float(d["image"][1].max()) >= 0.3 for d in t(case_to_dict(_hot_case()))]
+    assert not all(hits)
+
+
+def test_hot_centres_fall_back_to_any_lesion_free_voxel() -> None:
+    pc = _case(lesion=False)  # no voxel reaches SUV 2.5 (PET 0.05 = SUV 1)
+    cfg = _cfg(crops_per_case=2, pos_fraction=0.0, negative_centres="hot")
+    out = train_transforms(cfg)(case_to_dict(pc))
+    assert len(out) == 2 and all(d["image"].shape == (2, *PATCH) for d in out)
+
+
+def test_hot_suv_outside_the_pet_window_is_rejected() -> None:
+    with pytest.raises(ValueError, match="hot_suv"):
+        train_transforms(_cfg(negative_centres="hot", hot_suv=25.0))

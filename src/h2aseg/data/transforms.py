@@ -6,7 +6,9 @@ Outputs are plain torch tensors (no metadata tracking, for speed): image float32
 
 Training (:func:`train_transforms`): crop to the body (CT above -500 HU, when ``cfg.crop_to_body``), pad to
 the patch size, ``cfg.crops_per_case`` positive/negative patch crops (``cfg.pos_fraction`` of the crop centres
-on lesion voxels, MONAI's ``RandCropByPosNegLabeld``; lesion-free cases give negative crops), random rotation
+on lesion voxels, MONAI's ``RandCropByPosNegLabeld``; lesion-free cases give negative crops; negative crops
+centred anywhere outside lesions, or with ``cfg.negative_centres == "hot"`` on physiological uptake,
+:class:`CropCentresd`), random rotation
 about the axial (z) axis, random flips along each axis, light per-channel intensity scale/shift, as
 ``cfg.augment`` chooses (:func:`augmentation`: as configured, the paper's none, or the released code's).
 Returns a list of ``cfg.crops_per_case`` dicts. Validation/inference (:func:`val_transforms`,
@@ -78,6 +80,45 @@ class _QuietPosNegCrop(RandCropByPosNegLabeld):
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Num foregrounds 0")
             return super().__call__(data, lazy=lazy)
+
+
+class CropCentresd(MapTransform):
+    """Candidate crop centres for :class:`RandCropByPosNegLabeld`: flat indices of lesion voxels
+    (``fg_indices``) and of the voxels negative crops are centred on (``bg_indices``).
+
+    ``hot_threshold`` ``None``: every lesion-free voxel (what the cropper does by itself). A value: only the
+    lesion-free voxels whose PET channel (index 1) reaches it, i.e. physiological uptake (kidneys, bladder,
+    brain, heart) that a detector has to learn to leave alone: hard negatives. A volume with no such voxel
+    falls back to every lesion-free voxel.
+    """
+
+    def __init__(self, hot_threshold: float | None) -> None:
+        super().__init__(keys=("label",))
+        self.hot_threshold = hot_threshold
+
+    def __call__(self, data: Any) -> Any:
+        d = dict(data)
+        label = torch.as_tensor(d["label"])[0].reshape(-1) > 0
+        d["fg_indices"] = torch.nonzero(label).flatten()
+        negative = ~label
+        if self.hot_threshold is not None:
+            hot = negative & (torch.as_tensor(d["image"])[1].reshape(-1) >= self.hot_threshold)
+            if bool(hot.any()):
+                negative = hot
+        d["bg_indices"] = torch.nonzero(negative).flatten()
+        return d
+
+
+def hot_threshold(cfg: DataConfig) -> float | None:
+    """``cfg.hot_suv`` on the normalised PET channel when ``cfg.negative_centres == "hot"``, else ``None``."""
+    if cfg.negative_centres != "hot":
+        return None
+    lo, hi = cfg.pet_window
+    if not lo < cfg.hot_suv < hi:
+        raise ValueError(
+            f"data.hot_suv must lie inside data.pet_window {list(cfg.pet_window)}, got {cfg.hot_suv}"
+        )
+    return float((cfg.hot_suv - lo) / (hi - lo))
 
 
 class RandAxialRotated(RandomizableTransform, MapTransform):
@@ -235,6 +276,7 @@ def train_transforms(cfg: DataConfig) -> Compose:
         )
     t += [
         SpatialPadd(keys=KEYS, spatial_size=patch, mode="constant", value=0),
+        CropCentresd(hot_threshold(cfg)),
         _QuietPosNegCrop(
             keys=KEYS,
             label_key="label",
@@ -242,6 +284,8 @@ def train_transforms(cfg: DataConfig) -> Compose:
             pos=float(cfg.pos_fraction),
             neg=1.0 - float(cfg.pos_fraction),
             num_samples=int(cfg.crops_per_case),
+            fg_indices_key="fg_indices",
+            bg_indices_key="bg_indices",
         ),
     ]
     if aug.rotate_prob > 0 and aug.rotate_range_deg > 0:
