@@ -10,13 +10,18 @@ radiological convention (patient's right on the viewer's left). Views:
 
 Comparison colours (:func:`comparison_rgba`): true positive red, false negative (missed) blue, false
 positive yellow, true negative transparent.
+
+Fig. 3 itself (several methods side by side, a row per case): :func:`render_comparison` draws
+:class:`ComparisonCase` rows; :func:`method_comparison` reads them from a dataset and prediction folders
+(``h2aseg analyze overlays``, and ``fig3.png`` of ``h2aseg experiment``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -229,3 +234,172 @@ def render_overlay(
     if title:
         fig.suptitle(title)
     return _save(fig, out_png)
+
+
+# ------------------------------------------------------------------------------------------- Fig. 3
+@dataclass
+class ComparisonCase:
+    """One row of Fig. 3: a case's PET (SUV), CT (HU), ground truth and each method's mask, one RAS+ grid
+    (a method's mask may be None: not predicted)."""
+
+    case_id: str
+    pet: np.ndarray
+    ct: np.ndarray | None = None
+    gt: np.ndarray | None = None
+    preds: dict[str, np.ndarray | None] = field(default_factory=dict)
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+
+def render_comparison(
+    cases: Sequence[ComparisonCase],
+    methods: Sequence[str],
+    out_png: str | Path,
+    *,
+    axis: View = "coronal",
+    base: Literal["ct", "pet"] = "ct",
+    ct_window: tuple[float, float] = (-160.0, 240.0),
+    title: str | None = None,
+    height_in: float = 2.6,
+    dpi: int = 100,
+) -> Path:
+    """Fig. 3: a row per case (the slice with the most ground truth), columns PET | CT | ground truth |
+    one per method, each mask in :func:`comparison_rgba`'s colours over the CT (``base="pet"``: the PET)
+    slice. Written atomically; returns the path."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    view = _check_view(axis)
+    if base not in ("ct", "pet"):
+        raise ValueError(f"unknown base image {base!r} (ct, pet)")
+    if not cases:
+        raise ValueError("no cases to draw")
+    horiz, vert = (0, 2) if view == "coronal" else (0, 1)
+    widths = [_figsize(c.pet.shape[horiz] * c.spacing[horiz], c.pet.shape[vert] * c.spacing[vert],
+                       height_in)[0] for c in cases]
+    cols = 3 + len(methods)
+    fig = Figure(figsize=(cols * min(max(widths), 3 * height_in), len(cases) * height_in + 1.0), dpi=dpi,
+                 layout="constrained")
+    axes = fig.subplots(len(cases), cols, squeeze=False)
+    for row, case in zip(axes, cases, strict=True):
+        _comparison_row(row, case, methods, view, base, ct_window)
+    legend = ((TP_COLOUR, "true positive"), (FN_COLOUR, "missed (FN)"), (FP_COLOUR, "false positive"))
+    fig.legend(handles=[Patch(color=np.array(c) / 255, label=lab) for c, lab in legend],
+               loc="outside lower center", ncol=3, frameon=False, fontsize=9)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, out_png)
+
+
+def _comparison_row(axes: Any, case: ComparisonCase, methods: Sequence[str], view: View, base: str,
+                    ct_window: tuple[float, float]) -> None:
+    pet = np.asarray(case.pet, dtype=np.float32)
+    gt = np.zeros(pet.shape, bool) if case.gt is None else np.asarray(case.gt) > 0
+    idx = default_slice(case.gt, None, view, fallback=pet)
+    sp = case.spacing
+    pet_plane = _plane(pet, view, idx)
+    pet_kw = dict(cmap="gray_r", vmin=0.0, vmax=_robust_max(pet_plane))
+    ct_plane = None if case.ct is None else _plane(np.asarray(case.ct, dtype=np.float32), view, idx)
+    ct_kw = dict(cmap="gray", vmin=ct_window[0], vmax=ct_window[1])
+    under, under_kw = (pet_plane, pet_kw) if base == "pet" or ct_plane is None else (ct_plane, ct_kw)
+    _show(axes[0], pet_plane, sp, view, **pet_kw)
+    axes[0].set_title("PET", fontsize=9)
+    name = "\n".join(case.case_id[i : i + 24] for i in range(0, len(case.case_id), 24))
+    axes[0].set_ylabel(f"{name}\n{view} slice {idx}", fontsize=8)
+    if ct_plane is not None:
+        _show(axes[1], ct_plane, sp, view, **ct_kw)
+    else:
+        _blank(axes[1], "no CT")
+    axes[1].set_title("CT", fontsize=9)
+    g = _plane(gt, view, idx)
+    panels: list[tuple[str, np.ndarray | None]] = [("ground truth", g)]
+    panels += [(m, None if case.preds.get(m) is None else _plane(np.asarray(case.preds[m]) > 0, view, idx))
+               for m in methods]
+    for ax, (name, mask) in zip(axes[2:], panels, strict=True):
+        ax.set_title(name, fontsize=9)
+        if mask is None:
+            _blank(ax, "no prediction")
+            continue
+        _show(ax, under, sp, view, **under_kw)
+        ax.imshow(_display(comparison_rgba(mask, g, alpha=200)), aspect=_aspect(sp, view),
+                  interpolation="nearest")
+
+
+def _blank(ax: Any, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=8)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def prediction_label(folder: str | Path) -> str:
+    """A method's name from its prediction folder: the folder's name, or for ``.../<label>/seed<N>/
+    predictions`` (an experiment run) ``<label>``."""
+    p = Path(folder)
+    if p.name == "predictions":
+        p = p.parent.parent if p.parent.name.startswith("seed") or p.parent.name == "fixed" else p.parent
+    return p.name
+
+
+def comparison_case(case: Any, pred_dirs: Mapping[str, str | Path]) -> ComparisonCase:
+    """Read a :class:`~h2aseg.data.layouts.Case` (CT, PET onto the CT grid, label) and each method's
+    ``<dir>/<case_id>.nii.gz`` (in the CT's geometry, as ``h2aseg predict`` writes them), all reoriented to
+    RAS+; a missing prediction file is None, one on another grid an :class:`~h2aseg.errors.InputError`."""
+    from h2aseg.config import DataConfig
+    from h2aseg.data.geometry import reorient
+    from h2aseg.data.io import ImageError, read_volume
+    from h2aseg.data.preprocess import preprocess_images
+
+    hu = (-1024.0, 3072.0)
+    cfg = DataConfig(target_spacing=None, ct_window=hu, num_label_classes=255)
+    pc = preprocess_images(case.ct, case.pet, cfg, label_path=case.label, case_id=case.case_id)
+    geo = pc.geometry
+    preds: dict[str, np.ndarray | None] = {}
+    for name, folder in pred_dirs.items():
+        path = Path(folder) / f"{case.case_id}.nii.gz"
+        if not path.is_file():
+            preds[name] = None
+            continue
+        vol = read_volume(path, dtype=None)
+        if tuple(vol.shape) != tuple(geo.ct_shape):
+            raise ImageError(f"{path}: shape {tuple(vol.shape)} differs from the CT's {tuple(geo.ct_shape)} "
+                             f"({case.ct}); predictions must be in the CT's geometry")
+        preds[name] = reorient(np.asarray(vol.array) > 0, vol.affine, geo.ornt)[0]
+    ct = pc.image[0] * np.float32(hu[1] - hu[0]) + np.float32(hu[0])
+    return ComparisonCase(case.case_id, pc.suv, ct, pc.label, preds, geo.spacing)
+
+
+def lesion_volumes(cases: Sequence[Any]) -> dict[str, int]:
+    """Ground-truth voxels per case (cases without a label file: 0)."""
+    import nibabel as nib
+
+    def voxels(path: Path | None) -> int:
+        return 0 if path is None else int(np.count_nonzero(np.asanyarray(nib.load(str(path)).dataobj)))
+
+    return {c.case_id: voxels(c.label) for c in cases}
+
+
+def pick_cases(cases: Sequence[Any], n: int = 3, volumes: Mapping[str, float] | None = None) -> list[Any]:
+    """Up to ``n`` cases with lesions, the largest ground truth first (ties: case id); ``volumes``
+    (``{case_id: ground-truth size}``, e.g. an evaluation's ``mtv_gt_ml``) spares reading the labels."""
+    if volumes is None:
+        volumes = lesion_volumes(cases)
+    vols = {c.case_id: volumes.get(c.case_id, 0.0) for c in cases}
+    ranked = sorted((c for c in cases if vols[c.case_id] > 0), key=lambda c: (-vols[c.case_id], c.case_id))
+    return ranked[:n]
+
+
+def method_comparison(
+    cases: Sequence[Any],
+    pred_dirs: Mapping[str, str | Path],
+    out_png: str | Path,
+    *,
+    axis: View = "coronal",
+    base: Literal["ct", "pet"] = "ct",
+    title: str | None = None,
+) -> Path:
+    """Fig. 3 for ``cases`` (a row each) and the methods of ``pred_dirs`` (``{name: prediction folder}``,
+    a column each, in that order)."""
+    rows = [comparison_case(c, pred_dirs) for c in cases]
+    return render_comparison(rows, list(pred_dirs), out_png, axis=axis, base=base, title=title)

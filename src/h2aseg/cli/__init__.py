@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from h2aseg.cli import convert, demo, evaluate, experiment, predict, quantify, synth, train
+from h2aseg.cli import analyze, convert, demo, evaluate, experiment, export, predict, quantify, synth, train
 
 app = typer.Typer(
     name="h2aseg",
@@ -15,7 +15,7 @@ app = typer.Typer(
 )
 
 # Each command module defines ``register(app: typer.Typer)``; the order is the order in --help.
-for _mod in (synth, convert, train, predict, evaluate, quantify, experiment, demo):
+for _mod in (synth, convert, train, predict, evaluate, quantify, analyze, experiment, export, demo):
     _mod.register(app)
 
 

@@ -63,9 +63,13 @@ def evaluate(
                                         "7=1 --label-map 2=0). Without it, labels other than 0/1 (hecktor: "
                                         "0/1/2) are an error."),
     jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Cases evaluated in parallel (processes)."),
+    nnunet_cases: Path | None = typer.Option(None, "--nnunet-cases", help="h2aseg_cases.json (or its dataset "
+                                             "folder) from export-nnunet: mask files named by an nnU-Net "
+                                             "identifier (in --pred and --gt) count as its case id."),
 ) -> None:
     """Score predictions against ground truth by case id; writes per-case and summary tables."""
     from h2aseg.data.io import ImageError
+    from h2aseg.data.nnunet_export import load_case_map
     from h2aseg.evaluation.matching import EvaluationError, parse_label_map
     from h2aseg.evaluation.pipeline import evaluate_folders
     from h2aseg.evaluation.report import METRICS, format_cell, write_evaluation
@@ -74,6 +78,7 @@ def evaluate(
         raise _fail(f"{pred}: prediction folder not found")
     try:
         mapping = parse_label_map(label_map)
+        case_ids = None if nnunet_cases is None else load_case_map(nnunet_cases)
         with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
                       MofNCompleteColumn(), TimeRemainingColumn(), console=_err, transient=True) as prog:
             task = prog.add_task("evaluating", total=None)
@@ -84,7 +89,7 @@ def evaluate(
             res = evaluate_folders(
                 pred, gt, protocol=protocol.value, gt_layout=gt_layout.value, hd95_convention=hd95.value,
                 hd95_empty_penalty=hd95_empty_penalty, resample=resample, allow_missing=allow_missing,
-                label_map=mapping, jobs=jobs, on_case=_tick,
+                label_map=mapping, case_ids=case_ids, jobs=jobs, on_case=_tick,
             )
         paths = write_evaluation(out, res.rows, res.summary)
     except (EvaluationError, ImageError, ValueError, OSError) as e:

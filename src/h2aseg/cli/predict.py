@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from h2aseg.cli.common import err_console, fail
 from h2aseg.cli.convert import DOSE_OPTION, INJECTION_OPTION, WEIGHT_OPTION, dicom_to_autopet, suv_overrides
+
+if TYPE_CHECKING:
+    from h2aseg.inference.predictor import Predictor
 
 
 def predict(
@@ -38,6 +42,13 @@ def predict(
         False, "--quantify", help="Also write <case>_lesions.csv and <case>_patient.csv (PET measures, "
         "docs/quantify.md) beside each mask, measured on the case's SUV."
     ),
+    report: bool = typer.Option(
+        False,
+        "--report",
+        help="Also write report/<case>.html beside the masks (and report/index.html for --input): PET MIPs "
+        "with the lesions outlined, the lesion and patient tables, the settings (docs/report.md). "
+        "Implies --quantify.",
+    ),
     challenge_io: tuple[Path, Path] | None = typer.Option(
         None, "--challenge-io", metavar="INPUT OUTPUT", help="The autoPET grand-challenge interface: read "
         "INPUT/images/{ct,pet}/*.mha, write OUTPUT/images/automated-petct-lesion-segmentation/<uuid>.mha "
@@ -58,6 +69,8 @@ def predict(
     folder = input_dir is not None or out_dir is not None
     if challenge_io is not None and (single or folder):
         raise fail("--challenge-io takes no --ct/--pet/--out or --input/--out-dir")
+    if challenge_io is not None and report:
+        raise fail("--report is for --ct/--pet/--out or --input/--out-dir, not --challenge-io")
     if single == folder and challenge_io is None:
         raise fail("give either --ct, --pet and --out (one patient) or --input and --out-dir (a folder)")
     if single and (ct is None or pet is None or out is None):
@@ -89,8 +102,9 @@ def predict(
             pred = predictor.predict_files(ct, pet, case_id=ct.name)
             path = write_prediction(pred, out, inputs=(ct, pet))
             err_console.print(f"wrote {path}", highlight=False)
-            if quantify:
-                _quantify([(path, pet)])
+            if quantify or report:
+                settings = _report_settings(checkpoint, predictor) if report else None
+                _quantify([(path, pet, ct)], settings, index=False)
             return
         assert input_dir is not None and out_dir is not None
         input_dir, layout, dicom_failed = dicom_to_autopet(  # DICOM: converted into out_dir/.dicom first
@@ -117,21 +131,61 @@ def predict(
                 on_case=lambda cid, status: bar.update(task, advance=1, description=f"{cid} {status}"),
             )
         err_console.print(f"wrote {len(paths)} masks to {out_dir}", highlight=False)
-        if quantify:
-            _quantify([(p, c.pet) for c, p in zip(cases, paths, strict=True)])
+        if quantify or report:
+            settings = _report_settings(checkpoint, predictor) if report else None
+            _quantify([(p, c.pet, c.ct) for c, p in zip(cases, paths, strict=True)], settings, index=True)
         if dicom_failed:
             raise typer.Exit(code=1)  # the failed studies were reported above
     except (CheckpointError, ConfigError, ImageError, LayoutError, ValueError) as e:
         raise fail(str(e)) from None
 
 
-def _quantify(masks_and_suvs: list[tuple[Path, Path]]) -> None:
-    """``--quantify``: ``<case>_lesions.csv`` and ``<case>_patient.csv`` beside each mask."""
+def _quantify(
+    studies: list[tuple[Path, Path, Path]], report: dict[str, object] | None, *, index: bool
+) -> None:
+    """``--quantify``: ``<case>_lesions.csv`` and ``<case>_patient.csv`` beside each (mask, SUV, CT).
+
+    ``--report`` (``report`` = the run's settings): also ``report/<case>.html`` beside the masks, from the
+    same measures, and with ``index`` ``report/index.html`` linking them.
+    """
+    from h2aseg.analysis.html_report import INDEX_NAME, page_href, report_prediction, write_index
     from h2aseg.evaluation.quantify import quantify_mask_file
 
-    for mask, suv in masks_and_suvs:
-        quantify_mask_file(mask, suv)
-    err_console.print(f"wrote lesion and patient CSVs beside {len(masks_and_suvs)} mask(s)", highlight=False)
+    pages = []
+    for mask, suv, ct in studies:
+        if report is None:
+            quantify_mask_file(mask, suv)
+            continue
+        settings = {"CT": ct, "PET (SUV)": suv, "mask": mask, **report}
+        q, page = report_prediction(mask, suv, settings, index_href=INDEX_NAME if index else None)
+        pages.append((q, page))
+    err_console.print(f"wrote lesion and patient CSVs beside {len(studies)} mask(s)", highlight=False)
+    if not pages:
+        return
+    where = pages[0][1].parent
+    if index:
+        write_index(where / INDEX_NAME, [(q, page_href(page)) for q, page in pages], settings=report)
+    pages_text = f"{len(pages)} report page(s){' and the index' if index else ''}"
+    err_console.print(f"wrote {pages_text} to {where}", highlight=False)
+
+
+def _report_settings(checkpoint: Path, predictor: Predictor) -> dict[str, object]:
+    """What the report pages list as the run's settings."""
+    from datetime import datetime
+
+    model, infer = predictor.cfg.model, predictor.cfg.infer
+    roi = "×".join(map(str, predictor.roi_size))
+    return {
+        "checkpoint": checkpoint,
+        "network": f"{model.name} ({model.variant} variant)" if model.name == "h2aseg" else model.name,
+        "sliding window": f"ROI {roi}, overlap {infer.overlap}, {infer.blend} blending",
+        "flip TTA": infer.tta_flips,
+        "threshold": infer.threshold,
+        "precision (amp)": infer.amp,
+        "device": predictor.device,
+        "lesions": "18-connected components of the mask (docs/quantify.md)",
+        "created": datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
 
 
 def register(app: typer.Typer) -> None:

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from h2aseg.cli.common import err_console, fail
+
+if TYPE_CHECKING:
+    from h2aseg.data.io import Volume
+    from h2aseg.evaluation.quantify import Quantification
 
 
 def quantify(
@@ -16,14 +21,28 @@ def quantify(
         None, "--gt", help="Ground-truth mask on the same grid: adds the per-lesion 'detected' flag."
     ),
     out: Path = typer.Option(..., "--out", help="Output folder for lesions.csv and patient.csv."),
+    case_id: str | None = typer.Option(
+        None, "--case-id", help="The case_id column and the report's title [the mask's file name]."
+    ),
+    report: bool = typer.Option(
+        False,
+        "--report",
+        help="Also write OUT/report.html: PET MIPs with the lesions outlined and numbered, the lesion and "
+        "patient tables, the inputs (docs/report.md).",
+    ),
 ) -> None:
     """Lesions = 18-connected components of the mask; measures as in docs/quantify.md."""
-    from h2aseg.data.io import ImageError
-    from h2aseg.evaluation.quantify import quantify_files, write_to_dir
+    from h2aseg.data.io import ImageError, read_volume
+    from h2aseg.evaluation.quantify import quantify_volumes, write_to_dir
 
     try:
-        q = quantify_files(pet, mask, gt)
-        paths = write_to_dir(q, out)
+        suv, lesions = read_volume(pet, dtype=None), read_volume(mask, dtype=None)
+        truth = None if gt is None else read_volume(gt, dtype=None)
+        q = quantify_volumes(suv, lesions, truth, case_id=case_id)
+        paths = list(write_to_dir(q, out))
+        if report:
+            inputs = {"PET (SUV)": pet, "mask": mask, "ground truth": gt}
+            paths.append(_report(out / "report.html", suv, lesions, q, inputs))
     except (ImageError, ValueError, OSError) as e:
         raise fail(str(e)) from None
     p = q.patient
@@ -33,7 +52,19 @@ def quantify(
     if p.gt_lesions is not None:
         summary += f"; {p.gt_detected} of {p.gt_lesions} GT lesion(s) detected, {p.fp_lesions} false"
     err_console.print(summary, highlight=False)
-    err_console.print(f"wrote {paths[0]} and {paths[1]}", highlight=False)
+    err_console.print(f"wrote {', '.join(map(str, paths[:-1]))} and {paths[-1]}", highlight=False)
+
+
+def _report(path: Path, suv: Volume, mask: Volume, q: Quantification, inputs: dict[str, Path | None]) -> Path:
+    """``--report``: the study page of :mod:`h2aseg.analysis.html_report` from the measured arrays."""
+    from datetime import datetime
+
+    from h2aseg.analysis.html_report import write_study_report
+
+    settings: dict[str, object] = {k: v for k, v in inputs.items() if v is not None}
+    settings["lesions"] = "18-connected components of the mask (docs/quantify.md)"
+    settings["created"] = datetime.now().astimezone().isoformat(timespec="seconds")
+    return write_study_report(path, suv.array, mask.array, suv.affine, q, settings)
 
 
 def register(app: typer.Typer) -> None:

@@ -98,6 +98,17 @@ def ground_truth_masks(root: str | Path, layout: str = "auto") -> dict[str, Path
     return out
 
 
+def rename_cases(masks: Mapping[str, Path], case_ids: Mapping[str, str]) -> dict[str, Path]:
+    """``masks`` keyed by ``case_ids[name]`` where ``name`` is listed (e.g. nnU-Net identifier -> case id)."""
+    out: dict[str, Path] = {}
+    for name, path in masks.items():
+        cid = case_ids.get(name, name)
+        if cid in out:
+            raise EvaluationError(f"two mask files for case {cid!r}: {out[cid]} and {path}")
+        out[cid] = path
+    return out
+
+
 def match_cases(
     pred: Mapping[str, Path], gt: Mapping[str, Path], *, allow_missing: bool = False
 ) -> Matching:

@@ -15,6 +15,7 @@ from h2aseg.evaluation.matching import (
     load_pair,
     mask_folder,
     match_cases,
+    rename_cases,
 )
 from h2aseg.evaluation.metrics import HECKTOR_CLASSES, evaluate_case
 from h2aseg.evaluation.report import PROTOCOLS, summarize
@@ -69,13 +70,16 @@ def evaluate_folders(
     resample: bool = False,
     allow_missing: bool = False,
     label_map: Mapping[int, int] | None = None,
+    case_ids: Mapping[str, str] | None = None,
     jobs: int = 1,
     on_case: Callable[[str, int, int], None] | None = None,
 ) -> EvaluationResult:
     """Score every ground-truth case against ``pred_dir/<case_id>.<ext>``.
 
     ``on_case(case_id, done, total)`` is called after each case (for progress display). Masks may hold only
-    the protocol's :data:`PROTOCOL_LABELS` once ``label_map`` is applied.
+    the protocol's :data:`PROTOCOL_LABELS` once ``label_map`` is applied. ``case_ids`` renames mask files on
+    both sides before matching (file name -> case id; e.g. nnU-Net identifiers from export-nnunet's
+    ``h2aseg_cases.json``, :func:`h2aseg.data.nnunet_export.load_case_map`); other names stay.
 
     Raises :class:`h2aseg.evaluation.matching.EvaluationError` (one-line message) on any input problem.
     """
@@ -83,7 +87,9 @@ def evaluate_folders(
         raise ValueError(f"unknown protocol {protocol!r} (choose from {', '.join(PROTOCOLS)})")
     if hd95_convention not in HD95_CONVENTIONS:
         raise ValueError(f"unknown HD95 convention {hd95_convention!r} ({', '.join(HD95_CONVENTIONS)})")
-    matching = match_cases(mask_folder(pred_dir), ground_truth_masks(gt_root, gt_layout),
+    ids = dict(case_ids or {})
+    matching = match_cases(rename_cases(mask_folder(pred_dir), ids),
+                           rename_cases(ground_truth_masks(gt_root, gt_layout), ids),
                            allow_missing=allow_missing)
     kw = dict(protocol=protocol, hd95_convention=hd95_convention, hd95_empty_penalty=hd95_empty_penalty,
               resample=resample, label_map=dict(label_map or {}))

@@ -181,6 +181,11 @@ def _label(mask: np.ndarray, connectivity: int) -> tuple[np.ndarray, int]:
     return np.asarray(labels), int(n)
 
 
+def label_lesions(mask: np.ndarray, connectivity: int = CONNECTIVITY) -> tuple[np.ndarray, int]:
+    """The lesions of ``mask > 0`` as labels 1..N (each lesion's ``lesion_id``) and N."""
+    return _label(mask, connectivity)
+
+
 def _lesion_stats(
     suv: np.ndarray, labels: np.ndarray, n: int, affine: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -364,10 +369,15 @@ def quantify_prediction(
 
     suv = read_volume(suv_path, dtype=None)
     m = Volume(np.asarray(mask), np.asarray(mask_affine, dtype=np.float64), str(mask_path))
-    if not m.same_grid(suv):
-        moved = resample_labels(m.array, m.affine, suv.affine, suv.shape)
-        m = Volume(moved, suv.affine.copy(), m.path)
-    return quantify_volumes(suv, m, case_id=case_id)
+    return quantify_volumes(suv, mask_on_suv_grid(m, suv), case_id=case_id)
+
+
+def mask_on_suv_grid(mask: Volume, suv: Volume) -> Volume:
+    """``mask`` itself when on the SUV's grid, else mapped onto it (nearest neighbour, via both affines)."""
+    if mask.same_grid(suv):
+        return mask
+    moved = resample_labels(mask.array, mask.affine, suv.affine, suv.shape)
+    return Volume(moved, suv.affine.copy(), mask.path)
 
 
 def quantify_mask_file(

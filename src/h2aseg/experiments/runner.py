@@ -1,11 +1,13 @@
-"""The experiment loop: one split, then every (method, seed) run of this shard, then the tables.
+"""The experiment loop: one split, then every (method, seed) run of this shard, then the tables and figures.
 
 Each run: skip it when its done marker exists; else take its lock (skip it when another process holds a
 live one; take over a stale one); measure the method's cost once; train (continuing a killed run from its
 last checkpoint); predict the test split; evaluate; write the done marker; rewrite the tables from every
 run done so far. A progress line per stage: ``run i/N: <label> seed S (training)``. A run that fails is
 reported (its traceback in ``<run>/error.txt``) and the loop goes on; Ctrl-C stops the loop (the lock is
-released, and the next invocation continues the run from its last checkpoint).
+released, and the next invocation continues the run from its last checkpoint). An invocation that finished
+a run (or finds no ``fig3.png``) ends by drawing Fig. 3 and Fig. 4 from the runs done so far
+(:func:`~h2aseg.experiments.tables.write_figures`).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from h2aseg.experiments.plan import (
     select_shard,
 )
 from h2aseg.experiments.spec import ExperimentSpec
-from h2aseg.experiments.tables import write_tables
+from h2aseg.experiments.tables import write_figures, write_tables
 from h2aseg.files import atomic_write_text
 from h2aseg.training.callbacks import TrainingCallbacks
 
@@ -84,6 +86,8 @@ def run_experiment(
         getattr(result, outcome).append(run.name)
     if any(read_done(layout, r) for r in runs):
         result.tables = write_tables(spec, layout)
+        if result.done or not (layout.out / "fig3.png").exists():  # Fig. 3 and Fig. 4 beside them
+            result.tables += write_figures(spec, layout, test_cases, log)
     return result
 
 

@@ -140,16 +140,29 @@ def ensure_cost(spec: ExperimentSpec, layout: Layout, run: Run, cfg: Config) -> 
 
 
 # ------------------------------------------------------------------------------------------- predicting
+def run_checkpoint(run_dir: Path) -> Path:
+    """The checkpoint a run predicts with: best.pt (last.pt without validation)."""
+    ckpts = run_dir / "checkpoints"
+    return ckpts / "best.pt" if (ckpts / "best.pt").exists() else ckpts / "last.pt"
+
+
 def predict_network(run_dir: Path, cases: list[Case], heartbeat: Heartbeat) -> list[float]:
-    """Predict the test cases with best.pt (last.pt without validation); seconds per predicted case."""
+    """Predict the test cases with :func:`run_checkpoint`; seconds per predicted case. An H2ASeg with TAMW
+    records TAMW's weights in the same pass: the run's Table 3 in ``analysis/`` (docs/analysis.md)."""
+    from h2aseg.analysis.tamw_weights import PredictionRecorder, has_tamw
     from h2aseg.inference.predictor import Predictor, predict_cases
 
-    ckpts = run_dir / "checkpoints"
-    ckpt = ckpts / "best.pt" if (ckpts / "best.pt").exists() else ckpts / "last.pt"
+    ckpt = run_checkpoint(run_dir)
     predictor = Predictor.from_checkpoint(ckpt)
     timer = CaseTimer(heartbeat)
-    predict_cases(predictor, cases, run_dir / "predictions", on_case=timer)
-    del predictor
+    if not has_tamw(predictor.model):
+        predict_cases(predictor, cases, run_dir / "predictions", on_case=timer)
+        return timer.seconds
+    with PredictionRecorder(predictor, ckpt) as rec:
+        predict_cases(predictor, cases, run_dir / "predictions",
+                      on_case=lambda cid, status: (rec.on_case(cid, status), timer(cid, status)))
+    rec.write(cases, run_dir / "analysis", where=f"the experiment's {len(cases)} test cases",
+              on_case=lambda *_: heartbeat.beat())
     return timer.seconds
 
 

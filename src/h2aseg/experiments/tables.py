@@ -10,15 +10,22 @@ reflect every finished run:
   second underlined (:func:`~h2aseg.evaluation.report.table1`);
 * ``table2.md`` when the methods hold all four H2ASeg ablation configurations (MCSA x TAMW);
 * ``cost.md``: per network method, parameters, forward GFLOP, train-step time and peak memory
-  (:mod:`h2aseg.experiments.cost`), whole-case prediction time and training time per run.
+  (:mod:`h2aseg.experiments.cost`), whole-case prediction time and training time per run;
+* ``table3.md`` / ``table3.csv``: TAMW's PET/CT weights per depth for each H2ASeg method with TAMW
+  (recorded by the predict step, :mod:`h2aseg.analysis.tamw_weights`).
+
+:func:`write_figures` (called by the runner after the tables, outside the lock) draws ``fig3.png``
+(the methods side by side) and ``fig4_<case>.png`` (level-2 features TAMW selects) beside them.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from h2aseg.data.layouts import Case
 from h2aseg.evaluation.report import (
     METRICS,
     PROTOCOL_COLUMNS,
@@ -30,7 +37,7 @@ from h2aseg.evaluation.report import (
     table1,
 )
 from h2aseg.experiments.locks import held
-from h2aseg.experiments.plan import Layout, plan_runs, read_done
+from h2aseg.experiments.plan import Layout, Run, plan_runs, read_done
 from h2aseg.experiments.spec import Ablation, ExperimentSpec, MethodSpec
 from h2aseg.files import atomic_write_text
 
@@ -61,6 +68,7 @@ def write_tables(spec: ExperimentSpec, layout: Layout) -> list[Path]:
             paths.append(atomic_write_text(layout.out / "table2.md", t2))
         if any(not m.training_free for m in spec.methods):
             paths.append(atomic_write_text(layout.out / "cost.md", cost_markdown(spec, layout, done)))
+        paths += write_table3(spec, layout)
     return paths
 
 
@@ -225,3 +233,85 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+
+
+# ------------------------------------------------------------------------------------------- Table 3, figures
+def done_runs(spec: ExperimentSpec, layout: Layout, method: MethodSpec) -> list[Run]:
+    """A method's finished runs, in seed order."""
+    return [r for r in plan_runs(spec) if r.method.label == method.label and read_done(layout, r) is not None]
+
+
+def write_table3(spec: ExperimentSpec, layout: Layout) -> list[Path]:
+    """``table3.md``/``table3.csv``: per H2ASeg method whose runs recorded TAMW's weights (the predict step's
+    ``analysis/table3.csv``), Table 3 over its done runs: mean of the run means ± mean of the run stds over
+    test cases, as Table 1 (:func:`h2aseg.analysis.tamw_weights.combine_tables`)."""
+    from h2aseg.analysis import tamw_weights as tw
+
+    sections, rows = [], []
+    for m in spec.methods:
+        files = [layout.run_dir(r) / "analysis" / "table3.csv" for r in done_runs(spec, layout, m)]
+        tables = [tw.read_table3_csv(f) for f in files if f.is_file()]
+        if not tables:
+            continue
+        combined = tw.combine_tables(tables)
+        notes = [f"{len(tables)} of {len(spec.seeds)} seeds; each run: its test cases, sliding windows as "
+                 f"its predict step; per-run tables and raw CSVs in runs/{m.label}/seed<N>/analysis/."]
+        sections.append(tw.table3_markdown(combined, title=f"Table 3: {m.title}", notes=notes))
+        rows += [{"method": m.label, **r} for r in combined]
+    if not sections:
+        return []
+    csv_text = tw.rows_csv(rows, ("method", *tw.TABLE_COLUMNS, "n_runs"))
+    return [atomic_write_text(layout.out / "table3.md", "\n".join(sections)),
+            atomic_write_text(layout.out / "table3.csv", csv_text)]
+
+
+def write_figures(spec: ExperimentSpec, layout: Layout, cases: list[Case], log: Callable[[str], None],
+                  n_cases: int = 3) -> list[Path]:
+    """Fig. 3 (``fig3.png``: every method with a done run, its first seed's predictions) and Fig. 4
+    (``fig4_<case>.png``: a row per H2ASeg method with TAMW, TAMW only first) on the ``n_cases`` test cases
+    with the most ground truth. Not under the tables lock (they read images and run models); a figure that
+    cannot be drawn is logged, not raised."""
+    from h2aseg.analysis.overlays import method_comparison, pick_cases
+
+    firsts = [runs[0] for m in spec.methods if (runs := done_runs(spec, layout, m))]
+    chosen = pick_cases(cases, n_cases, _gt_volumes(layout, firsts)) if firsts else []
+    if not chosen:
+        return []
+    paths: list[Path] = []
+    titles = [r.method.title for r in firsts]
+    names = titles if len(set(titles)) == len(titles) else [r.method.label for r in firsts]
+    dirs = {name: layout.run_dir(run) / "predictions" for name, run in zip(names, firsts, strict=True)}
+    try:
+        paths.append(method_comparison(chosen, dirs, layout.out / "fig3.png", title=f"{spec.name}: Fig. 3"))
+    except Exception as e:  # a figure is never worth failing the experiment over
+        log(f"fig3.png not drawn ({type(e).__name__}: {e})")
+    tamw = [run for run in firsts if (layout.run_dir(run) / "analysis" / "table3.csv").is_file()]
+    if tamw:
+        try:
+            tamw.sort(key=lambda r: bool(r.method.ablation and r.method.ablation.mcsa))  # TAMW only first
+            paths += _fig4(layout, tamw, chosen)
+        except Exception as e:
+            log(f"fig4 not drawn ({type(e).__name__}: {e})")
+    return paths
+
+
+def _gt_volumes(layout: Layout, runs: list[Run]) -> dict[str, float] | None:
+    """``{case_id: ground-truth volume (ml)}`` from a done run's evaluation (None: read the labels)."""
+    import csv
+
+    for run in runs:
+        try:
+            with open(layout.run_dir(run) / "evaluation" / "per_case.csv", newline="", encoding="utf-8") as f:
+                return {r["case_id"]: float(r.get("mtv_gt_ml") or 0.0) for r in csv.DictReader(f)}
+        except (OSError, KeyError, ValueError):
+            continue
+    return None
+
+
+def _fig4(layout: Layout, runs: list[Run], cases: list[Case]) -> list[Path]:
+    from h2aseg.analysis.features import draw_feature_figures
+    from h2aseg.analysis.tamw_weights import load_h2aseg
+    from h2aseg.experiments.steps import run_checkpoint
+
+    models = [load_h2aseg(run_checkpoint(layout.run_dir(r))) for r in runs]
+    return draw_feature_figures(models, cases, layout.out)

@@ -1,0 +1,187 @@
+"""``h2aseg analyze``: the paper's analysis figures and tables from trained models and predictions.
+
+- ``analyze tamw``: Table 3 (TAMW's PET/CT channel weights per depth) from an H2ASeg checkpoint;
+- ``analyze features``: Fig. 4 (the level-2 feature maps TAMW weights most), one or two checkpoints;
+- ``analyze overlays``: Fig. 3 (several methods' masks side by side on the same cases).
+
+See docs/analysis.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from h2aseg.cli.common import err_console, fail
+
+analyze_app = typer.Typer(
+    name="analyze",
+    help="Table 3 (TAMW weights), Fig. 4 (level-2 features) and Fig. 3 (method overlays).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+PROGRESS = typer.Option(True, "--progress/--no-progress", help="Show the progress bar.")
+
+
+def _errors() -> tuple[type[Exception], ...]:
+    from h2aseg.errors import H2ASegError
+
+    return (H2ASegError, ValueError, OSError)
+
+
+def _bar(name: str, progress: bool):  # type: ignore[no-untyped-def]
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn(f"[bold]{name}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.description}"),
+        TimeRemainingColumn(),
+        console=err_console,
+        disable=not progress,
+    )
+
+
+@analyze_app.command("tamw")
+def tamw(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="A trained H2ASeg checkpoint (with TAMW)."),
+    data: Path = typer.Option(..., "--data", help="The dataset folder (any supported layout)."),
+    out: Path = typer.Option(..., "--out", help="Output folder: table3.md/.csv and the raw CSVs."),
+    cases: int | None = typer.Option(None, "--cases", help="At most this many cases (in case-id order)."),
+    split: str = typer.Option(
+        "test",
+        "--split",
+        help="test | val | train | all: which cases of the model's "
+        "split (the split stored in the checkpoint, else data.split_file, else the run "
+        "folder's split.json, else one made as training would).",
+    ),
+    weighting: str = typer.Option(
+        "uniform",
+        "--window-weighting",
+        help="uniform: a case's weights are the "
+        "mean over its sliding windows; mass: foreground weights weighted by each "
+        "window's predicted foreground share, background weights by the rest.",
+    ),
+    assignments: list[str] = typer.Option([], "--set", help="Override a stored config field (infer.*)."),
+    progress: bool = PROGRESS,
+) -> None:
+    """Table 3: mean TAMW foreground/background weight (x100) of the PET and CT channels per depth."""
+    from h2aseg.analysis.tamw_weights import analyze_tamw
+
+    try:
+        with _bar("TAMW weights", progress) as bar:
+            task = bar.add_task("", total=None)
+            paths = analyze_tamw(
+                checkpoint,
+                data,
+                out,
+                part=split,
+                limit=cases,
+                weighting=weighting,  # type: ignore[arg-type]
+                overrides=assignments,
+                on_start=lambda n: bar.update(task, total=n),
+                on_case=lambda cid, _s: bar.update(task, advance=1, description=cid),
+            )
+    except _errors() as e:
+        raise fail(str(e)) from None
+    for p in paths:
+        err_console.print(f"wrote {p}", highlight=False)
+
+
+@analyze_app.command("features")
+def features(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="A trained H2ASeg checkpoint (with TAMW)."),
+    compare: Path | None = typer.Option(
+        None, "--compare", help="A second one (e.g. TAMW only), drawn as the second row."
+    ),
+    data: Path = typer.Option(..., "--data", help="The dataset folder holding the cases."),
+    out: Path = typer.Option(..., "--out", help="Output folder: fig4_<case>.png per case."),
+    case_ids: list[str] = typer.Option(..., "--case", help="A case id (repeat for several)."),
+    top_k: int = typer.Option(3, "--top-k", help="Channels per modality (largest foreground weight)."),
+    view: str = typer.Option("axial", "--view", help="axial | coronal."),
+    progress: bool = PROGRESS,
+) -> None:
+    """Fig. 4: the level-2 PET and CT feature maps TAMW weights most for foreground emphasis."""
+    from h2aseg.analysis.features import feature_figures
+
+    ckpts = [checkpoint] if compare is None else [checkpoint, compare]
+    try:
+        with _bar("Fig. 4", progress) as bar:
+            task = bar.add_task("", total=len(case_ids))
+            paths = feature_figures(
+                ckpts,
+                data,
+                case_ids,
+                out,
+                top_k=top_k,
+                view=view,  # type: ignore[arg-type]
+                on_case=lambda cid, _s: bar.update(task, advance=1, description=cid),
+            )
+    except _errors() as e:
+        raise fail(str(e)) from None
+    for p in paths:
+        err_console.print(f"wrote {p}", highlight=False)
+
+
+def parse_pred(text: str) -> tuple[str, Path]:
+    """``LABEL=DIR`` or ``DIR`` (the label from the folder's name:
+    :func:`~h2aseg.analysis.overlays.prediction_label`)."""
+    from h2aseg.analysis.overlays import prediction_label
+
+    label, sep, folder = text.partition("=")
+    if sep and label and folder:
+        return label, Path(folder)
+    return prediction_label(text), Path(text)
+
+
+@analyze_app.command("overlays")
+def overlays(
+    preds: list[str] = typer.Option(
+        ...,
+        "--pred",
+        help="A method's prediction folder (<case_id>.nii.gz, as "
+        "h2aseg predict writes), as DIR or LABEL=DIR; repeat, a column each.",
+    ),
+    data: Path = typer.Option(..., "--data", help="The dataset folder (ground truth, CT, PET)."),
+    out: Path = typer.Option(..., "--out", help="Output folder: fig3.png."),
+    case_ids: list[str] = typer.Option(
+        [],
+        "--case",
+        help="A case id, a row each (default: the --max-cases cases with the most ground-truth voxels).",
+    ),
+    max_cases: int = typer.Option(3, "--max-cases", help="Rows when no --case is given."),
+    layout: str = typer.Option("auto", "--layout", help="Layout of --data."),
+    view: str = typer.Option("coronal", "--view", help="coronal | axial."),
+    base: str = typer.Option("ct", "--base", help="ct | pet: the image under the masks."),
+) -> None:
+    """Fig. 3: the same cases for several methods side by side (TP red, FN blue, FP yellow)."""
+    from h2aseg.analysis.overlays import method_comparison, pick_cases
+    from h2aseg.data.layouts import discover
+
+    try:
+        dirs = dict(parse_pred(p) for p in preds)
+        if len(dirs) != len(preds):
+            raise fail("two --pred folders have the same label; name them with LABEL=DIR")
+        for label, folder in dirs.items():
+            if not folder.is_dir():
+                raise fail(f"{folder}: no such prediction folder (--pred {label})")
+        cases = discover(data, layout)
+        by_id = {c.case_id: c for c in cases}
+        missing = [i for i in case_ids if i not in by_id]
+        if missing:
+            raise fail(f"{data}: no case(s) {', '.join(missing)} (found {len(cases)} cases)")
+        chosen = [by_id[i] for i in case_ids] if case_ids else pick_cases(cases, max_cases)
+        if not chosen:
+            raise fail(f"{data}: no case with a lesion in its ground truth; name cases with --case")
+        path = method_comparison(chosen, dirs, out / "fig3.png", axis=view, base=base)  # type: ignore[arg-type]
+    except _errors() as e:
+        raise fail(str(e)) from None
+    err_console.print(f"wrote {path}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(analyze_app, name="analyze")

@@ -1,0 +1,119 @@
+"""``h2aseg export-nnunet``: a cohort as an nnU-Net v2 raw dataset with h2aseg's split (docs/nnunet.md)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from h2aseg.cli.common import build_config, err_console, fail
+
+if TYPE_CHECKING:
+    from h2aseg.data.nnunet_export import ExportResult
+
+
+class LabelMode(StrEnum):
+    binary = "binary"
+    multiclass = "multiclass"
+
+
+def export_nnunet(
+    data: Path = typer.Option(None, "--data", help="Dataset root (any supported layout) [data.root]."),
+    out: Path = typer.Option(
+        ..., "--out", help="nnU-Net's raw folder ($nnUNet_raw); the dataset goes to OUT/DatasetNNN_NAME."
+    ),
+    dataset_id: int = typer.Option(..., "--dataset-id", min=1, max=999, help="nnU-Net dataset id (1-999)."),
+    name: str = typer.Option("H2ASeg", "--name", help="Dataset name (letters, digits, '-', '_')."),
+    layout: str | None = typer.Option(
+        None, "--layout", help="auto | autopet | autopet-nnunet | hecktor | csv [data.layout]."
+    ),
+    split_file: Path | None = typer.Option(
+        None,
+        "--split-file",
+        help="A saved split (a run's split.json) [data.split_file]; default: made as h2aseg train makes it.",
+    ),
+    label_mode: LabelMode | None = typer.Option(
+        None,
+        "--label-mode",
+        help="binary (label > 0) or multiclass (classes kept, HECKTOR 1 = GTVp, 2 = GTVn) [data.label_mode].",
+    ),
+    preset: str = typer.Option(
+        "synthetic",
+        "--preset",
+        help="autopet2 | hecktor2022 | synthetic: the data "
+        "settings (layout, split ratios and seed, label classes) as for h2aseg train.",
+    ),
+    config: Path | None = typer.Option(None, "--config", help="A YAML config file instead of a preset."),
+    assignments: list[str] = typer.Option([], "--set", help="Override a config field: section.key=value."),
+    preprocessed: Path | None = typer.Option(
+        None,
+        "--preprocessed",
+        envvar="nnUNet_preprocessed",
+        help="nnU-Net's preprocessed folder: splits_final.json is also "
+        "written to its DatasetNNN_NAME/ [env nnUNet_preprocessed].",
+    ),
+    force: bool = typer.Option(False, "--force", help="Replace a dataset folder that holds another dataset."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
+) -> None:
+    """Write an nnU-Net v2 raw dataset (CT 0000, PET on the CT grid 0001) with h2aseg's split as fold 0."""
+    from h2aseg.data.nnunet_export import export_dataset
+    from h2aseg.errors import InputError
+
+    fields = {
+        "data.root": None if data is None else str(data),
+        "data.layout": layout,
+        "data.split_file": None if split_file is None else str(split_file),
+        "data.label_mode": None if label_mode is None else label_mode.value,
+    }
+    cfg = build_config(preset, config, assignments, fields)
+    with Progress(
+        TextColumn("[bold]export-nnunet[/bold] {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        disable=not progress,
+    ) as bar:
+        task = bar.add_task("cases", total=None)
+        try:
+            res = export_dataset(
+                cfg.data,
+                out,
+                dataset_id,
+                name,
+                preprocessed=preprocessed,
+                force=force,
+                progress=lambda done, total, _id: bar.update(task, completed=done, total=total),
+            )
+        except (InputError, OSError) as e:
+            bar.stop()
+            raise fail(str(e)) from None
+    _report(res, dataset_id)
+
+
+def _report(res: ExportResult, dataset_id: int) -> None:
+    err_console.print(
+        f"exported {len(res.cases)} cases (train {res.count('train')}, val {res.count('val')}, test "
+        f"{res.count('test')}) to {res.folder}: {res.written} files written, {res.skipped} already there",
+        highlight=False,
+    )
+    if res.unused:
+        err_console.print(
+            f"[yellow]warning:[/yellow] {len(res.unused)} case(s) in no part of the split, not "
+            f"exported: {', '.join(res.unused[:8])}",
+            highlight=False,
+        )
+    err_console.print(
+        f"  splits_final.json: {', '.join(str(p) for p in res.splits)}\n"
+        f"  next: nnUNetv2_plan_and_preprocess -d {dataset_id} --verify_dataset_integrity; "
+        f"nnUNetv2_train {dataset_id} 3d_fullres 0  (see {res.folder / 'h2aseg_README.md'})",
+        highlight=False,
+    )
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``export-nnunet`` to the ``h2aseg`` app."""
+    app.command("export-nnunet")(export_nnunet)
