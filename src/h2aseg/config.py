@@ -84,7 +84,8 @@ class ModelConfig:
     mcsa_levels: tuple[int, ...] | None = None  # None: the variant's (paper 1-5, released 2-3)
     use_mcsa: bool = True
     use_tamw: bool = True
-    out_channels: int = 1  # 1: sigmoid + BCE (paper); 2: softmax + CE (released); >2: multi-class
+    out_channels: int | None = None  # None: the network's default (H2ASeg: paper 1, released 2; baselines 2);
+    # 1: sigmoid + BCE (paper); 2: softmax + CE (released); >2: multi-class
     attn_dropout: float | None = None  # None: the variant's (paper 0, released 0.5)
     dropout: float | None = None  # None: the variant's (paper 0, released 0.5)
     gradient_checkpointing: bool | tuple[int, ...] = False  # recompute in backward: all levels, or e.g. [1]

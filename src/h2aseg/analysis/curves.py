@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from h2aseg.errors import InputError
+
 REQUIRED_COLUMNS = ("epoch", "train_loss", "val_dice")
 
 
@@ -34,7 +36,7 @@ def read_metrics_csv(path: str | Path) -> dict[str, dict[float, list[float]]]:
             cols = [c.strip() for c in (reader.fieldnames or [])]
             missing = [c for c in REQUIRED_COLUMNS if c not in cols]
             if missing:
-                raise ValueError(f"{path}: missing column(s) {', '.join(missing)} (has: {', '.join(cols)})")
+                raise InputError(f"{path}: missing column(s) {', '.join(missing)} (has: {', '.join(cols)})")
             out: dict[str, dict[float, list[float]]] = {
                 k: defaultdict(list) for k in ("train_loss", "val_dice", "lr")
             }
@@ -48,9 +50,9 @@ def read_metrics_csv(path: str | Path) -> dict[str, dict[float, list[float]]]:
                     if v is not None:
                         out[k][epoch].append(v)
     except FileNotFoundError as e:
-        raise ValueError(f"{path}: metrics CSV not found") from e
+        raise InputError(f"{path}: metrics CSV not found") from e
     if not any(out[k] for k in ("train_loss", "val_dice")):
-        raise ValueError(f"{path}: no train_loss or val_dice values")
+        raise InputError(f"{path}: no train_loss or val_dice values")
     return out
 
 

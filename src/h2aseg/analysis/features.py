@@ -87,7 +87,7 @@ def capture_level2(loaded: LoadedModel, image: np.ndarray) -> tuple[np.ndarray, 
     x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None].to(device)
     try:
         with TamwRecorder(loaded.model, str(loaded.path)) as rec, torch.no_grad():
-            with autocast_context(loaded.predictor.cfg.infer.amp, device):
+            with autocast_context(loaded.predictor.cfg.infer.amp, device, "infer.amp"):
                 loaded.model.eval()(x)
             calls = [c for c in rec.take() if c.depth == FEATURE_DEPTH]
     finally:

@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from h2aseg.errors import H2ASegError
 from h2aseg.files import atomic_write
 
 View = Literal["coronal", "axial"]
@@ -87,7 +88,7 @@ def coronal_pet_mip(
 
 def _check_view(view: str) -> View:
     if view not in _AXIS:
-        raise ValueError(f"unknown view {view!r} (coronal, axial)")
+        raise H2ASegError(f"unknown view {view!r} (coronal, axial)")
     return view  # type: ignore[return-value]
 
 
@@ -273,7 +274,7 @@ def render_comparison(
 
     view = _check_view(axis)
     if base not in ("ct", "pet"):
-        raise ValueError(f"unknown base image {base!r} (ct, pet)")
+        raise H2ASegError(f"unknown base image {base!r} (ct, pet)")
     if not cases:
         raise ValueError("no cases to draw")
     horiz, vert = (0, 2) if view == "coronal" else (0, 1)

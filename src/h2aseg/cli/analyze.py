@@ -29,7 +29,7 @@ PROGRESS = typer.Option(True, "--progress/--no-progress", help="Show the progres
 def _errors() -> tuple[type[Exception], ...]:
     from h2aseg.errors import H2ASegError
 
-    return (H2ASegError, ValueError, OSError)
+    return (H2ASegError, OSError)
 
 
 def _bar(name: str, progress: bool):  # type: ignore[no-untyped-def]

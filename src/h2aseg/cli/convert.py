@@ -39,10 +39,11 @@ def suv_overrides(
 ) -> SuvOverrides:
     """The overrides from the CLI flags; a malformed ``--injection-time`` is a one-line error."""
     from h2aseg.data.suv import SuvOverrides, parse_injection_time
+    from h2aseg.errors import InputError
 
     try:
         when = parse_injection_time(injection_time) if injection_time is not None else None
-    except ValueError as e:
+    except InputError as e:
         raise fail(str(e)) from None
     return SuvOverrides(weight_kg=weight_kg, dose_mbq=dose_mbq, injection_time=when)
 

@@ -33,8 +33,8 @@ def demo(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
     """Synthesise a cohort, train H2ASeg, predict the test cases, compare with SUV thresholds, report."""
-    from h2aseg.config import ConfigError
     from h2aseg.demo import DemoOptions, run_demo
+    from h2aseg.errors import H2ASegError
 
     if cases < 5:
         raise fail(f"--cases must be at least 5 (train, validation and test need cases), got {cases}")
@@ -50,7 +50,7 @@ def demo(
     )
     try:
         summary = run_demo(opts, log=lambda msg: err_console.print(msg, highlight=False))
-    except (ConfigError, ValueError, OSError) as e:
+    except (H2ASegError, OSError) as e:
         raise fail(str(e)) from None
     rows = []
     for method, metrics in summary["metrics"].items():

@@ -68,9 +68,9 @@ def evaluate(
                                              "identifier (in --pred and --gt) count as its case id."),
 ) -> None:
     """Score predictions against ground truth by case id; writes per-case and summary tables."""
-    from h2aseg.data.io import ImageError
     from h2aseg.data.nnunet_export import load_case_map
-    from h2aseg.evaluation.matching import EvaluationError, parse_label_map
+    from h2aseg.errors import H2ASegError
+    from h2aseg.evaluation.matching import parse_label_map
     from h2aseg.evaluation.pipeline import evaluate_folders
     from h2aseg.evaluation.report import METRICS, format_cell, write_evaluation
 
@@ -92,7 +92,7 @@ def evaluate(
                 label_map=mapping, case_ids=case_ids, jobs=jobs, on_case=_tick,
             )
         paths = write_evaluation(out, res.rows, res.summary)
-    except (EvaluationError, ImageError, ValueError, OSError) as e:
+    except (H2ASegError, OSError) as e:
         raise _fail(str(e)) from None
 
     con = Console()
@@ -127,6 +127,7 @@ def evaluate_table(
     out: Path = typer.Option(..., "--out", help="Output folder for table.md, table.tex, table.json."),
 ) -> None:
     """Aggregate runs (mean of run means ± mean of per-case stds) into a Table-1 style table."""
+    from h2aseg.errors import H2ASegError
     from h2aseg.evaluation.report import load_summary, write_runs_table
 
     runs: dict[str, dict[str, list[dict]]] = {}
@@ -134,11 +135,11 @@ def evaluate_table(
         for spec in run:
             key, sep, path = spec.partition("=")
             if not sep or not key or not path:
-                raise ValueError(f"--run {spec!r}: expected METHOD=PATH or METHOD@DATASET=PATH")
+                raise H2ASegError(f"--run {spec!r}: expected METHOD=PATH or METHOD@DATASET=PATH")
             method, _, group = key.partition("@")
             runs.setdefault(method, {}).setdefault(group, []).append(load_summary(path))
         paths = write_runs_table(runs, out)
-    except (ValueError, OSError) as e:
+    except (H2ASegError, OSError) as e:
         raise _fail(str(e)) from None
     con = Console()
     con.print(paths["markdown"].read_text(encoding="utf-8"))

@@ -19,20 +19,15 @@ def experiment(
                                  "pending; run nothing."),
 ) -> None:
     """Train, predict and evaluate every (method, seed) run; resumable, and safe to run in parallel."""
-    from h2aseg.checkpoint import CheckpointError
-    from h2aseg.config import ConfigError
-    from h2aseg.data.io import ImageError
-    from h2aseg.data.layouts import LayoutError
-    from h2aseg.evaluation.matching import EvaluationError
+    from h2aseg.errors import H2ASegError
     from h2aseg.experiments.plan import parse_shard
     from h2aseg.experiments.runner import plan_lines, run_experiment
-    from h2aseg.experiments.spec import SpecError, load_spec
+    from h2aseg.experiments.spec import load_spec
 
     def log(msg: str) -> None:
         err_console.print(msg, highlight=False)
 
-    errors = (SpecError, ConfigError, LayoutError, ImageError, CheckpointError, EvaluationError, ValueError,
-              OSError)
+    errors = (H2ASegError, OSError)
     try:
         which = parse_shard(shard)
         spec = load_spec(config)

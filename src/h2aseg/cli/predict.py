@@ -59,10 +59,8 @@ def predict(
     """Sliding-window prediction; masks are uint8 NIfTI in the original CT geometry."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from h2aseg.checkpoint import CheckpointError
-    from h2aseg.config import ConfigError
-    from h2aseg.data.io import ImageError
-    from h2aseg.data.layouts import LayoutError, discover
+    from h2aseg.data.layouts import discover
+    from h2aseg.errors import H2ASegError
     from h2aseg.inference.predictor import Predictor, predict_cases, write_prediction
 
     single = ct is not None or pet is not None or out is not None
@@ -136,7 +134,7 @@ def predict(
             _quantify([(p, c.pet, c.ct) for c, p in zip(cases, paths, strict=True)], settings, index=True)
         if dicom_failed:
             raise typer.Exit(code=1)  # the failed studies were reported above
-    except (CheckpointError, ConfigError, ImageError, LayoutError, ValueError) as e:
+    except H2ASegError as e:
         raise fail(str(e)) from None
 
 

@@ -32,7 +32,8 @@ def quantify(
     ),
 ) -> None:
     """Lesions = 18-connected components of the mask; measures as in docs/quantify.md."""
-    from h2aseg.data.io import ImageError, read_volume
+    from h2aseg.data.io import read_volume
+    from h2aseg.errors import H2ASegError
     from h2aseg.evaluation.quantify import quantify_volumes, write_to_dir
 
     try:
@@ -43,7 +44,7 @@ def quantify(
         if report:
             inputs = {"PET (SUV)": pet, "mask": mask, "ground truth": gt}
             paths.append(_report(out / "report.html", suv, lesions, q, inputs))
-    except (ImageError, ValueError, OSError) as e:
+    except (H2ASegError, OSError) as e:
         raise fail(str(e)) from None
     p = q.patient
     summary = f"{p.lesion_count} lesion(s), MTV {p.mtv_ml:.3g} ml, TLG {p.tlg:.4g}"

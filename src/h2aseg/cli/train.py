@@ -26,12 +26,10 @@ def train(
 ) -> None:
     """Train (the paper's recipe in the presets); validation by sliding window on whole cases."""
     from h2aseg.analysis.curves import plot_training_curves
-    from h2aseg.checkpoint import CheckpointError, load_checkpoint
+    from h2aseg.checkpoint import load_checkpoint
     from h2aseg.config import Config
-    from h2aseg.data.io import ImageError
-    from h2aseg.data.layouts import LayoutError
+    from h2aseg.errors import H2ASegError
     from h2aseg.training.callbacks import CurvesPlot, default_callbacks
-    from h2aseg.training.trainer import RunDirError
     from h2aseg.training.trainer import train as run_training
 
     fields = {
@@ -46,15 +44,15 @@ def train(
     if resume and last.exists():  # a resumed run continues with its own stored config
         try:
             stored = Config.from_dict(load_checkpoint(last)["config"], source=str(last))
-        except CheckpointError as e:
+            cfg = stored.override([*assignments, *[f"{k}={v}" for k, v in fields.items() if v is not None]])
+        except H2ASegError as e:  # CheckpointError, ConfigError
             raise fail(str(e)) from None
-        cfg = stored.override([*assignments, *[f"{k}={v}" for k, v in fields.items() if v is not None]])
     else:
         cfg = build_config(preset, config, assignments, fields)
     try:
         callbacks = [*default_callbacks(progress), CurvesPlot(plot_training_curves)]  # + curves.png
         result = run_training(cfg, out, resume=resume, force=force, progress=progress, callbacks=callbacks)
-    except (RunDirError, LayoutError, ImageError, CheckpointError, ValueError) as e:
+    except H2ASegError as e:
         raise fail(str(e)) from None
     best = "n/a" if result.best_val_dice is None else f"{result.best_val_dice:.2f}%"
     err_console.print(

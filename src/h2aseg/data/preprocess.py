@@ -31,7 +31,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from h2aseg.config import DataConfig
+from h2aseg.config import ConfigError, DataConfig
 from h2aseg.data.geometry import reorient, resample_to_grid
 from h2aseg.data.io import (
     ImageError,
@@ -145,15 +145,16 @@ def pet_channel(suv: np.ndarray, cfg: DataConfig) -> np.ndarray:
     return _scale(suv, cfg.pet_window)
 
 
-def _check_cfg(cfg: DataConfig) -> None:
+def check_data_config(cfg: DataConfig) -> None:
+    """The intensity windows, label mode and target spacing of ``cfg`` (a ConfigError naming the field)."""
     for name in ("ct_window", "pet_window"):
         lo, hi = getattr(cfg, name)
         if not hi > lo:
-            raise ValueError(f"data.{name} must be (low, high) with high > low, got {(lo, hi)}")
+            raise ConfigError(f"data.{name} must be (low, high) with high > low, got {(lo, hi)}")
     if cfg.label_mode not in ("binary", "multiclass"):
-        raise ValueError(f"data.label_mode must be 'binary' or 'multiclass', got {cfg.label_mode!r}")
+        raise ConfigError(f"data.label_mode must be 'binary' or 'multiclass', got {cfg.label_mode!r}")
     if cfg.target_spacing is not None and any(s <= 0 for s in cfg.target_spacing):
-        raise ValueError(f"data.target_spacing must be positive, got {cfg.target_spacing}")
+        raise ConfigError(f"data.target_spacing must be positive, got {cfg.target_spacing}")
 
 
 # ------------------------------------------------------------------------------------------- preprocessing
@@ -165,7 +166,7 @@ def preprocess_images(
     case_id: str = "case",
 ) -> PreprocessedCase:
     """Read, check, align and normalise one CT/PET(/label) triple (see the module docstring)."""
-    _check_cfg(cfg)
+    check_data_config(cfg)
     ct = read_volume(ct_path)
     pet = read_volume(pet_path)
     check_finite(ct)

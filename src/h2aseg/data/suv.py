@@ -57,6 +57,7 @@ from pydicom.dataset import Dataset
 
 from h2aseg.data.dicom_series import DicomError, SeriesVolume
 from h2aseg.data.io import Volume
+from h2aseg.errors import InputError
 
 _T = TypeVar("_T")
 UNITS = ("BQML", "CNTS", "GML")
@@ -151,10 +152,13 @@ def parse_dt(text: str) -> datetime:
 
 
 def parse_injection_time(text: str) -> time:
-    """The CLI's ``--injection-time HH:MM:SS``."""
+    """The CLI's ``--injection-time HH:MM:SS``; malformed: :class:`~h2aseg.errors.InputError`."""
     if not re.fullmatch(r"\d{2}:\d{2}:\d{2}", text.strip()):
-        raise ValueError(f"--injection-time must be HH:MM:SS, got {text!r}")
-    return parse_tm(text)
+        raise InputError(f"--injection-time must be HH:MM:SS, got {text!r}")
+    try:
+        return parse_tm(text)
+    except ValueError as e:  # e.g. 25:00:00
+        raise InputError(f"--injection-time {text!r} is not a time of day ({e})") from None
 
 
 def _raw(ds: Dataset | None, keyword: str) -> str:

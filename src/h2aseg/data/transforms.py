@@ -40,7 +40,7 @@ from monai.transforms import (
     SpatialPadd,
 )
 
-from h2aseg.config import DataConfig
+from h2aseg.config import ConfigError, DataConfig
 from h2aseg.data.preprocess import PreprocessedCase
 
 KEYS = ("image", "label")
@@ -115,7 +115,7 @@ def hot_threshold(cfg: DataConfig) -> float | None:
         return None
     lo, hi = cfg.pet_window
     if not lo < cfg.hot_suv < hi:
-        raise ValueError(
+        raise ConfigError(
             f"data.hot_suv must lie inside data.pet_window {list(cfg.pet_window)}, got {cfg.hot_suv}"
         )
     return float((cfg.hot_suv - lo) / (hi - lo))
@@ -249,15 +249,15 @@ def augmentation(cfg: DataConfig) -> Augmentation:
         return Augmentation(False, 0.0, 0.0, 0.0, 0.0)
     if mode == "released":
         return Augmentation(True, 0.8, 45.0, 0.0, 0.0)
-    raise ValueError(f"data.augment must be one of {', '.join(AUGMENT_MODES)}, got {mode!r}")
+    raise ConfigError(f"data.augment must be one of {', '.join(AUGMENT_MODES)}, got {mode!r}")
 
 
 def train_transforms(cfg: DataConfig) -> Compose:
     """Random patch pipeline (see the module docstring); output: a list of ``cfg.crops_per_case`` dicts."""
     if not 0.0 <= cfg.pos_fraction <= 1.0:
-        raise ValueError(f"data.pos_fraction must be in [0, 1], got {cfg.pos_fraction}")
+        raise ConfigError(f"data.pos_fraction must be in [0, 1], got {cfg.pos_fraction}")
     if cfg.crops_per_case < 1:
-        raise ValueError(f"data.crops_per_case must be >= 1, got {cfg.crops_per_case}")
+        raise ConfigError(f"data.crops_per_case must be >= 1, got {cfg.crops_per_case}")
     patch = tuple(int(v) for v in cfg.patch_size)
     aug = augmentation(cfg)
     t: list[Any] = _pre(cfg)

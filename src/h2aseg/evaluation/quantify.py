@@ -220,7 +220,7 @@ def quantify_arrays(
         suv = suv.astype(np.float64)
     shapes = {np.shape(mask), *(() if gt is None else (np.shape(gt),))}
     if shapes != {suv.shape}:
-        raise ValueError(f"SUV, mask (and GT) arrays differ in shape: {suv.shape} vs {sorted(shapes)}")
+        raise ImageError(f"SUV, mask (and GT) arrays differ in shape: {suv.shape} vs {sorted(shapes)}")
     affine = np.asarray(affine, dtype=np.float64)
     labels, n = _label(mask, connectivity)
     voxel_ml = affine_voxel_volume_ml(affine)

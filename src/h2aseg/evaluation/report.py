@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from h2aseg.errors import InputError
 from h2aseg.evaluation.metrics import CORE_COLUMNS, HECKTOR_CLASSES, LESION_COLUMNS, hecktor_aggregate
 from h2aseg.files import atomic_write_text
 
@@ -277,11 +278,11 @@ def load_summary(path: str | Path) -> dict[str, Any]:
         with open(p, encoding="utf-8") as f:
             data = json.load(f)
     except FileNotFoundError as e:
-        raise ValueError(f"{p}: summary not found") from e
+        raise InputError(f"{p}: summary not found") from e
     except json.JSONDecodeError as e:
-        raise ValueError(f"{p}: not valid JSON ({e.msg}, line {e.lineno})") from e
+        raise InputError(f"{p}: not valid JSON ({e.msg}, line {e.lineno})") from e
     if not isinstance(data, dict) or "metrics" not in data:
-        raise ValueError(f"{p}: not an h2aseg evaluation summary (no 'metrics')")
+        raise InputError(f"{p}: not an h2aseg evaluation summary (no 'metrics')")
     return data
 
 

@@ -98,6 +98,7 @@ def forward_gflop(model: torch.nn.Module, patch: tuple[int, ...], device: torch.
 def train_step_seconds(model: torch.nn.Module, cfg: Config, device: torch.device) -> float:
     """Seconds of the second of two training steps on random data at the config's batch and patch."""
     from h2aseg.inference.sliding import autocast_context
+    from h2aseg.models.factory import resolved_out_channels
     from h2aseg.training.losses import DeepSupervisedDiceCE
 
     t = cfg.train
@@ -105,7 +106,7 @@ def train_step_seconds(model: torch.nn.Module, cfg: Config, device: torch.device
     patch = tuple(int(v) for v in cfg.data.patch_size)
     x = torch.randn(n, 2, *patch, device=device)
     y = (torch.rand(n, 1, *patch, device=device) > 0.98).long()
-    loss_fn = DeepSupervisedDiceCE(cfg.model.out_channels)
+    loss_fn = DeepSupervisedDiceCE(resolved_out_channels(cfg.model))
     opt_cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
     opt = opt_cls(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     model.train()
@@ -113,7 +114,7 @@ def train_step_seconds(model: torch.nn.Module, cfg: Config, device: torch.device
     for _ in range(2):
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        with autocast_context(t.amp, device):
+        with autocast_context(t.amp, device, "train.amp"):
             outs = model(x)
         if not t.deep_supervision and isinstance(outs, list):
             outs = outs[0]
@@ -130,7 +131,7 @@ def measure_cost(cfg: Config) -> dict[str, Any]:
     from h2aseg.inference.sliding import resolve_device
     from h2aseg.models.factory import build_from_config
 
-    device = resolve_device(cfg.train.device)
+    device = resolve_device(cfg.train.device, "train.device")
     probe = MemoryProbe(device)
     probe.start()
     torch.manual_seed(0)

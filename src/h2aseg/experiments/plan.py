@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from h2aseg.config import Config
+from h2aseg.errors import InputError
 from h2aseg.experiments.spec import ExperimentSpec, MethodSpec
 
 
@@ -90,9 +91,9 @@ def parse_shard(text: str) -> tuple[int, int]:
     try:
         i, n = (int(v) for v in text.split("/"))
     except ValueError:
-        raise ValueError(f"--shard: expected I/N (e.g. 0/2), got {text!r}") from None
+        raise InputError(f"--shard: expected I/N (e.g. 0/2), got {text!r}") from None
     if n < 1 or not 0 <= i < n:
-        raise ValueError(f"--shard: expected I/N with 0 <= I < N, got {text!r}")
+        raise InputError(f"--shard: expected I/N with 0 <= I < N, got {text!r}")
     return i, n
 
 

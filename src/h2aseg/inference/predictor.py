@@ -19,7 +19,12 @@ from h2aseg.config import Config
 from h2aseg.data.io import ImageError, write_volume
 from h2aseg.data.layouts import Case
 from h2aseg.data.preprocess import PreprocessedCase, preprocess_images, restore_to_ct_grid
-from h2aseg.inference.sliding import predict_probabilities, probabilities_to_mask, resolve_device
+from h2aseg.inference.sliding import (
+    check_infer_config,
+    predict_probabilities,
+    probabilities_to_mask,
+    resolve_device,
+)
 from h2aseg.models.factory import build_from_config
 
 
@@ -47,9 +52,10 @@ class Predictor:
         cfg = Config.from_dict(payload["config"], source=f"{path} (stored config)")
         if cfg_overrides:
             cfg = cfg.override(cfg_overrides)
+        check_infer_config(cfg.infer)  # before any case is read
         model = build_from_config(cfg.model, patch_size=cfg.data.patch_size)  # the training patch
         model.load_state_dict(payload["model"], strict=True)
-        return cls(model, cfg, resolve_device(cfg.infer.device))
+        return cls(model, cfg, resolve_device(cfg.infer.device, "infer.device"))
 
     @property
     def roi_size(self) -> tuple[int, int, int]:

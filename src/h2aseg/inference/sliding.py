@@ -15,34 +15,50 @@ import torch
 import torch.nn as nn
 from monai.inferers import sliding_window_inference
 
-from h2aseg.config import InferConfig
+from h2aseg.config import ConfigError, InferConfig
 from h2aseg.hardware import cpu_has_bf16
 from h2aseg.models.outputs import class_probabilities
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """``"auto"``: CUDA when present, else CPU; otherwise the named device (clear error if unavailable)."""
+def check_infer_config(cfg: InferConfig) -> None:
+    """The blending mode and overlap of ``cfg`` (a ConfigError naming the field)."""
+    if cfg.blend not in ("gaussian", "constant"):
+        raise ConfigError(f"infer.blend must be gaussian or constant, got {cfg.blend!r}")
+    if not 0.0 <= cfg.overlap < 1.0:
+        raise ConfigError(f"infer.overlap must be in [0, 1), got {cfg.overlap}")
+
+
+def resolve_device(name: str = "auto", setting: str = "device") -> torch.device:
+    """``"auto"``: CUDA when present, else CPU; otherwise the named device. An unknown or unavailable
+    device is a :class:`~h2aseg.config.ConfigError` naming ``setting`` (the config field, e.g.
+    ``train.device``)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except RuntimeError as e:
+        raise ConfigError(f"{setting}: {name!r} is not a device (auto, cpu, cuda, cuda:N): {e}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available on this machine")
+        raise ConfigError(f"{setting}: device {name!r} requested but CUDA is not available on this machine")
     return dev
 
 
-def autocast_context(amp: str, device: torch.device) -> contextlib.AbstractContextManager:
+def autocast_context(
+    amp: str, device: torch.device, setting: str = "amp"
+) -> contextlib.AbstractContextManager:
     """Autocast for ``amp`` in ``auto | bf16 | fp16 | off`` (``auto``: fp16 on CUDA, off on CPU).
 
     ``bf16`` on a CPU without native bf16 (no AVX-512 BF16 / AMX) runs in float32 with a warning: there
-    oneDNN's bf16 convolutions are orders of magnitude slower than float32 (``h2aseg.hardware``).
+    oneDNN's bf16 convolutions are orders of magnitude slower than float32 (``h2aseg.hardware``). A bad
+    value is a :class:`~h2aseg.config.ConfigError` naming ``setting`` (the config field, e.g. ``infer.amp``).
     """
     if amp not in ("auto", "bf16", "fp16", "off"):
-        raise ValueError(f"amp must be auto, bf16, fp16 or off, got {amp!r}")
+        raise ConfigError(f"{setting} must be auto, bf16, fp16 or off, got {amp!r}")
     if amp == "off" or (amp == "auto" and device.type != "cuda"):
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
     if device.type == "cpu" and dtype == torch.float16:
-        raise ValueError("fp16 autocast is for CUDA; use amp=bf16 on CPU")
+        raise ConfigError(f"{setting}=fp16: fp16 autocast is for CUDA; use {setting}=bf16 (or off) on CPU")
     if device.type == "cpu" and not cpu_has_bf16():
         _warn_no_bf16()
         return contextlib.nullcontext()
@@ -88,10 +104,7 @@ def predict_probabilities(
     """
     if image.ndim != 4 or image.shape[0] != 2:
         raise ValueError(f"expected image (2, X, Y, Z) with CT then PET, got {tuple(image.shape)}")
-    if cfg.blend not in ("gaussian", "constant"):
-        raise ValueError(f"infer.blend must be gaussian or constant, got {cfg.blend!r}")
-    if not 0.0 <= cfg.overlap < 1.0:
-        raise ValueError(f"infer.overlap must be in [0, 1), got {cfg.overlap}")
+    check_infer_config(cfg)
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -101,7 +114,7 @@ def predict_probabilities(
     try:
         for axes in flips:
             xin = torch.flip(x, axes) if axes else x
-            with autocast_context(cfg.amp, device):
+            with autocast_context(cfg.amp, device, "infer.amp"):
                 logits = sliding_window_inference(
                     xin,
                     roi_size=tuple(int(v) for v in roi_size),

@@ -8,23 +8,25 @@ from typing import Any
 
 import torch.nn as nn
 
-from h2aseg.config import ModelConfig
+from h2aseg.config import ConfigError, ModelConfig
+from h2aseg.errors import H2ASegError
 from h2aseg.models import registry
 from h2aseg.models.registry import build_network
 
 
 def network_kwargs(cfg: ModelConfig) -> dict[str, Any]:
     """Constructor keywords for ``cfg.name``: H2ASeg gets its own fields, other networks
-    ``out_channels`` plus ``cfg.extra``."""
+    ``out_channels`` plus ``cfg.extra``. ``out_channels=None`` is left out: the network's default."""
+    out = {} if cfg.out_channels is None else {"out_channels": cfg.out_channels}
     if cfg.name != "h2aseg":
-        return {"out_channels": cfg.out_channels, **cfg.extra}
+        return {**out, **cfg.extra}
     kwargs: dict[str, Any] = {
         "variant": cfg.variant,
         "channels": tuple(cfg.channels),
         "window_size": tuple(cfg.window_size),
         "use_mcsa": cfg.use_mcsa,
         "use_tamw": cfg.use_tamw,
-        "out_channels": cfg.out_channels,
+        **out,
         "gradient_checkpointing": cfg.gradient_checkpointing,
     }
     for name in ("mcsa_levels", "attn_dropout", "dropout"):
@@ -46,14 +48,49 @@ def accepts_keyword(name: str, keyword: str) -> bool:
     return param is not None and param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY)
 
 
+def resolved_out_channels(cfg: ModelConfig) -> int:
+    """The number of output channels the network of ``cfg`` gets: ``cfg.out_channels`` (or
+    ``cfg.extra["out_channels"]``) when set, else the network's default (H2ASeg: 1 for the paper variant,
+    2 for the released one; otherwise the constructor's default). What the loss needs to match."""
+    explicit = cfg.extra.get("out_channels", cfg.out_channels)
+    if explicit is not None:
+        return int(explicit)
+    if cfg.name == "h2aseg":
+        return 2 if cfg.variant == "released" else 1
+    _check_name(cfg)
+    try:
+        param = inspect.signature(registry.network_factory(cfg.name)).parameters.get("out_channels")
+    except (TypeError, ValueError):  # no introspectable signature
+        param = None
+    if param is None or not isinstance(param.default, int):
+        raise ConfigError(f"model.out_channels: not set, and network {cfg.name!r} has no default; set it")
+    return param.default
+
+
+def _check_name(cfg: ModelConfig) -> None:
+    if cfg.name not in registry.list_networks():
+        raise ConfigError(
+            f"model.name: unknown network {cfg.name!r}; registered: {', '.join(registry.list_networks())}"
+        )
+
+
 def build_from_config(cfg: ModelConfig, patch_size: Sequence[int] | None = None) -> nn.Module:
     """The registered network ``cfg.name`` built with :func:`network_kwargs`.
 
     ``patch_size`` (the training patch, ``data.patch_size``) becomes ``img_size=tuple(patch_size)`` for a
     network whose constructor takes an ``img_size`` parameter (e.g. UNETR, whose position embeddings fix
     its input size), unless ``cfg.extra`` sets ``img_size`` itself.
+
+    A constructor that rejects its arguments (``ValueError``/``TypeError``: the user's ``model`` section) is
+    a :class:`~h2aseg.config.ConfigError` naming the section and the network.
     """
+    _check_name(cfg)
     kwargs = network_kwargs(cfg)
     if patch_size is not None and "img_size" not in kwargs and accepts_keyword(cfg.name, "img_size"):
         kwargs["img_size"] = tuple(int(v) for v in patch_size)
-    return build_network(cfg.name, **kwargs)
+    try:
+        return build_network(cfg.name, **kwargs)
+    except H2ASegError:
+        raise
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"model (network {cfg.name!r}): {e}") from e

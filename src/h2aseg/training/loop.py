@@ -193,7 +193,7 @@ def _train_step(
     x = batch["image"].to(device, non_blocking=True)
     y = batch["label"].to(device, non_blocking=True)
     eng.optimizer.zero_grad(set_to_none=True)
-    with autocast_context(cfg.train.amp, device):
+    with autocast_context(cfg.train.amp, device, "train.amp"):
         outs = eng.net(x)
     if not cfg.train.deep_supervision and isinstance(outs, list):
         outs = outs[0]

@@ -12,12 +12,12 @@ import torch
 import torch.distributed as dist
 
 from h2aseg.checkpoint import load_checkpoint
-from h2aseg.config import Config, save_config
+from h2aseg.config import Config, ConfigError, save_config
 from h2aseg.data.layouts import Case, discover
-from h2aseg.data.preprocess import CaseCache
-from h2aseg.data.splits import Split, load_split, make_split, save_split
+from h2aseg.data.preprocess import CaseCache, check_data_config
+from h2aseg.data.splits import Split, SplitError, load_split, make_split, save_split
 from h2aseg.errors import H2ASegError
-from h2aseg.inference.sliding import resolve_device
+from h2aseg.inference.sliding import check_infer_config, resolve_device
 from h2aseg.training.callbacks import progress_bar
 
 
@@ -50,7 +50,7 @@ class _Dist:
 def _init_distributed(device_name: str) -> tuple[_Dist, torch.device]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return _Dist(), resolve_device(device_name)
+        return _Dist(), resolve_device(device_name, "train.device")
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() and device_name in ("auto", "cuda")
     if not dist.is_initialized():
@@ -91,7 +91,8 @@ def setup_run(
     """
     run_dir = Path(run_dir)
     if not cfg.data.root:
-        raise ValueError("data.root is not set: pass --data DIR (the folder holding the cases)")
+        raise ConfigError("data.root is not set: pass --data DIR (the folder holding the cases)")
+    check_settings(cfg)
     dd, device = _init_distributed(cfg.train.device)
     state = _open_run_dir(cfg, run_dir, dd, resume=resume, force=force)
     split, train_cases, val_cases = _select_cases(cfg, run_dir, state)
@@ -103,6 +104,16 @@ def setup_run(
         _preprocess_all(cache, train_cases + val_cases, progress)
     dd.barrier()
     return TrainingRun(cfg, run_dir, dd, device, split, train_cases, val_cases, cache, state)
+
+
+def check_settings(cfg: Config) -> None:
+    """Settings that would stop the run only later (at the first patch or validation), checked up front:
+    a :class:`~h2aseg.config.ConfigError` naming the field before any case is read."""
+    from h2aseg.data.transforms import train_transforms
+
+    check_data_config(cfg.data)
+    train_transforms(cfg.data)  # data.pos_fraction, crops_per_case, augment, hot_suv
+    check_infer_config(cfg.infer)  # validation's sliding window
 
 
 def _open_run_dir(cfg: Config, run_dir: Path, dd: _Dist, *, resume: bool, force: bool) -> dict | None:
@@ -147,11 +158,11 @@ def _select_cases(cfg: Config, run_dir: Path, state: dict | None) -> tuple[Split
     by_id = {c.case_id: c for c in cases}
     missing = [i for i in split.train + split.val if i not in by_id]
     if missing:
-        raise ValueError(f"split lists case(s) not found under {cfg.data.root}: {', '.join(missing[:8])}")
+        raise SplitError(f"split lists case(s) not found under {cfg.data.root}: {', '.join(missing[:8])}")
     train_cases = [by_id[i] for i in split.train]
     val_cases = [by_id[i] for i in split.val][: cfg.train.val_max_cases or None]
     if not train_cases:
-        raise ValueError(f"no training cases in the split of {cfg.data.root} ({len(cases)} cases found)")
+        raise SplitError(f"no training cases in the split of {cfg.data.root} ({len(cases)} cases found)")
     return split, train_cases, val_cases
 
 

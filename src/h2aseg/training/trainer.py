@@ -48,7 +48,7 @@ from h2aseg.checkpoint import load_checkpoint
 from h2aseg.config import Config, ConfigError
 from h2aseg.data.transforms import train_transforms
 from h2aseg.files import atomic_write_text
-from h2aseg.models.factory import build_from_config
+from h2aseg.models.factory import build_from_config, resolved_out_channels
 from h2aseg.training.callbacks import CallbackList, TrainingCallbacks, default_callbacks
 from h2aseg.training.loop import (
     CSV_COLUMNS,
@@ -116,7 +116,7 @@ def lr_lambda(cfg: Config, steps_per_epoch: int) -> Callable[[int], float]:
     t = cfg.train
     total = max(1, t.epochs * steps_per_epoch)
     if t.lr_schedule not in ("constant", "exponential", "cosine", "onecycle"):
-        raise ValueError(
+        raise ConfigError(
             f"train.lr_schedule must be constant|exponential|cosine|onecycle, got {t.lr_schedule!r}"
         )
 
@@ -140,7 +140,7 @@ def _optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
         return torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     if t.optimizer == "adamw":
         return torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
-    raise ValueError(f"train.optimizer must be adam or adamw, got {t.optimizer!r}")
+    raise ConfigError(f"train.optimizer must be adam or adamw, got {t.optimizer!r}")
 
 
 # ------------------------------------------------------------------------------------------- steps
@@ -159,7 +159,7 @@ def build_model_and_optim(run: TrainingRun) -> Engine:
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
-    loss_fn = DeepSupervisedDiceCE(cfg.model.out_channels)
+    loss_fn = DeepSupervisedDiceCE(resolved_out_channels(cfg.model))
     dataset = PatchDataset(run.train_cases, run.cache, train_transforms(cfg.data), cfg.train.seed)
     t = cfg.train
     num_samples = t.steps_per_epoch * t.batch_size * dd.world if t.steps_per_epoch else None
