@@ -122,6 +122,18 @@ def _figsize(w_mm: float, h_mm: float, height_in: float) -> tuple[float, float]:
     return (max(height_in * w_mm / max(h_mm, 1e-6), 1.5), height_in)
 
 
+def _finish(fig, title: str | None, out_png: str | Path) -> Path:  # type: ignore[no-untyped-def]
+    """The TP/FN/FP legend under the panels, the title, and the atomic save."""
+    from matplotlib.patches import Patch
+
+    legend = ((TP_COLOUR, "true positive"), (FN_COLOUR, "missed (FN)"), (FP_COLOUR, "false positive"))
+    fig.legend(handles=[Patch(color=np.array(c) / 255, label=lab) for c, lab in legend],
+               loc="outside lower center", ncol=3, frameon=False, fontsize=9)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, out_png)
+
+
 def _save(fig, out_png: str | Path) -> Path:  # type: ignore[no-untyped-def]
     return atomic_write(out_png, lambda t: fig.savefig(t, format="png", bbox_inches="tight"), suffix=".png")
 
@@ -184,7 +196,6 @@ def render_overlay(
 
     matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
-    from matplotlib.patches import Patch
 
     view = _check_view(axis)
     pet = np.asarray(pet, dtype=np.float32)
@@ -229,12 +240,7 @@ def render_overlay(
     axes[3].imshow(_display(comparison_rgba(mip(p, view), mip(g, view), alpha=200)),
                    aspect=_aspect(sp, view), interpolation="nearest")
     axes[3].set_title(f"segmentation\n{view} projection", fontsize=9)
-    legend = ((TP_COLOUR, "true positive"), (FN_COLOUR, "missed (FN)"), (FP_COLOUR, "false positive"))
-    fig.legend(handles=[Patch(color=np.array(c) / 255, label=lab) for c, lab in legend],
-               loc="outside lower center", ncol=3, frameon=False, fontsize=9)
-    if title:
-        fig.suptitle(title)
-    return _save(fig, out_png)
+    return _finish(fig, title, out_png)
 
 
 # ------------------------------------------------------------------------------------------- Fig. 3
@@ -270,7 +276,6 @@ def render_comparison(
 
     matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
-    from matplotlib.patches import Patch
 
     view = _check_view(axis)
     if base not in ("ct", "pet"):
@@ -286,12 +291,7 @@ def render_comparison(
     axes = fig.subplots(len(cases), cols, squeeze=False)
     for row, case in zip(axes, cases, strict=True):
         _comparison_row(row, case, methods, view, base, ct_window)
-    legend = ((TP_COLOUR, "true positive"), (FN_COLOUR, "missed (FN)"), (FP_COLOUR, "false positive"))
-    fig.legend(handles=[Patch(color=np.array(c) / 255, label=lab) for c, lab in legend],
-               loc="outside lower center", ncol=3, frameon=False, fontsize=9)
-    if title:
-        fig.suptitle(title)
-    return _save(fig, out_png)
+    return _finish(fig, title, out_png)
 
 
 def _comparison_row(axes: Any, case: ComparisonCase, methods: Sequence[str], view: View, base: str,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import typer
 
-from h2aseg.cli.common import err_console, fail
+from h2aseg.cli.common import err_console, fail, progress_bar
 
 analyze_app = typer.Typer(
     name="analyze",
@@ -30,20 +30,6 @@ def _errors() -> tuple[type[Exception], ...]:
     from h2aseg.errors import H2ASegError
 
     return (H2ASegError, OSError)
-
-
-def _bar(name: str, progress: bool):  # type: ignore[no-untyped-def]
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(
-        TextColumn(f"[bold]{name}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.description}"),
-        TimeRemainingColumn(),
-        console=err_console,
-        disable=not progress,
-    )
 
 
 @analyze_app.command("tamw")
@@ -73,7 +59,7 @@ def tamw(
     from h2aseg.analysis.tamw_weights import analyze_tamw
 
     try:
-        with _bar("TAMW weights", progress) as bar:
+        with progress_bar("TAMW weights", progress) as bar:
             task = bar.add_task("", total=None)
             paths = analyze_tamw(
                 checkpoint,
@@ -110,7 +96,7 @@ def features(
 
     ckpts = [checkpoint] if compare is None else [checkpoint, compare]
     try:
-        with _bar("Fig. 4", progress) as bar:
+        with progress_bar("Fig. 4", progress) as bar:
             task = bar.add_task("", total=len(case_ids))
             paths = feature_figures(
                 ckpts,

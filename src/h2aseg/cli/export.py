@@ -7,9 +7,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from h2aseg.cli.common import build_config, err_console, fail
+from h2aseg.cli.common import build_config, err_console, fail, progress_bar
 
 if TYPE_CHECKING:
     from h2aseg.data.nnunet_export import ExportResult
@@ -69,14 +68,7 @@ def export_nnunet(
         "data.label_mode": None if label_mode is None else label_mode.value,
     }
     cfg = build_config(preset, config, assignments, fields)
-    with Progress(
-        TextColumn("[bold]export-nnunet[/bold] {task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err_console,
-        disable=not progress,
-    ) as bar:
+    with progress_bar("export-nnunet", progress, elapsed=True) as bar:
         task = bar.add_task("cases", total=None)
         try:
             res = export_dataset(

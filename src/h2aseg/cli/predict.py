@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from h2aseg.cli.common import err_console, fail
+from h2aseg.cli.common import err_console, fail, progress_bar
 from h2aseg.cli.convert import DOSE_OPTION, INJECTION_OPTION, WEIGHT_OPTION, dicom_to_autopet, suv_overrides
 
 if TYPE_CHECKING:
@@ -57,7 +57,6 @@ def predict(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
 ) -> None:
     """Sliding-window prediction; masks are uint8 NIfTI in the original CT geometry."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from h2aseg.data.layouts import discover
     from h2aseg.errors import H2ASegError
@@ -111,15 +110,7 @@ def predict(
         cases = discover(
             input_dir, layout or predictor.cfg.data.layout, swap_channels=predictor.cfg.data.swap_channels
         )
-        with Progress(
-            TextColumn("[bold]predict"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.description}"),
-            TimeRemainingColumn(),
-            console=err_console,
-            disable=not progress,
-        ) as bar:
+        with progress_bar("predict", progress) as bar:
             task = bar.add_task("", total=len(cases))
             paths = predict_cases(
                 predictor,

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from h2aseg.cli.common import progress_bar
 
 
 class SynthLayout(StrEnum):
@@ -50,15 +51,7 @@ def synth(
     except PhantomError as e:
         console.print(f"[red]error:[/red] {e} (use --overwrite to write into it)", highlight=False)
         raise typer.Exit(code=2) from None
-    with Progress(
-        TextColumn("[bold]synth[/bold] {task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=False,
-        disable=not progress,
-    ) as bar:
+    with progress_bar("synth", progress, elapsed=True, console=console) as bar:
         task = bar.add_task(layout.value, total=cases)
         try:
             written = write_cohort(
