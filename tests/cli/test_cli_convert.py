@@ -146,3 +146,40 @@ def test_predict_on_a_dicom_folder(headneck: dict[str, Any], tmp_path: Path) -> 
     again = runner.invoke(app, [*args, "--weight-kg", str(WEIGHT_KG)])
     assert again.exit_code == 0, again.output
     assert sorted(p.name.split("_")[0] for p in out.glob("*.nii.gz")) == ["P1", "P2"]
+
+
+def test_dicom_variants_to_mask_lesions_and_report(headneck: dict[str, Any], tmp_path: Path) -> None:
+    """BQML+START, BQML+ADMIN and CNTS with a scale factor: DICOM in, mask, lesions.csv and HTML out."""
+    variants = {
+        "START": pet_tags(),
+        "ADMIN": pet_tags(DecayCorrection="ADMIN"),
+        "CNTS": pet_tags(Units="CNTS", PhilipsActivityScale=0.8125),
+    }
+    cfg = load_config("synthetic", TINY)
+    checkpoint = tmp_path / "model.pt"
+    save_checkpoint(
+        {"config": cfg.to_dict(), "model": build_from_config(cfg.model).state_dict(), "version": "test"},
+        checkpoint,
+    )
+    for name, tags in variants.items():
+        study = Study(patient_id=f"P{name}")
+        folder = tmp_path / "dicom" / study.study_uid
+        values = stored_pet(headneck["pet"], tags)
+        pet_affine = headneck["pet_affine"]
+        write_series(folder / "pet", values, pet_affine, "PT", study, tags=tags, description="PET")
+        write_series(folder / "ct", headneck["ct"].astype(np.float32), headneck["ct_affine"], "CT", study)
+    out = tmp_path / "pred"
+    args = ["predict", "--checkpoint", str(checkpoint), "--input", str(tmp_path / "dicom")]
+    args += ["--out-dir", str(out)]
+    result = runner.invoke(app, [*args, "--report", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    for name in variants:
+        (suv_path,) = (out / ".dicom" / f"P{name}").glob("*/SUV.nii.gz")
+        np.testing.assert_allclose(nib.load(suv_path).get_fdata(), headneck["pet"], rtol=1e-3, atol=1e-3)
+        case = f"P{name}_{suv_path.parent.name}"
+        assert (out / f"{case}.nii.gz").is_file()
+        assert (out / f"{case}_lesions.csv").read_text().startswith("case_id,lesion_id,")
+        page = (out / "report" / f"{case}.html").read_text()
+        assert case in page and "data:image/png;base64," in page
+    index = (out / "report" / "index.html").read_text()
+    assert all(f"P{name}_" in index for name in variants)
