@@ -19,9 +19,8 @@ from h2aseg.data.transforms import (
     augmentation,
     body_threshold,
     case_to_dict,
-    inference_transforms,
+    model_input,
     train_transforms,
-    val_transforms,
 )
 
 PATCH = (16, 16, 8)
@@ -131,15 +130,22 @@ def test_train_is_reproducible_with_a_seed() -> None:
     )
 
 
-def test_validation_and_inference_are_deterministic() -> None:
+def test_model_input_is_the_whole_volume_as_float32() -> None:
     pc = _case()
-    data = case_to_dict(pc)
-    v1, v2 = val_transforms(_cfg())(data), val_transforms(_cfg())(data)
-    assert torch.equal(v1["image"], v2["image"]) and v1["image"].shape == (2, *pc.image.shape[1:])
-    assert torch.equal(v1["image"], torch.from_numpy(pc.image)) and v1["label"].dtype == torch.uint8
-    inf = inference_transforms(_cfg())({"image": pc.image})
-    assert type(inf["image"]) is torch.Tensor and torch.equal(inf["image"], v1["image"])
-    assert "label" not in val_transforms(_cfg())({"image": pc.image})
+    pc.image = np.asfortranarray(pc.image.astype(np.float64))
+    x = model_input(pc)
+    assert type(x) is torch.Tensor and x.dtype == torch.float32 and x.is_contiguous()
+    assert x.shape == (2, *pc.image.shape[1:]) and torch.equal(x, torch.from_numpy(pc.image).float())
+
+
+def test_validation_and_prediction_share_the_input() -> None:
+    import inspect
+
+    from h2aseg.inference.predictor import Predictor
+    from h2aseg.training.loop import validate
+
+    assert "model_input(pc)" in inspect.getsource(validate)
+    assert "model_input(pc)" in inspect.getsource(Predictor.probabilities)
 
 
 def test_augment_modes_turn_off_what_the_paper_does_not_state() -> None:

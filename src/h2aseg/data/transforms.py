@@ -11,9 +11,9 @@ centred anywhere outside lesions, or with ``cfg.negative_centres == "hot"`` on p
 :class:`CropCentresd`), random rotation
 about the axial (z) axis, random flips along each axis, light per-channel intensity scale/shift, as
 ``cfg.augment`` chooses (:func:`augmentation`: as configured, the paper's none, or the released code's).
-Returns a list of ``cfg.crops_per_case`` dicts. Validation/inference (:func:`val_transforms`,
-:func:`inference_transforms`) are deterministic and keep the whole volume (so predictions stay on the
-preprocessed grid for :func:`~h2aseg.data.preprocess.restore_to_ct_grid`).
+Returns a list of ``cfg.crops_per_case`` dicts. Validation and inference take the whole volume as it is
+(:func:`model_input`), so predictions stay on the preprocessed grid for
+:func:`~h2aseg.data.preprocess.restore_to_ct_grid`.
 """
 
 from __future__ import annotations
@@ -302,17 +302,10 @@ def train_transforms(cfg: DataConfig) -> Compose:
     return SingleThreadCompose(t)
 
 
-def val_transforms(cfg: DataConfig) -> Compose:
-    """Deterministic: the whole preprocessed volume as tensors (label optional)."""
-    return SingleThreadCompose([*_pre(cfg), *_post(allow_missing=True)])
+def model_input(pc: PreprocessedCase) -> torch.Tensor:
+    """The whole preprocessed volume as the network's input: float32 ``(2, X, Y, Z)`` [CT, PET], C-contiguous.
 
-
-def inference_transforms(cfg: DataConfig) -> Compose:
-    """Deterministic, image only (any label is ignored if present)."""
-    return SingleThreadCompose(
-        [
-            EnsureTyped(keys="image", data_type="tensor", track_meta=False),
-            CastToTyped(keys="image", dtype=torch.float32),
-            EnsureTyped(keys="image", data_type="tensor", track_meta=False),
-        ]
-    )
+    Validation (``training.loop.validate``) and prediction (``inference.Predictor``) both build their input
+    here, so what a validation Dice measures is what ``h2aseg predict`` runs.
+    """
+    return torch.from_numpy(np.ascontiguousarray(pc.image, dtype=np.float32))
