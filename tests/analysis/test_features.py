@@ -12,7 +12,7 @@ from analysis_fixtures import CHANNELS, is_png, write_checkpoint, write_small_co
 from typer.testing import CliRunner
 
 from h2aseg.analysis.features import capture_level2, case_features, crop_box, lesion_centre, top_channels
-from h2aseg.analysis.tamw_weights import load_h2aseg
+from h2aseg.analysis.tamw_run import load_h2aseg
 from h2aseg.cli import app
 
 

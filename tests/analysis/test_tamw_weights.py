@@ -12,15 +12,12 @@ import torch
 from analysis_fixtures import RELEASED, close, set_tamw_weights, write_checkpoint, write_small_cohort
 from typer.testing import CliRunner
 
+from h2aseg.analysis.tamw_run import PredictionRecorder, analyze_cases, analyze_tamw, load_h2aseg
 from h2aseg.analysis.tamw_weights import (
     AnalysisError,
-    PredictionRecorder,
     TamwCall,
     TamwRecorder,
     aggregate_case,
-    analyze_cases,
-    analyze_tamw,
-    load_h2aseg,
     modality_slices,
     read_table3_csv,
     write_tamw_outputs,

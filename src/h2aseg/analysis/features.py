@@ -31,7 +31,8 @@ from h2aseg.analysis.overlays import (
     _show,
     default_slice,
 )
-from h2aseg.analysis.tamw_weights import AnalysisError, LoadedModel, TamwRecorder, load_h2aseg, tamw_modules
+from h2aseg.analysis.tamw_run import LoadedModel, load_h2aseg
+from h2aseg.analysis.tamw_weights import AnalysisError, TamwRecorder, tamw_modules
 
 FEATURE_DEPTH = 2
 CT_DISPLAY_HU = (-160.0, 240.0)

@@ -56,7 +56,7 @@ def tamw(
     progress: bool = PROGRESS,
 ) -> None:
     """Table 3: mean TAMW foreground/background weight (x100) of the PET and CT channels per depth."""
-    from h2aseg.analysis.tamw_weights import analyze_tamw
+    from h2aseg.analysis.tamw_run import analyze_tamw
 
     try:
         with progress_bar("TAMW weights", progress) as bar:

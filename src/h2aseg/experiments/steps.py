@@ -149,7 +149,7 @@ def run_checkpoint(run_dir: Path) -> Path:
 def predict_network(run_dir: Path, cases: list[Case], heartbeat: Heartbeat) -> list[float]:
     """Predict the test cases with :func:`run_checkpoint`; seconds per predicted case. An H2ASeg with TAMW
     records TAMW's weights in the same pass: the run's Table 3 in ``analysis/`` (docs/analysis.md)."""
-    from h2aseg.analysis.tamw_weights import PredictionRecorder, has_tamw
+    from h2aseg.analysis.tamw_run import PredictionRecorder, has_tamw
     from h2aseg.inference.predictor import Predictor, predict_cases
 
     ckpt = run_checkpoint(run_dir)

@@ -310,7 +310,7 @@ def _gt_volumes(layout: Layout, runs: list[Run]) -> dict[str, float] | None:
 
 def _fig4(layout: Layout, runs: list[Run], cases: list[Case]) -> list[Path]:
     from h2aseg.analysis.features import draw_feature_figures
-    from h2aseg.analysis.tamw_weights import load_h2aseg
+    from h2aseg.analysis.tamw_run import load_h2aseg
     from h2aseg.experiments.steps import run_checkpoint
 
     models = [load_h2aseg(run_checkpoint(layout.run_dir(r))) for r in runs]
