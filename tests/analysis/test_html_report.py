@@ -28,16 +28,13 @@ from h2aseg.analysis.html_report import (
     write_index,
     write_study_report,
 )
-from h2aseg.checkpoint import save_checkpoint
 from h2aseg.cli import app
-from h2aseg.config import load_config
 from h2aseg.data.io import write_volume
 from h2aseg.evaluation.quantify import Quantification, lesions_csv, quantify_arrays
-from h2aseg.models.factory import build_from_config
 from h2aseg.synth import write_cohort
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "training"))
-from training_fixtures import TINY
+from training_fixtures import save_tiny_checkpoint
 
 # LAS, as autoPET's files: array i grows towards the patient's left, so low i is drawn on the viewer's left
 AFFINE = np.array([[-2.0, 0, 0, 40.0], [0, 2.0, 0, -20.0], [0, 0, 3.0, 5.0], [0, 0, 0, 1]])
@@ -270,10 +267,7 @@ def test_chromium_loads_the_images_and_shows_the_table(study: tuple, tmp_path: P
 # ------------------------------------------------------------------------------------------- the CLI
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cfg = load_config("synthetic", TINY)
-    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
-    save_checkpoint({"config": cfg.to_dict(), "model": build_from_config(cfg.model).state_dict()}, path)
-    return path
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt")
 
 
 def _assert_page_matches_csv(page: Path, lesions_csv_path: Path) -> None:

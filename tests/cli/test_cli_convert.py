@@ -11,18 +11,15 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from h2aseg.checkpoint import save_checkpoint
 from h2aseg.cli import app
-from h2aseg.config import load_config
 from h2aseg.data.geometry import resample_to_grid
 from h2aseg.data.layouts import discover
-from h2aseg.models.factory import build_from_config
 from h2aseg.synth import synth_case
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "data"))
 sys.path.insert(0, str(Path(__file__).parents[1] / "training"))
 from test_dicom import WEIGHT_KG, Study, pet_tags, stored_pet, write_series
-from training_fixtures import TINY
+from training_fixtures import save_tiny_checkpoint
 
 runner = CliRunner()
 
@@ -118,10 +115,7 @@ def test_one_line_errors(tmp_path: Path) -> None:
 
 
 def test_predict_on_a_dicom_folder(headneck: dict[str, Any], tmp_path: Path) -> None:
-    cfg = load_config("synthetic", TINY)
-    checkpoint = tmp_path / "model.pt"
-    model = build_from_config(cfg.model)
-    save_checkpoint({"config": cfg.to_dict(), "model": model.state_dict(), "version": "test"}, checkpoint)
+    checkpoint = save_tiny_checkpoint(tmp_path / "model.pt")
     write_study(tmp_path / "dicom", headneck, Study(patient_id="P1"))
     write_study(tmp_path / "dicom", headneck, Study(patient_id="P2"), PatientWeight=None)
     out = tmp_path / "pred"
@@ -155,12 +149,7 @@ def test_dicom_variants_to_mask_lesions_and_report(headneck: dict[str, Any], tmp
         "ADMIN": pet_tags(DecayCorrection="ADMIN"),
         "CNTS": pet_tags(Units="CNTS", PhilipsActivityScale=0.8125),
     }
-    cfg = load_config("synthetic", TINY)
-    checkpoint = tmp_path / "model.pt"
-    save_checkpoint(
-        {"config": cfg.to_dict(), "model": build_from_config(cfg.model).state_dict(), "version": "test"},
-        checkpoint,
-    )
+    checkpoint = save_tiny_checkpoint(tmp_path / "model.pt")
     for name, tags in variants.items():
         study = Study(patient_id=f"P{name}")
         folder = tmp_path / "dicom" / study.study_uid

@@ -10,15 +10,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from h2aseg.checkpoint import save_checkpoint
 from h2aseg.cli import app
-from h2aseg.config import load_config
 from h2aseg.data.io import write_volume
-from h2aseg.models.factory import build_from_config
 from h2aseg.synth import write_cohort
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "training"))
-from training_fixtures import TINY
+from training_fixtures import save_tiny_checkpoint
 
 runner = CliRunner()
 AFFINE = np.diag([2.0, 2.0, 3.0, 1.0])
@@ -83,10 +80,7 @@ def test_quantify_errors_are_one_line(images: dict[str, Path], tmp_path: Path) -
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cfg = load_config("synthetic", TINY)
-    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
-    save_checkpoint({"config": cfg.to_dict(), "model": build_from_config(cfg.model).state_dict()}, path)
-    return path
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt")
 
 
 def test_predict_quantify_writes_csvs_beside_each_mask(checkpoint: Path, tmp_path: Path) -> None:

@@ -30,3 +30,13 @@ def write_tiny_cohort(root: Path) -> Path:
 
 def tiny_config(root: Path, epochs: int = 2, extra: tuple[str, ...] = ()) -> Config:
     return load_config("synthetic", [*TINY, f"data.root={root}", f"train.epochs={epochs}", *extra])
+
+
+def save_tiny_checkpoint(path: Path) -> Path:
+    """A checkpoint of an untrained network of the ``synthetic`` preset shrunk by :data:`TINY`."""
+    from h2aseg.checkpoint import save_checkpoint
+    from h2aseg.models.factory import build_from_config
+
+    cfg = load_config("synthetic", TINY)
+    save_checkpoint({"config": cfg.to_dict(), "model": build_from_config(cfg.model).state_dict()}, path)
+    return path
