@@ -1,4 +1,4 @@
-"""``h2aseg analyze``: listed in the top-level help, its three commands answer --help."""
+"""``h2aseg analyze``: listed in the top-level help, its commands answer --help."""
 
 from __future__ import annotations
 
@@ -10,19 +10,19 @@ from h2aseg.cli import app
 runner = CliRunner()
 
 
-def test_analyze_is_a_command_with_three_subcommands() -> None:
+def test_analyze_is_a_command_with_its_subcommands() -> None:
     assert "analyze" in runner.invoke(app, ["--help"]).output
     result = runner.invoke(app, ["analyze", "--help"], terminal_width=200)
     assert result.exit_code == 0
-    for sub in ("tamw", "features", "overlays"):
+    for sub in ("tamw", "features", "overlays", "runs"):
         assert sub in result.output
 
 
-@pytest.mark.parametrize("sub", ["tamw", "features", "overlays"])
+@pytest.mark.parametrize("sub", ["tamw", "features", "overlays", "runs"])
 def test_subcommand_help(sub: str) -> None:
     result = runner.invoke(app, ["analyze", sub, "--help"], terminal_width=200)
     assert result.exit_code == 0 and "Usage" in result.output
-    assert ("--no-progress" in result.output) == (sub != "overlays")
+    assert ("--no-progress" in result.output) == (sub not in ("overlays", "runs"))
 
 
 def test_missing_required_options_are_usage_errors() -> None:

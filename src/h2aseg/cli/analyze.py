@@ -2,7 +2,8 @@
 
 - ``analyze tamw``: Table 3 (TAMW's PET/CT channel weights per depth) from an H2ASeg checkpoint;
 - ``analyze features``: Fig. 4 (the level-2 feature maps TAMW weights most), one or two checkpoints;
-- ``analyze overlays``: Fig. 3 (several methods' masks side by side on the same cases).
+- ``analyze overlays``: Fig. 3 (several methods' masks side by side on the same cases);
+- ``analyze runs``: several training runs' validation Dice against steps and training time.
 
 See docs/analysis.md.
 """
@@ -17,7 +18,7 @@ from h2aseg.cli.common import err_console, fail, progress_bar
 
 analyze_app = typer.Typer(
     name="analyze",
-    help="Table 3 (TAMW weights), Fig. 4 (level-2 features) and Fig. 3 (method overlays).",
+    help="Table 3 (TAMW weights), Fig. 4 (level-2 features), Fig. 3 (method overlays), run curves.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -167,6 +168,34 @@ def overlays(
     except _errors() as e:
         raise fail(str(e)) from None
     err_console.print(f"wrote {path}", highlight=False)
+
+
+@analyze_app.command("runs")
+def runs(
+    run_dirs: list[str] = typer.Option(
+        ..., "--run", help="A run folder of h2aseg train (or its metrics.csv), as DIR or LABEL=DIR; repeat."
+    ),
+    out: Path = typer.Option(..., "--out", help="Output folder: runs.png, runs.md, runs.csv."),
+    title: str | None = typer.Option(None, "--title", help="Figure title."),
+) -> None:
+    """Validation Dice of several runs against optimiser steps and training time, and a summary table."""
+    from h2aseg.analysis.run_comparison import compare_runs
+
+    try:
+        pairs = [parse_run(r) for r in run_dirs]
+        paths = compare_runs(pairs, out, title=title)
+    except _errors() as e:
+        raise fail(str(e)) from None
+    for p in paths:
+        err_console.print(f"wrote {p}", highlight=False)
+
+
+def parse_run(text: str) -> tuple[str, Path]:
+    """``LABEL=DIR`` or ``DIR`` (labelled by the folder's name)."""
+    label, sep, folder = text.partition("=")
+    if sep and label and folder:
+        return label, Path(folder)
+    return Path(text).name or text, Path(text)
 
 
 def register(app: typer.Typer) -> None:
