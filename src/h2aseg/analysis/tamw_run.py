@@ -69,59 +69,24 @@ def load_h2aseg(checkpoint: str | Path, overrides: Sequence[str] | None = None) 
     return LoadedModel(path, predictor, split if isinstance(split, dict) else None)
 
 
-def resolve_split(loaded: LoadedModel, cases: Sequence[Any]) -> tuple[Any, str]:
-    """The split the model was trained with, and where it came from: stored in the checkpoint (training
-    checkpoints), ``data.split_file``, the run folder's ``split.json``, else made from ``cases`` with the
-    stored ratios and seed (as training would have made it on this data)."""
-    from h2aseg.data.splits import Split, SplitError, load_split, make_split
-
-    data = loaded.predictor.cfg.data
-    doc = loaded.stored_split
-    if doc is not None:
-        try:
-            return Split(
-                list(doc["train"]),
-                list(doc["val"]),
-                list(doc["test"]),
-                int(doc.get("seed", 0)),
-                tuple(doc.get("ratios", (0.6, 0.2, 0.2))),
-                dict(doc.get("patients", {})),
-            ), f"the split stored in {loaded.path.name}"
-        except (KeyError, TypeError, ValueError):
-            pass
-    for f in (data.split_file, loaded.path.parent.parent / "split.json"):
-        if f and Path(f).is_file():
-            try:
-                return load_split(f), str(f)
-            except SplitError:
-                continue
-    split = make_split(list(cases), tuple(data.split_ratios), data.split_seed)  # type: ignore[arg-type]
-    return split, f"a split made from the data (ratios {list(data.split_ratios)}, seed {data.split_seed})"
-
-
 def select_cases(
     loaded: LoadedModel, data: str | Path, part: str = "test", limit: int | None = None
 ) -> tuple[list[Any], str]:
     """The cases under ``data`` (the model's layout settings) in ``part`` (train, val, test or all) of its
-    split, in case-id order, at most ``limit``; and a line saying which."""
+    split (:func:`h2aseg.inference.case_selection.cases_in_part`), in case-id order, at most ``limit``; and
+    a line saying which."""
     from h2aseg.data.layouts import discover
+    from h2aseg.errors import InputError
+    from h2aseg.inference.case_selection import cases_in_part
 
     cfg = loaded.predictor.cfg.data
     cases = discover(data, cfg.layout, swap_channels=cfg.swap_channels)
-    if part == "all":
-        chosen, where = cases, f"all {len(cases)} cases under {data}"
-    else:
-        if part not in ("train", "val", "test"):
-            raise AnalysisError(f"split part must be train, val, test or all, got {part!r}")
-        split, source = resolve_split(loaded, cases)
-        ids = set(split.part(part))
-        chosen = [c for c in cases if c.case_id in ids]
-        if not chosen:
-            raise AnalysisError(
-                f"{data}: none of the {len(ids)} {part} case(s) of {source} are there "
-                "(another dataset? use --split all)"
-            )
-        where = f"the {part} part of {source}: {len(chosen)} of its {len(ids)} case(s) found under {data}"
+    try:
+        chosen, where = cases_in_part(
+            cases, part, checkpoint=loaded.path, data=cfg, stored=loaded.stored_split, root=data
+        )
+    except InputError as e:
+        raise AnalysisError(str(e)) from None
     if limit is not None:
         if limit < 1:
             raise AnalysisError(f"--cases must be at least 1, got {limit}")

@@ -22,6 +22,13 @@ def predict(
     input_dir: Path | None = typer.Option(None, "--input", help="A dataset folder (any supported layout)."),
     out_dir: Path | None = typer.Option(None, "--out-dir", help="Output folder: <case_id>.nii.gz per case."),
     layout: str | None = typer.Option(None, "--layout", help="Layout of --input [data.layout]."),
+    split: str = typer.Option(
+        "all",
+        "--split",
+        help="all | train | val | test: with --input, only the cases of that part of the model's split "
+        "(stored in the checkpoint, else data.split_file, else the run's split.json): e.g. train, to "
+        "score a model on the studies it was trained on.",
+    ),
     overlap: float | None = typer.Option(None, "--overlap", help="Sliding-window overlap [infer.overlap]."),
     tta: bool | None = typer.Option(
         None, "--tta/--no-tta", help="Flip test-time augmentation [infer.tta_flips]."
@@ -74,6 +81,8 @@ def predict(
         raise fail("--ct, --pet and --out must be given together")
     if folder and (input_dir is None or out_dir is None):
         raise fail("--input and --out-dir must be given together")
+    if split != "all" and not folder:
+        raise fail("--split chooses cases of an --input folder; it takes no --ct/--pet or --challenge-io")
     fields = {
         "infer.overlap": overlap,
         "infer.tta_flips": tta,
@@ -110,6 +119,12 @@ def predict(
         cases = discover(
             input_dir, layout or predictor.cfg.data.layout, swap_channels=predictor.cfg.data.swap_channels
         )
+        if split != "all":
+            from h2aseg.inference.case_selection import cases_in_part, stored_split
+
+            cases, where = cases_in_part(cases, split, checkpoint=checkpoint, data=predictor.cfg.data,
+                                         stored=stored_split(checkpoint), root=input_dir)
+            err_console.print(f"predicting {where}", highlight=False)
         with progress_bar("predict", progress) as bar:
             task = bar.add_task("", total=len(cases))
             paths = predict_cases(
