@@ -14,7 +14,8 @@ from h2aseg.errors import InputError
 REQUIRED_COLUMNS = ("epoch", "train_loss", "val_dice")
 
 
-def _num(v: str | None) -> float | None:
+def csv_number(v: str | None) -> float | None:
+    """A CSV cell as a finite float; None for an empty, non-numeric or non-finite cell."""
     if v is None or not v.strip():
         return None
     try:
@@ -42,11 +43,11 @@ def read_metrics_csv(path: str | Path) -> dict[str, dict[float, list[float]]]:
             }
             for row in reader:
                 row = {(k or "").strip(): v for k, v in row.items()}
-                epoch = _num(row.get("epoch"))
+                epoch = csv_number(row.get("epoch"))
                 if epoch is None:
                     continue
                 for k in out:
-                    v = _num(row.get(k))
+                    v = csv_number(row.get(k))
                     if v is not None:
                         out[k][epoch].append(v)
     except FileNotFoundError as e:

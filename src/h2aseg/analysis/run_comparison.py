@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from h2aseg.analysis.curves import csv_number
 from h2aseg.errors import InputError
 from h2aseg.files import atomic_write_text
 
@@ -59,16 +60,6 @@ class RunCurve:
         return self.val[-1] if self.val else None
 
 
-def _float(v: str | None) -> float | None:
-    if v is None or not v.strip():
-        return None
-    try:
-        f = float(v)
-    except ValueError:
-        return None
-    return f if math.isfinite(f) else None
-
-
 def metrics_path(run: str | Path) -> Path:
     """``run`` itself when it is a file, else ``run/metrics.csv``."""
     run = Path(run)
@@ -92,7 +83,7 @@ def read_run(label: str, run: str | Path) -> RunCurve:
             rows: dict[int, dict[str, str]] = {}
             for row in reader:
                 row = {(k or "").strip(): (v or "") for k, v in row.items()}
-                epoch = _float(row.get("epoch"))
+                epoch = csv_number(row.get("epoch"))
                 if epoch is not None:
                     rows[int(epoch)] = row
     except FileNotFoundError as e:
@@ -103,16 +94,16 @@ def read_run(label: str, run: str | Path) -> RunCurve:
     seconds = 0.0
     for epoch in sorted(rows):
         row = rows[epoch]
-        sec = _float(row.get("seconds")) or 0.0
+        sec = csv_number(row.get("seconds")) or 0.0
         seconds += sec
         curve.epoch_seconds.append(sec)
-        step = _float(row.get("step"))
+        step = csv_number(row.get("step"))
         curve.steps = int(step) if step is not None else curve.steps
-        dice = _float(row.get("val_dice"))
+        dice = csv_number(row.get("val_dice"))
         if dice is not None:
-            n = _float(row.get("val_cases"))
+            n = csv_number(row.get("val_cases"))
             curve.val.append(
-                ValPoint(epoch, curve.steps, seconds / 60.0, dice, _float(row.get("val_dice_sd")),
+                ValPoint(epoch, curve.steps, seconds / 60.0, dice, csv_number(row.get("val_dice_sd")),
                          None if n is None else int(n))
             )
     curve.minutes = seconds / 60.0
