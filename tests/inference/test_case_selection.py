@@ -4,27 +4,23 @@ found where training left the split, with clear errors."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
-from h2aseg.checkpoint import save_checkpoint
 from h2aseg.cli import app
 from h2aseg.config import load_config
 from h2aseg.data.layouts import Case, discover
 from h2aseg.errors import InputError
-from h2aseg.inference.case_selection import cases_in_part, model_split, stored_split
-from h2aseg.models.factory import build_from_config
+from h2aseg.inference.case_selection import cases_in_part, model_split
+from h2aseg.inference.predictor import Predictor
 from h2aseg.synth import write_cohort
 
-TINY = [
-    "model.channels=[4,8,8,8,8]",
-    "model.window_size=[4,4,2]",
-    "data.patch_size=[32,32,32]",
-    "infer.overlap=0.0",
-]
+sys.path.insert(0, str(Path(__file__).parents[1] / "training"))
+from training_fixtures import TINY, save_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -34,12 +30,9 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Case]]:
     return root, discover(root)
 
 
-def _checkpoint(path: Path, split: dict[str, Any] | None = None) -> Path:
-    cfg = load_config("synthetic", TINY)
-    payload: dict[str, Any] = {"config": cfg.to_dict(), "model": build_from_config(cfg.model).state_dict()}
-    if split is not None:
-        payload["split"] = split
-    return save_checkpoint(payload, path)
+def _stored(ckpt: Path) -> dict[str, Any] | None:
+    """The split a checkpoint holds, as the predictor reads it."""
+    return Predictor.from_checkpoint(ckpt).stored_split
 
 
 def _split(ids: list[str], train: int) -> dict[str, Any]:
@@ -58,15 +51,15 @@ def test_the_split_stored_in_the_checkpoint_comes_first(
 ) -> None:
     root, cases = cohort
     ids = [c.case_id for c in cases]
-    ckpt = _checkpoint(tmp_path / "m.pt", _split(ids, 1))
-    assert stored_split(ckpt) == _split(ids, 1)
+    ckpt = save_tiny_checkpoint(tmp_path / "m.pt", _split(ids, 1))
+    assert _stored(ckpt) == _split(ids, 1)
     cfg = load_config("synthetic", TINY).data
     chosen, where = cases_in_part(
-        cases, "train", checkpoint=ckpt, data=cfg, stored=stored_split(ckpt), root=root
+        cases, "train", checkpoint=ckpt, data=cfg, stored=_stored(ckpt), root=root
     )
     assert [c.case_id for c in chosen] == ids[:1]
     assert where == f"the train part of the split stored in m.pt: 1 of its 1 case(s) found under {root}"
-    chosen, _ = cases_in_part(cases, "test", checkpoint=ckpt, data=cfg, stored=stored_split(ckpt), root=root)
+    chosen, _ = cases_in_part(cases, "test", checkpoint=ckpt, data=cfg, stored=_stored(ckpt), root=root)
     assert [c.case_id for c in chosen] == ids[1:]
     everything, where = cases_in_part(cases, "all", checkpoint=ckpt, data=cfg, stored=None, root=root)
     assert everything == list(cases) and where.startswith("all 4 cases")
@@ -79,8 +72,8 @@ def test_then_the_run_folders_split_json_then_a_split_made_as_training_would(
     ids = [c.case_id for c in cases]
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
-    ckpt = _checkpoint(run / "checkpoints" / "best.pt")  # exported: no split inside
-    assert stored_split(ckpt) is None
+    ckpt = save_tiny_checkpoint(run / "checkpoints" / "best.pt")  # exported: no split inside
+    assert _stored(ckpt) is None
     (run / "split.json").write_text(json.dumps(_split(ids, 3)), encoding="utf-8")
     cfg = load_config("synthetic", TINY).data
     split, source = model_split(ckpt, cfg, None, cases)
@@ -93,17 +86,17 @@ def test_then_the_run_folders_split_json_then_a_split_made_as_training_would(
 def test_errors_name_the_problem(cohort: tuple[Path, list[Case]], tmp_path: Path) -> None:
     root, cases = cohort
     cfg = load_config("synthetic", TINY).data
-    ckpt = _checkpoint(tmp_path / "m.pt", {**_split(["someone else"], 1)})
+    ckpt = save_tiny_checkpoint(tmp_path / "m.pt", {**_split(["someone else"], 1)})
     with pytest.raises(InputError, match="split part must be one of all, train, val, test, got 'dev'"):
-        cases_in_part(cases, "dev", checkpoint=ckpt, data=cfg, stored=stored_split(ckpt), root=root)
+        cases_in_part(cases, "dev", checkpoint=ckpt, data=cfg, stored=_stored(ckpt), root=root)
     with pytest.raises(InputError, match=r"none of the 1 train case\(s\) of the split stored in m.pt"):
-        cases_in_part(cases, "train", checkpoint=ckpt, data=cfg, stored=stored_split(ckpt), root=root)
+        cases_in_part(cases, "train", checkpoint=ckpt, data=cfg, stored=_stored(ckpt), root=root)
 
 
 def test_predict_split_writes_only_that_parts_masks(cohort: tuple[Path, list[Case]], tmp_path: Path) -> None:
     root, cases = cohort
     ids = [c.case_id for c in cases]
-    ckpt = _checkpoint(tmp_path / "m.pt", _split(ids, 2))
+    ckpt = save_tiny_checkpoint(tmp_path / "m.pt", _split(ids, 2))
     out = tmp_path / "pred"
     runner = CliRunner()
     result = runner.invoke(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from h2aseg.config import Config, load_config
 from h2aseg.synth import write_cohort
@@ -32,11 +33,15 @@ def tiny_config(root: Path, epochs: int = 2, extra: tuple[str, ...] = ()) -> Con
     return load_config("synthetic", [*TINY, f"data.root={root}", f"train.epochs={epochs}", *extra])
 
 
-def save_tiny_checkpoint(path: Path) -> Path:
-    """A checkpoint of an untrained network of the ``synthetic`` preset shrunk by :data:`TINY`."""
+def save_tiny_checkpoint(path: Path, split: dict[str, Any] | None = None) -> Path:
+    """A checkpoint of an untrained network of the ``synthetic`` preset shrunk by :data:`TINY`; with
+    ``split``, holding that split document as training checkpoints do."""
     from h2aseg.checkpoint import save_checkpoint
     from h2aseg.models.factory import build_from_config
 
     cfg = load_config("synthetic", TINY)
-    save_checkpoint({"config": cfg.to_dict(), "model": build_from_config(cfg.model).state_dict()}, path)
+    payload: dict[str, Any] = {"config": cfg.to_dict(), "model": build_from_config(cfg.model).state_dict()}
+    if split is not None:
+        payload["split"] = split
+    save_checkpoint(payload, path)
     return path

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import math
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -25,33 +26,39 @@ def csv_number(v: str | None) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def read_metrics_csv(path: str | Path) -> dict[str, dict[float, list[float]]]:
-    """``{column: {epoch: [values...]}}`` for ``train_loss``, ``val_dice``, ``lr``; empty cells skipped.
+def read_metrics_rows(path: str | Path, required: Sequence[str]) -> list[dict[str, str]]:
+    """The rows of a trainer's metrics CSV (keys and missing cells normalised to ``str``), in file order.
 
-    Raises ``ValueError`` naming the file when it is missing, empty or lacks a required column.
+    Raises :class:`InputError` naming the file when it is missing or lacks a ``required`` column.
     """
     path = Path(path)
     try:
         with open(path, newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
             cols = [c.strip() for c in (reader.fieldnames or [])]
-            missing = [c for c in REQUIRED_COLUMNS if c not in cols]
+            missing = [c for c in required if c not in cols]
             if missing:
                 raise InputError(f"{path}: missing column(s) {', '.join(missing)} (has: {', '.join(cols)})")
-            out: dict[str, dict[float, list[float]]] = {
-                k: defaultdict(list) for k in ("train_loss", "val_dice", "lr")
-            }
-            for row in reader:
-                row = {(k or "").strip(): v for k, v in row.items()}
-                epoch = csv_number(row.get("epoch"))
-                if epoch is None:
-                    continue
-                for k in out:
-                    v = csv_number(row.get(k))
-                    if v is not None:
-                        out[k][epoch].append(v)
+            return [{(k or "").strip(): (v or "") for k, v in row.items()} for row in reader]
     except FileNotFoundError as e:
-        raise InputError(f"{path}: metrics CSV not found") from e
+        raise InputError(f"{path}: metrics CSV not found (is it a run folder of h2aseg train?)") from e
+
+
+def read_metrics_csv(path: str | Path) -> dict[str, dict[float, list[float]]]:
+    """``{column: {epoch: [values...]}}`` for ``train_loss``, ``val_dice``, ``lr``; empty cells skipped.
+
+    Raises ``ValueError`` naming the file when it is missing, empty or lacks a required column.
+    """
+    columns = ("train_loss", "val_dice", "lr")
+    out: dict[str, dict[float, list[float]]] = {k: defaultdict(list) for k in columns}
+    for row in read_metrics_rows(path, REQUIRED_COLUMNS):
+        epoch = csv_number(row.get("epoch"))
+        if epoch is None:
+            continue
+        for k in out:
+            v = csv_number(row.get(k))
+            if v is not None:
+                out[k][epoch].append(v)
     if not any(out[k] for k in ("train_loss", "val_dice")):
         raise InputError(f"{path}: no train_loss or val_dice values")
     return out

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from h2aseg.analysis.curves import csv_number
+from h2aseg.analysis.curves import csv_number, read_metrics_rows
 from h2aseg.errors import InputError
 from h2aseg.files import atomic_write_text
 
@@ -47,9 +47,12 @@ class RunCurve:
     label: str
     source: Path
     steps: int = 0
-    minutes: float = 0.0
     epoch_seconds: list[float] = field(default_factory=list)
     val: list[ValPoint] = field(default_factory=list)
+
+    @property
+    def minutes(self) -> float:
+        return sum(self.epoch_seconds) / 60.0
 
     @property
     def best(self) -> ValPoint | None:
@@ -73,21 +76,11 @@ def read_run(label: str, run: str | Path) -> RunCurve:
     ``seconds`` column, or has no epoch at all.
     """
     path = metrics_path(run)
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            cols = [c.strip() for c in (reader.fieldnames or [])]
-            missing = [c for c in REQUIRED if c not in cols]
-            if missing:
-                raise InputError(f"{path}: missing column(s) {', '.join(missing)} (has: {', '.join(cols)})")
-            rows: dict[int, dict[str, str]] = {}
-            for row in reader:
-                row = {(k or "").strip(): (v or "") for k, v in row.items()}
-                epoch = csv_number(row.get("epoch"))
-                if epoch is not None:
-                    rows[int(epoch)] = row
-    except FileNotFoundError as e:
-        raise InputError(f"{path}: metrics CSV not found (is it a run folder of h2aseg train?)") from e
+    rows: dict[int, dict[str, str]] = {}
+    for row in read_metrics_rows(path, REQUIRED):
+        epoch = csv_number(row.get("epoch"))
+        if epoch is not None:
+            rows[int(epoch)] = row
     if not rows:
         raise InputError(f"{path}: no epochs recorded yet")
     curve = RunCurve(label=label, source=path)
@@ -106,7 +99,6 @@ def read_run(label: str, run: str | Path) -> RunCurve:
                 ValPoint(epoch, curve.steps, seconds / 60.0, dice, csv_number(row.get("val_dice_sd")),
                          None if n is None else int(n))
             )
-    curve.minutes = seconds / 60.0
     return curve
 
 

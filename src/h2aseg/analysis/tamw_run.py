@@ -31,7 +31,10 @@ class LoadedModel:
 
     path: Path
     predictor: Any  # h2aseg.inference.predictor.Predictor
-    stored_split: dict[str, Any] | None
+
+    @property
+    def stored_split(self) -> dict[str, Any] | None:
+        return self.predictor.stored_split  # type: ignore[no-any-return]
 
     @property
     def model(self) -> nn.Module:
@@ -52,7 +55,8 @@ class LoadedModel:
 
 def load_h2aseg(checkpoint: str | Path, overrides: Sequence[str] | None = None) -> LoadedModel:
     """Load a checkpoint as ``h2aseg predict`` does (:meth:`Predictor.from_checkpoint`, ``overrides`` as its
-    ``--set``) and check that it is an H2ASeg with TAMW (:class:`AnalysisError` otherwise)."""
+    ``--set``) and check that it is an H2ASeg with TAMW (:class:`AnalysisError` otherwise); the stored
+    config is checked before any network is built."""
     from h2aseg.checkpoint import load_checkpoint
     from h2aseg.config import Config
     from h2aseg.inference.predictor import Predictor
@@ -60,13 +64,12 @@ def load_h2aseg(checkpoint: str | Path, overrides: Sequence[str] | None = None) 
     path = Path(checkpoint)
     payload = load_checkpoint(path)
     name = Config.from_dict(payload["config"], source=f"{path} (stored config)").model.name
+    del payload
     if name != "h2aseg":
         raise AnalysisError(f"{path}: a {name!r} checkpoint; the TAMW analysis needs an H2ASeg checkpoint")
-    split = payload.get("split")
-    del payload
     predictor = Predictor.from_checkpoint(path, list(overrides or []))
     tamw_modules(predictor.model, str(path))
-    return LoadedModel(path, predictor, split if isinstance(split, dict) else None)
+    return LoadedModel(path, predictor)
 
 
 def select_cases(
@@ -182,7 +185,7 @@ class PredictionRecorder:
     :func:`write_tamw_outputs`."""
 
     def __init__(self, predictor: Any, checkpoint: str | Path, weighting: Weighting = "uniform") -> None:
-        self.loaded = LoadedModel(Path(checkpoint), predictor, None)
+        self.loaded = LoadedModel(Path(checkpoint), predictor)
         self.recorder = TamwRecorder(predictor.model, str(checkpoint))
         self.weighting = weighting
         self.results: dict[str, CaseWeights] = {}

@@ -120,10 +120,10 @@ def predict(
             input_dir, layout or predictor.cfg.data.layout, swap_channels=predictor.cfg.data.swap_channels
         )
         if split != "all":
-            from h2aseg.inference.case_selection import cases_in_part, stored_split
+            from h2aseg.inference.case_selection import cases_in_part
 
             cases, where = cases_in_part(cases, split, checkpoint=checkpoint, data=predictor.cfg.data,
-                                         stored=stored_split(checkpoint), root=input_dir)
+                                         stored=predictor.stored_split, root=input_dir)
             err_console.print(f"predicting {where}", highlight=False)
         with progress_bar("predict", progress) as bar:
             task = bar.add_task("", total=len(cases))

@@ -25,14 +25,6 @@ from h2aseg.errors import InputError
 SPLIT_CHOICES = ("all", *PARTS)
 
 
-def stored_split(checkpoint: str | Path) -> dict[str, Any] | None:
-    """The split document a training checkpoint holds, or None (exported checkpoints hold none)."""
-    from h2aseg.checkpoint import load_checkpoint
-
-    doc = load_checkpoint(checkpoint).get("split")
-    return doc if isinstance(doc, dict) else None
-
-
 def model_split(
     checkpoint: str | Path, data: DataConfig, stored: dict[str, Any] | None, cases: Sequence[Case]
 ) -> tuple[Split, str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,12 +41,19 @@ class Prediction:
 
 
 class Predictor:
-    """``Predictor.from_checkpoint(path)`` then :meth:`predict_files` or :meth:`predict_preprocessed`."""
+    """``Predictor.from_checkpoint(path)`` then :meth:`predict_files` or :meth:`predict_preprocessed`.
 
-    def __init__(self, model: nn.Module, cfg: Config, device: torch.device) -> None:
+    ``stored_split``: the train/val/test split a training checkpoint holds (None otherwise), for
+    :mod:`h2aseg.inference.case_selection`.
+    """
+
+    def __init__(
+        self, model: nn.Module, cfg: Config, device: torch.device, stored_split: dict[str, Any] | None = None
+    ) -> None:
         self.model = model.to(device).eval()
         self.cfg = cfg
         self.device = device
+        self.stored_split = stored_split
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, cfg_overrides: list[str] | None = None) -> Predictor:
@@ -56,7 +64,9 @@ class Predictor:
         check_infer_config(cfg.infer)  # before any case is read
         model = build_from_config(cfg.model, patch_size=cfg.data.patch_size)  # the training patch
         model.load_state_dict(payload["model"], strict=True)
-        return cls(model, cfg, resolve_device(cfg.infer.device, "infer.device"))
+        split = payload.get("split")
+        return cls(model, cfg, resolve_device(cfg.infer.device, "infer.device"),
+                   split if isinstance(split, dict) else None)
 
     @property
     def roi_size(self) -> tuple[int, int, int]:
