@@ -55,6 +55,8 @@ class DataConfig:
     patch_size: Triple = (128, 128, 64)  # paper
     crops_per_case: int = 2  # released code (2 cases x 2 crops per step)
     pos_fraction: float = 0.5  # released code: positive : negative crops = 1 : 1
+    pos_jitter: float = 0.0  # 0: a positive crop is centred on a lesion voxel (released code); j > 0: on a
+    # lesion voxel moved by up to j x half the patch per axis, so lesions also appear near crop faces (ours)
     lesion_case_fraction: float | None = None  # None: cases drawn uniformly (paper); f: a share f of draws
     # are studies with lesions (ours; needs train.steps_per_epoch)
     negative_centres: NegativeCentres = "any"  # any: negative crops centred on any lesion-free voxel

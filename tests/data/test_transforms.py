@@ -203,3 +203,48 @@ def test_hot_centres_fall_back_to_any_lesion_free_voxel() -> None:
 def test_hot_suv_outside_the_pet_window_is_rejected() -> None:
     with pytest.raises(ValueError, match="hot_suv"):
         train_transforms(_cfg(negative_centres="hot", hot_suv=25.0))
+
+
+def _lesion_offsets(cfg: DataConfig, seeds: int = 4) -> list[np.ndarray]:
+    """Offsets of the lesion's centre of mass from the crop centre, over the positive crops of ``seeds``."""
+    t = train_transforms(cfg)
+    offsets = []
+    for seed in range(seeds):
+        t.set_random_state(seed=seed)
+        for d in t(case_to_dict(_case())):
+            lab = d["label"][0].numpy() > 0
+            if lab.any():
+                com = np.array(np.nonzero(lab)).mean(axis=1)
+                offsets.append(com - (np.array(PATCH) - 1) / 2)
+    return offsets
+
+
+def test_pos_jitter_moves_lesions_away_from_the_crop_centre() -> None:
+    base = dict(crops_per_case=16, pos_fraction=1.0, crop_to_body=False, rotate_prob=0.0, flip_prob=0.0)
+    centred = _lesion_offsets(_cfg(**base))
+    jittered = _lesion_offsets(_cfg(**base, pos_jitter=1.0))
+    # centred on a lesion voxel: the 4x4x3 lesion's centre stays within 2 voxels of the crop centre
+    assert len(centred) == 64 and max(np.abs(o).max() for o in centred) <= 2.0
+    # jittered by up to half the patch: most crops still hold lesion voxels, now spread over the crop
+    assert len(jittered) >= 48
+    reach = np.max(np.abs(np.array(jittered)), axis=0)
+    assert reach[0] >= 5 and reach[1] >= 5 and reach[2] >= 2.5
+    assert np.abs(np.array(jittered)).mean() > 2 * np.abs(np.array(centred)).mean()
+
+
+def test_pos_jitter_is_reproducible_and_leaves_lesion_free_cases_alone() -> None:
+    cfg = _cfg(crops_per_case=4, pos_fraction=1.0, pos_jitter=0.5)
+    t = train_transforms(cfg)
+    runs = []
+    for _ in range(2):
+        t.set_random_state(seed=7)
+        runs.append([d["label"].sum().item() for d in t(case_to_dict(_case()))])
+    assert runs[0] == runs[1]
+    out = t(case_to_dict(_case(lesion=False)))
+    assert len(out) == 4 and all(d["label"].sum() == 0 for d in out)
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.5])
+def test_pos_jitter_outside_0_1_is_rejected(value: float) -> None:
+    with pytest.raises(ValueError, match=r"data\.pos_jitter"):
+        train_transforms(_cfg(pos_jitter=value))

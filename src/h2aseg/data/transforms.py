@@ -6,8 +6,9 @@ Outputs are plain torch tensors (no metadata tracking, for speed): image float32
 
 Training (:func:`train_transforms`): crop to the body (CT above -500 HU, when ``cfg.crop_to_body``), pad to
 the patch size, ``cfg.crops_per_case`` positive/negative patch crops (``cfg.pos_fraction`` of the crop centres
-on lesion voxels, MONAI's ``RandCropByPosNegLabeld``; lesion-free cases give negative crops; negative crops
-centred anywhere outside lesions, or with ``cfg.negative_centres == "hot"`` on physiological uptake,
+on lesion voxels, MONAI's ``RandCropByPosNegLabeld``, or near them with ``cfg.pos_jitter``,
+:class:`JitterPositiveCentresd`; lesion-free cases give negative crops; negative crops centred anywhere
+outside lesions, or with ``cfg.negative_centres == "hot"`` on physiological uptake,
 :class:`CropCentresd`), random rotation
 about the axial (z) axis, random flips along each axis, light per-channel intensity scale/shift, as
 ``cfg.augment`` chooses (:func:`augmentation`: as configured, the paper's none, or the released code's).
@@ -106,6 +107,37 @@ class CropCentresd(MapTransform):
             if bool(hot.any()):
                 negative = hot
         d["bg_indices"] = torch.nonzero(negative).flatten()
+        return d
+
+
+class JitterPositiveCentresd(RandomizableTransform, MapTransform):
+    """Move the positive crop centres of :class:`CropCentresd` away from the lesions they were drawn on.
+
+    Replaces ``fg_indices`` (lesion voxels) by ``candidates`` centres, each a lesion voxel drawn at random
+    and moved by a uniform integer offset of up to ``jitter * (patch - 1) / 2`` voxels per axis (clipped to
+    the volume), so that with ``jitter = 1`` the lesion voxel can land anywhere in the crop, faces included.
+    Crops centred on a lesion teach a network that lesions sit in the middle of its window, and it then
+    misses lesions near the faces of the sliding windows at inference (``docs/training-notes.md`` section
+    12). A volume without lesion voxels is left as it is.
+    """
+
+    def __init__(self, patch: tuple[int, ...], jitter: float, candidates: int = 256) -> None:
+        MapTransform.__init__(self, keys=("label",))
+        RandomizableTransform.__init__(self, prob=1.0)
+        self.reach = np.floor(float(jitter) * (np.asarray(patch, dtype=float) - 1) / 2).astype(np.int64)
+        self.candidates = int(candidates)
+
+    def __call__(self, data: Any) -> Any:
+        d = dict(data)
+        fg = torch.as_tensor(d["fg_indices"]).cpu().numpy()
+        if fg.size == 0 or not self.reach.any():
+            return d
+        shape = tuple(int(n) for n in torch.as_tensor(d["label"]).shape[1:])
+        picks = fg[self.R.randint(0, fg.size, size=self.candidates)]
+        coords = np.stack(np.unravel_index(picks, shape), axis=1)
+        offsets = self.R.randint(-self.reach, self.reach + 1, size=coords.shape)
+        coords = np.clip(coords + offsets, 0, np.asarray(shape) - 1)
+        d["fg_indices"] = torch.from_numpy(np.ravel_multi_index(tuple(coords.T), shape))
         return d
 
 
@@ -256,6 +288,8 @@ def train_transforms(cfg: DataConfig) -> Compose:
     """Random patch pipeline (see the module docstring); output: a list of ``cfg.crops_per_case`` dicts."""
     if not 0.0 <= cfg.pos_fraction <= 1.0:
         raise ConfigError(f"data.pos_fraction must be in [0, 1], got {cfg.pos_fraction}")
+    if not 0.0 <= cfg.pos_jitter <= 1.0:
+        raise ConfigError(f"data.pos_jitter must be in [0, 1], got {cfg.pos_jitter}")
     if cfg.crops_per_case < 1:
         raise ConfigError(f"data.crops_per_case must be >= 1, got {cfg.crops_per_case}")
     patch = tuple(int(v) for v in cfg.patch_size)
@@ -277,6 +311,7 @@ def train_transforms(cfg: DataConfig) -> Compose:
     t += [
         SpatialPadd(keys=KEYS, spatial_size=patch, mode="constant", value=0),
         CropCentresd(hot_threshold(cfg)),
+        *([JitterPositiveCentresd(patch, cfg.pos_jitter)] if cfg.pos_jitter > 0 else []),
         _QuietPosNegCrop(
             keys=KEYS,
             label_key="label",
