@@ -32,8 +32,12 @@ SHAPE = (400, 400, 326)
 SPACING = (2.0364201068878174, 2.0364201068878174, 3.0)
 
 
-def _blob(mask: np.ndarray, centre: tuple[int, int, int], radii: tuple[float, float, float],
-          rng: np.random.Generator) -> None:
+def _blob(
+    mask: np.ndarray,
+    centre: tuple[int, int, int],
+    radii: tuple[float, float, float],
+    rng: np.random.Generator,
+) -> None:
     """Paint an irregular ellipsoid (smoothed noisy radius) into ``mask`` in place."""
     r = int(max(radii) * 1.4) + 2
     sl = tuple(slice(max(c - r, 0), min(c + r + 1, n)) for c, n in zip(centre, mask.shape, strict=True))
@@ -50,9 +54,15 @@ def make_case(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     gt = np.zeros(SHAPE, dtype=bool)
     pred = np.zeros(SHAPE, dtype=bool)
     lesions = [  # centre (x, y, z), radii in voxels
-        ((200, 210, 300), (6, 6, 4)), ((150, 190, 250), (12, 10, 8)), ((260, 200, 240), (4, 4, 3)),
-        ((190, 220, 200), (28, 22, 16)), ((120, 200, 160), (9, 8, 6)), ((280, 190, 120), (15, 14, 10)),
-        ((200, 230, 90), (3, 3, 2)), ((230, 180, 60), (7, 6, 5)), ((160, 210, 40), (2, 2, 2)),
+        ((200, 210, 300), (6, 6, 4)),
+        ((150, 190, 250), (12, 10, 8)),
+        ((260, 200, 240), (4, 4, 3)),
+        ((190, 220, 200), (28, 22, 16)),
+        ((120, 200, 160), (9, 8, 6)),
+        ((280, 190, 120), (15, 14, 10)),
+        ((200, 230, 90), (3, 3, 2)),
+        ((230, 180, 60), (7, 6, 5)),
+        ((160, 210, 40), (2, 2, 2)),
     ]
     for i, (c, r) in enumerate(lesions):
         one = np.zeros(SHAPE, dtype=bool)
@@ -92,52 +102,94 @@ def main() -> None:
     vml = float(np.prod(SPACING)) / 1000
 
     rows: list[tuple[str, float, str]] = []
-    rows.append(("overlap counts (Dice/precision/recall)",
-                 *_fmt(_time(lambda: overlap(pred, gt), args.repeats))))
-    rows.append(("lesion_stats (cc3d 18-conn., FPV/FNV, lesions)",
-                 *_fmt(_time(lambda: lesion_stats(pred, gt, vml), args.repeats))))
+    rows.append(
+        ("overlap counts (Dice/precision/recall)", *_fmt(_time(lambda: overlap(pred, gt), args.repeats)))
+    )
+    rows.append(
+        (
+            "lesion_stats (cc3d 18-conn., FPV/FNV, lesions)",
+            *_fmt(_time(lambda: lesion_stats(pred, gt, vml), args.repeats)),
+        )
+    )
     for m in ("edt", "kdtree", "auto"):
-        rows.append((f"hd95 medpy convention, method={m}",
-                     *_fmt(_time(lambda m=m: hd95(pred, gt, SPACING, method=m), args.repeats))))
-    rows.append(("hd95 monai convention (auto)",
-                 *_fmt(_time(lambda: hd95(pred, gt, SPACING, convention="monai"), args.repeats))))
-    rows.append(("evaluate_case (everything, medpy HD95)",
-                 *_fmt(_time(lambda: evaluate_case(pred, gt, SPACING), args.repeats))))
+        rows.append(
+            (
+                f"hd95 medpy convention, method={m}",
+                *_fmt(_time(lambda m=m: hd95(pred, gt, SPACING, method=m), args.repeats)),
+            )
+        )
+    rows.append(
+        (
+            "hd95 monai convention (auto)",
+            *_fmt(_time(lambda: hd95(pred, gt, SPACING, convention="monai"), args.repeats)),
+        )
+    )
+    rows.append(
+        (
+            "evaluate_case (everything, medpy HD95)",
+            *_fmt(_time(lambda: evaluate_case(pred, gt, SPACING), args.repeats)),
+        )
+    )
     with tempfile.TemporaryDirectory() as tmp:
         aff = np.diag([*SPACING, 1.0])
-        pair = CasePair("bench", write_volume(Path(tmp) / "gt.nii.gz", gt.astype(np.uint8), aff),
-                        write_volume(Path(tmp) / "pred.nii.gz", pred.astype(np.uint8), aff))
-        rows.append(("score_pair: read 2 .nii.gz + evaluate_case",
-                     *_fmt(_time(lambda: score_pair(pair), args.repeats))))
+        pair = CasePair(
+            "bench",
+            write_volume(Path(tmp) / "gt.nii.gz", gt.astype(np.uint8), aff),
+            write_volume(Path(tmp) / "pred.nii.gz", pred.astype(np.uint8), aff),
+        )
+        rows.append(
+            (
+                "score_pair: read 2 .nii.gz + evaluate_case",
+                *_fmt(_time(lambda: score_pair(pair), args.repeats)),
+            )
+        )
     if args.reference:
         from medpy.metric.binary import hd95 as medpy_hd95
 
-        rows.append(("reference: medpy.metric.binary.hd95 (full volume)",
-                     *_fmt(_time(lambda: medpy_hd95(pred, gt, voxelspacing=SPACING), 1))))
+        rows.append(
+            (
+                "reference: medpy.metric.binary.hd95 (full volume)",
+                *_fmt(_time(lambda: medpy_hd95(pred, gt, voxelspacing=SPACING), 1)),
+            )
+        )
         try:
             import torch
             from monai.metrics import compute_hausdorff_distance
 
             tp, tg = (torch.from_numpy(x[None, None]) for x in (pred, gt))
-            rows.append(("reference: monai compute_hausdorff_distance(95)",
-                         *_fmt(_time(lambda: float(compute_hausdorff_distance(
-                             tp, tg, percentile=95, spacing=SPACING)[0, 0]), 1))))
+            rows.append(
+                (
+                    "reference: monai compute_hausdorff_distance(95)",
+                    *_fmt(
+                        _time(
+                            lambda: float(
+                                compute_hausdorff_distance(tp, tg, percentile=95, spacing=SPACING)[0, 0]
+                            ),
+                            1,
+                        )
+                    ),
+                )
+            )
         except ImportError:
             pass
 
     d_pg, d_gp = surface_distances(pred, gt, SPACING)
     con = Console(width=120)
-    table = Table(title=f"h2aseg evaluation metrics, {SHAPE[0]}x{SHAPE[1]}x{SHAPE[2]} @ "
-                        f"{SPACING[0]:.4f}x{SPACING[1]:.4f}x{SPACING[2]:.1f} mm (best of {args.repeats})")
+    table = Table(
+        title=f"h2aseg evaluation metrics, {SHAPE[0]}x{SHAPE[1]}x{SHAPE[2]} @ "
+        f"{SPACING[0]:.4f}x{SPACING[1]:.4f}x{SPACING[2]:.1f} mm (best of {args.repeats})"
+    )
     table.add_column("step")
     table.add_column("seconds", justify="right")
     table.add_column("result", justify="right")
     for name, sec, res in rows:
         table.add_row(name, f"{sec:.3f}", res)
     con.print(table)
-    con.print(f"case: GT {int(gt.sum())} voxels, pred {int(pred.sum())} voxels, border voxels "
-              f"{d_pg.size}+{d_gp.size}; built in {t_make:.1f} s; "
-              f"{platform.processor() or platform.machine()}, numpy {np.__version__}")
+    con.print(
+        f"case: GT {int(gt.sum())} voxels, pred {int(pred.sum())} voxels, border voxels "
+        f"{d_pg.size}+{d_gp.size}; built in {t_make:.1f} s; "
+        f"{platform.processor() or platform.machine()}, numpy {np.__version__}"
+    )
 
 
 def _fmt(res: tuple[float, object]) -> tuple[float, str]:

@@ -66,7 +66,6 @@ def test_every_preset_setting_says_whose_it_is(preset: str) -> None:
     assert not unmarked, f"{preset}.yaml lines without a paper/released/ours mark: {unmarked}"
 
 
-
 @pytest.mark.parametrize(
     ("assignment", "field", "allowed"),
     [

@@ -20,8 +20,9 @@ def atomic_write(path: str | Path, write: Callable[[Path], object], *, suffix: s
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", suffix=path.suffix if suffix is None else suffix,
-                               dir=path.parent)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".tmp-{path.name}.", suffix=path.suffix if suffix is None else suffix, dir=path.parent
+    )
     os.close(fd)
     try:
         write(Path(tmp))

@@ -50,7 +50,8 @@ def test_default_slice_and_mip():
     assert default_slice(gt, pred, "coronal") in (12, 13)
     assert default_slice(gt, pred, "axial") in range(22, 30)  # where GT is (ties: the middle one)
     assert default_slice(None, np.zeros_like(gt), "coronal", fallback=pet) == int(
-        np.unravel_index(np.argmax(pet), pet.shape)[1])
+        np.unravel_index(np.argmax(pet), pet.shape)[1]
+    )
     assert mip(pet, "coronal").shape == (40, 50) and mip(pet, "axial").shape == (40, 30)
     assert np.array_equal(mip(pet), pet.max(axis=1))
 
@@ -63,8 +64,9 @@ def test_render_overlay_writes_png_with_physical_aspect(tmp_path):
     assert img.shape[1] > img.shape[0] > 150  # four panels side by side
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".tmp-")]  # no temp files left
     # doubling the z spacing makes every coronal panel taller relative to its width
-    tall = matplotlib.image.imread(render_overlay(ct, pet, pred, gt, tmp_path / "tall.png",
-                                                  spacing=(2.0, 2.0, 6.0)))
+    tall = matplotlib.image.imread(
+        render_overlay(ct, pet, pred, gt, tmp_path / "tall.png", spacing=(2.0, 2.0, 6.0))
+    )
     assert tall.shape[0] / tall.shape[1] > img.shape[0] / img.shape[1]
     # the comparison colours appear in the figure
     rgb = (img[..., :3] * 255).round().astype(int)
@@ -75,8 +77,9 @@ def test_render_overlay_writes_png_with_physical_aspect(tmp_path):
 def test_render_overlay_axial_slice_mode_and_affine(tmp_path):
     ct, pet, pred, gt = _case()
     aff = np.diag([-2.0, 2.0, 3.0, 1.0])  # LAS: reoriented to RAS before drawing
-    out = render_overlay(None, pet, pred, None, tmp_path / "ax.png", affine=aff, axis="axial",
-                         pet_mode="slice", slice_index=25)
+    out = render_overlay(
+        None, pet, pred, None, tmp_path / "ax.png", affine=aff, axis="axial", pet_mode="slice", slice_index=25
+    )
     assert out.stat().st_size > 3000
     with pytest.raises(ValueError, match="slice_index"):
         render_overlay(ct, pet, pred, gt, tmp_path / "bad.png", slice_index=99, axis="axial")

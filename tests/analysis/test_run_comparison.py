@@ -22,13 +22,17 @@ def _run(tmp_path: Path, name: str, rows: list[str]) -> Path:
 
 
 def test_read_run_accumulates_time_and_keeps_the_last_row_of_a_repeated_epoch(tmp_path: Path) -> None:
-    run = _run(tmp_path, "a", [
-        "1,25,20.0,,,,0.001,60",
-        "2,50,15.0,10.0,8.0,4,0.001,120",
-        "2,50,15.0,12.0,6.0,4,0.001,90",  # the epoch repeated by a resume: the later row counts
-        "3,75,14.0,,,,0.001,30",
-        "4,100,13.0,30.0,10.0,4,0.001,60",
-    ])
+    run = _run(
+        tmp_path,
+        "a",
+        [
+            "1,25,20.0,,,,0.001,60",
+            "2,50,15.0,10.0,8.0,4,0.001,120",
+            "2,50,15.0,12.0,6.0,4,0.001,90",  # the epoch repeated by a resume: the later row counts
+            "3,75,14.0,,,,0.001,30",
+            "4,100,13.0,30.0,10.0,4,0.001,60",
+        ],
+    )
     curve = read_run("a", run)
     assert curve.steps == 100 and curve.epoch_seconds == [60.0, 90.0, 30.0, 60.0]
     assert curve.minutes == pytest.approx(4.0)
@@ -68,8 +72,9 @@ def test_bad_inputs_name_the_file(tmp_path: Path) -> None:
 def test_cli_runs(tmp_path: Path) -> None:
     a = _run(tmp_path, "first", ["1,25,20,,,,0.001,10", "2,50,15,20.0,10.0,4,0.001,10"])
     out = tmp_path / "cmp"
-    result = CliRunner().invoke(app, ["analyze", "runs", "--run", str(a), "--run", f"second={a}",
-                                      "--out", str(out)])
+    result = CliRunner().invoke(
+        app, ["analyze", "runs", "--run", str(a), "--run", f"second={a}", "--out", str(out)]
+    )
     assert result.exit_code == 0, result.output
     assert "| first |" in (out / "runs.md").read_text(encoding="utf-8")
     assert "| second |" in (out / "runs.md").read_text(encoding="utf-8")

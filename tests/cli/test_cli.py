@@ -11,7 +11,15 @@ from h2aseg.cli import app
 
 runner = CliRunner()
 COMMANDS = [
-    "synth", "convert", "train", "predict", "evaluate", "evaluate-table", "quantify", "experiment", "demo"
+    "synth",
+    "convert",
+    "train",
+    "predict",
+    "evaluate",
+    "evaluate-table",
+    "quantify",
+    "experiment",
+    "demo",
 ]
 
 

@@ -109,36 +109,88 @@ def test_train_bad_setting_is_one_line(
 
 def test_train_bad_settings_fail_before_any_case_is_read(tmp_path: Path) -> None:
     """Checked up front: the dataset folder is not even looked at."""
-    args = ["train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run"),
-            "--set", "infer.overlap=-0.1"]
+    args = [
+        "train",
+        "--data",
+        str(tmp_path / "nowhere"),
+        "--out",
+        str(tmp_path / "run"),
+        "--set",
+        "infer.overlap=-0.1",
+    ]
     _assert_one_line_error(runner.invoke(app, args), "infer.overlap")
     assert not (tmp_path / "run" / "config.yaml").exists()
 
 
 def test_train_bad_network_arguments_name_the_model_section(cohort: Path, tmp_path: Path) -> None:
-    args = ["train", "--data", str(cohort), "--out", str(tmp_path / "run"), "--no-progress",
-            "--device", "cpu", "--set", "model.channels=[1,2]"]
+    args = [
+        "train",
+        "--data",
+        str(cohort),
+        "--out",
+        str(tmp_path / "run"),
+        "--no-progress",
+        "--device",
+        "cpu",
+        "--set",
+        "model.channels=[1,2]",
+    ]
     _assert_one_line_error(runner.invoke(app, args), "model", "h2aseg", "channels", "[1, 2]")
 
 
 def test_train_unknown_network_names_model_name(cohort: Path, tmp_path: Path) -> None:
-    args = ["train", "--data", str(cohort), "--out", str(tmp_path / "run"), "--no-progress",
-            "--device", "cpu", "--model", "no_such_net"]
+    args = [
+        "train",
+        "--data",
+        str(cohort),
+        "--out",
+        str(tmp_path / "run"),
+        "--no-progress",
+        "--device",
+        "cpu",
+        "--model",
+        "no_such_net",
+    ]
     _assert_one_line_error(runner.invoke(app, args), "model.name", "no_such_net")
 
 
 def test_predict_bad_overlap_is_one_line(cohort: Path, checkpoint: Path, tmp_path: Path) -> None:
     case = discover(cohort, "auto")[0]
-    args = ["predict", "--checkpoint", str(checkpoint), "--ct", str(case.ct), "--pet", str(case.pet),
-            "--out", str(tmp_path / "mask.nii.gz"), "--overlap", "1.5", "--device", "cpu"]
+    args = [
+        "predict",
+        "--checkpoint",
+        str(checkpoint),
+        "--ct",
+        str(case.ct),
+        "--pet",
+        str(case.pet),
+        "--out",
+        str(tmp_path / "mask.nii.gz"),
+        "--overlap",
+        "1.5",
+        "--device",
+        "cpu",
+    ]
     _assert_one_line_error(runner.invoke(app, args), "infer.overlap", "1.5")
     assert not (tmp_path / "mask.nii.gz").exists()
 
 
 def test_predict_fp16_on_cpu_names_infer_amp(cohort: Path, checkpoint: Path, tmp_path: Path) -> None:
     out = tmp_path / "pred"
-    args = ["predict", "--checkpoint", str(checkpoint), "--input", str(cohort), "--out-dir", str(out),
-            "--device", "cpu", "--amp", "fp16", "--no-progress"]
+    args = [
+        "predict",
+        "--checkpoint",
+        str(checkpoint),
+        "--input",
+        str(cohort),
+        "--out-dir",
+        str(out),
+        "--device",
+        "cpu",
+        "--amp",
+        "fp16",
+        "--no-progress",
+    ]
     _assert_one_line_error(runner.invoke(app, args), "infer.amp")
 
 

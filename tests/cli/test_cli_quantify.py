@@ -65,14 +65,30 @@ def test_quantify_writes_both_csvs(images: dict[str, Path], tmp_path: Path) -> N
 def test_quantify_errors_are_one_line(images: dict[str, Path], tmp_path: Path) -> None:
     write_volume(tmp_path / "other.nii.gz", np.zeros((20, 20, 13), np.uint8), AFFINE)
     result = runner.invoke(
-        app, ["quantify", "--pet", str(images["suv"]), "--mask", str(tmp_path / "other.nii.gz"),
-              "--out", str(tmp_path / "q")]
+        app,
+        [
+            "quantify",
+            "--pet",
+            str(images["suv"]),
+            "--mask",
+            str(tmp_path / "other.nii.gz"),
+            "--out",
+            str(tmp_path / "q"),
+        ],
     )
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "other.nii.gz" in result.output and "suv.nii.gz" in result.output
     result = runner.invoke(
-        app, ["quantify", "--pet", str(tmp_path / "none.nii.gz"), "--mask", str(images["mask"]),
-              "--out", str(tmp_path / "q")]
+        app,
+        [
+            "quantify",
+            "--pet",
+            str(tmp_path / "none.nii.gz"),
+            "--mask",
+            str(images["mask"]),
+            "--out",
+            str(tmp_path / "q"),
+        ],
     )
     assert result.exit_code == 2 and "file not found" in result.output
     assert not (tmp_path / "q").exists()
@@ -88,8 +104,17 @@ def test_predict_quantify_writes_csvs_beside_each_mask(checkpoint: Path, tmp_pat
     cases = write_cohort(tmp_path / "data", 2, "autopet", seed=3, shape=shape, spacing=spacing)
     out = tmp_path / "pred"
     result = runner.invoke(
-        app, ["predict", "--checkpoint", str(checkpoint), "--input", str(tmp_path / "data"),
-              "--out-dir", str(out), "--quantify"]
+        app,
+        [
+            "predict",
+            "--checkpoint",
+            str(checkpoint),
+            "--input",
+            str(tmp_path / "data"),
+            "--out-dir",
+            str(out),
+            "--quantify",
+        ],
     )
     assert result.exit_code == 0, result.output
     for case in cases:
@@ -99,8 +124,19 @@ def test_predict_quantify_writes_csvs_beside_each_mask(checkpoint: Path, tmp_pat
         assert (out / f"{case.case_id}_lesions.csv").read_text().startswith("case_id,lesion_id,")
     single = tmp_path / "one" / "mask.nii.gz"
     result = runner.invoke(
-        app, ["predict", "--checkpoint", str(checkpoint), "--ct", str(cases[0].ct),
-              "--pet", str(cases[0].pet), "--out", str(single), "--quantify"]
+        app,
+        [
+            "predict",
+            "--checkpoint",
+            str(checkpoint),
+            "--ct",
+            str(cases[0].ct),
+            "--pet",
+            str(cases[0].pet),
+            "--out",
+            str(single),
+            "--quantify",
+        ],
     )
     assert result.exit_code == 0, result.output
     assert (single.parent / "mask_lesions.csv").is_file() and (single.parent / "mask_patient.csv").is_file()

@@ -50,8 +50,9 @@ def test_evaluate_missing_prediction_is_an_error_unless_allowed(app, tmp_path):
     r = _run(app, ["evaluate", "--pred", str(p), "--gt", str(g), "--out", str(tmp_path / "o")])
     assert r.exit_code == 2
     assert "1 case(s) have no prediction: c2" in r.output and "Traceback" not in r.output
-    r = _run(app, ["evaluate", "--pred", str(p), "--gt", str(g), "--out", str(tmp_path / "o"),
-                   "--allow-missing"])
+    r = _run(
+        app, ["evaluate", "--pred", str(p), "--gt", str(g), "--out", str(tmp_path / "o"), "--allow-missing"]
+    )
     assert r.exit_code == 0, r.output
     rows = (tmp_path / "o" / "per_case.csv").read_text().splitlines()
     assert rows[2].startswith("c2,1,0,nan,0,0,")  # empty prediction: Dice 0, HD95 excluded, P/R 0
@@ -63,8 +64,10 @@ def test_evaluate_grid_mismatch_and_hecktor_labels(app, tmp_path):
     r = _run(app, ["evaluate", "--pred", str(p), "--gt", str(g), "--out", str(tmp_path / "o")])
     assert r.exit_code == 2 and "different grids" in r.output and "c1.nii.gz" in r.output
     _mask(p / "c1.nii.gz", 3, 6, label=4)
-    r = _run(app, ["evaluate", "--pred", str(p), "--gt", str(g), "--out", str(tmp_path / "o"),
-                   "--protocol", "hecktor"])
+    r = _run(
+        app,
+        ["evaluate", "--pred", str(p), "--gt", str(g), "--out", str(tmp_path / "o"), "--protocol", "hecktor"],
+    )
     assert r.exit_code == 2 and "labels [4] not allowed" in r.output
     r = _run(app, ["evaluate", "--pred", str(tmp_path / "nope"), "--gt", str(g), "--out", str(tmp_path)])
     assert r.exit_code == 2 and "prediction folder not found" in r.output
@@ -75,9 +78,18 @@ def test_evaluate_table(app, tmp_path):
     for run in ("r1", "r2"):
         r = _run(app, ["evaluate", "--pred", str(p), "--gt", str(g), "--out", str(tmp_path / run)])
         assert r.exit_code == 0, r.output
-    r = _run(app, ["evaluate-table", "--run", f"H2ASeg@AutoPET-II={tmp_path / 'r1'}",
-                   "--run", f"H2ASeg@AutoPET-II={tmp_path / 'r2' / 'summary.json'}",
-                   "--out", str(tmp_path / "table")])
+    r = _run(
+        app,
+        [
+            "evaluate-table",
+            "--run",
+            f"H2ASeg@AutoPET-II={tmp_path / 'r1'}",
+            "--run",
+            f"H2ASeg@AutoPET-II={tmp_path / 'r2' / 'summary.json'}",
+            "--out",
+            str(tmp_path / "table"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     md = (tmp_path / "table" / "table.md").read_text()
     assert "H2ASeg" in md and "**" in md

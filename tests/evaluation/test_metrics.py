@@ -46,8 +46,10 @@ def _autopet_cc3d(gt: np.ndarray, pred: np.ndarray, voxel_vol: float) -> tuple[f
     out = []
     for a, b in ((pred, gt), (gt, pred)):
         cc = cc3d.connected_components(a.astype(int), connectivity=18)
-        out.append(sum(int((cc == i).sum()) for i in range(1, int(cc.max()) + 1)
-                       if ((cc == i) * b).sum() == 0) * voxel_vol)
+        out.append(
+            sum(int((cc == i).sum()) for i in range(1, int(cc.max()) + 1) if ((cc == i) * b).sum() == 0)
+            * voxel_vol
+        )
     return out[0], out[1]
 
 

@@ -139,8 +139,13 @@ def test_evaluate_folders_equals_the_reference_rules(tmp_path: Path, protocol: s
     # summary: Dice / HD95 / precision / recall / FNV over lesion cases, FPV over all cases
     lesion = [r for r in refs if r["has_lesion"]]
     m = res.summary["metrics"]
-    for key, rows in (("dice", lesion), ("precision", lesion), ("recall", lesion), ("fn_volume_ml", lesion),
-                      ("fp_volume_ml", refs)):
+    for key, rows in (
+        ("dice", lesion),
+        ("precision", lesion),
+        ("recall", lesion),
+        ("fn_volume_ml", lesion),
+        ("fp_volume_ml", refs),
+    ):
         assert m[key]["n"] == len(rows) and m[key]["mean"] == pytest.approx(np.mean([r[key] for r in rows]))
 
 
@@ -150,8 +155,15 @@ def _edge_cases() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     a[1:4, 1:4, 1:4] = 1
     b[3:5, 3:5, 3:5] = 1
     far = np.roll(a, 3, axis=0) * 2  # disjoint from a, label 2 (foreground = > 0, as medpy)
-    return {"both_empty": (z, z), "gt_empty": (a, z), "pred_empty": (z, a), "identical": (a, a),
-            "partial": (b, a), "disjoint": (far, a), "hecktor_labels": (a + b, np.maximum(a, far))}
+    return {
+        "both_empty": (z, z),
+        "gt_empty": (a, z),
+        "pred_empty": (z, a),
+        "identical": (a, a),
+        "partial": (b, a),
+        "disjoint": (far, a),
+        "hecktor_labels": (a + b, np.maximum(a, far)),
+    }
 
 
 @pytest.mark.parametrize("name", list(_edge_cases()))

@@ -31,8 +31,10 @@ def _rows() -> list[dict]:
     c = z.copy()
     c[7:9, 7:9, 7:9] = True
     cases = {"lesion_good": (b, a), "lesion_missed": (z, a), "negative_fp": (c, z), "negative_clean": (z, z)}
-    return [{"case_id": k, **evaluate_case(p, g, (1.0, 1.0, 2.0)), "prediction_missing": 0, "resampled": 0}
-            for k, (p, g) in cases.items()]
+    return [
+        {"case_id": k, **evaluate_case(p, g, (1.0, 1.0, 2.0)), "prediction_missing": 0, "resampled": 0}
+        for k, (p, g) in cases.items()
+    ]
 
 
 def test_summary_rules_lesion_cases_only_and_fpv_over_all():
@@ -88,8 +90,11 @@ def test_format_cell():
 
 
 def _summary(dice: float, hd: float, std: float = 10.0) -> dict:
-    return {"protocol": "paper", "columns": ["dice", "hd95"],
-            "metrics": {"dice": {"mean": dice, "std": std}, "hd95": {"mean": hd, "std": std}}}
+    return {
+        "protocol": "paper",
+        "columns": ["dice", "hd95"],
+        "metrics": {"dice": {"mean": dice, "std": std}, "hd95": {"mean": hd, "std": std}},
+    }
 
 
 def test_aggregate_runs_mean_of_means_and_stds():
@@ -107,8 +112,9 @@ def test_table1_bold_best_underline_second_per_direction(tmp_path):
     rows, cols = runs_table(runs)
     assert cols == [("AutoPET-II", "dice"), ("AutoPET-II", "hd95")]
     md = table1(rows, cols)
-    lines = {ln.split("|")[1].strip(): ln for ln in md.splitlines()
-             if ln.startswith("| ") and "Methods" not in ln}
+    lines = {
+        ln.split("|")[1].strip(): ln for ln in md.splitlines() if ln.startswith("| ") and "Methods" not in ln
+    }
     assert "**60.03** ±10.00" in lines["H2ASeg"] and "**63.09** ±10.00" in lines["H2ASeg"]
     assert "<u>55.93</u> ±10.00" in lines["nnUNet"] and "<u>70.12</u>" in lines["nnUNet"]
     assert "**" not in lines["UNet-3D"] and "<u>" not in lines["UNet-3D"]

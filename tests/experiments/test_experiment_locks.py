@@ -21,8 +21,13 @@ from h2aseg.experiments.spec import load_spec
 
 def _write_lock(path: Path, pid: int, heartbeat: float, host: str | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    info = {"pid": pid, "host": host or socket.gethostname(), "token": "other", "created": heartbeat,
-            "heartbeat": heartbeat}
+    info = {
+        "pid": pid,
+        "host": host or socket.gethostname(),
+        "token": "other",
+        "created": heartbeat,
+        "heartbeat": heartbeat,
+    }
     path.write_text(json.dumps(info))
 
 

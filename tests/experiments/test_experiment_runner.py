@@ -67,8 +67,11 @@ def _invoke(story: Story, shard: tuple[int, int], kill: bool = False) -> None:
     def callbacks(run: Run) -> list[TrainingCallbacks]:
         return [Recorder(starts, die=kill and run.index == KILLED)]
 
-    story.results.append(run_experiment(story.spec, story.out, shard=shard, progress=False, log=logs.append,
-                                        callbacks=callbacks))
+    story.results.append(
+        run_experiment(
+            story.spec, story.out, shard=shard, progress=False, log=logs.append, callbacks=callbacks
+        )
+    )
 
 
 def _last_pts(out: Path) -> dict[str, int]:
@@ -142,8 +145,12 @@ def test_progress_lines(story: Story) -> None:
 
 def test_table1_has_a_row_per_method_with_its_seed_count(story: Story) -> None:
     text = (story.out / "table1.md").read_text()
-    for row in ("| SUV >= 2.5 (training-free) |", "| 41% SUVmax (training-free) |", "| H2ASeg (2/2 seeds) |",
-                "| Baseline (2/2 seeds) |"):
+    for row in (
+        "| SUV >= 2.5 (training-free) |",
+        "| 41% SUVmax (training-free) |",
+        "| H2ASeg (2/2 seeds) |",
+        "| Baseline (2/2 seeds) |",
+    ):
         assert row in text
     rows = [line for line in text.splitlines() if line.startswith("| H2ASeg")]
     assert len(rows) == 1 and rows[0].count("|") == 6 and "–" not in rows[0]  # all four metrics
@@ -168,12 +175,16 @@ def test_cost_table_has_a_row_per_network_method(story: Story) -> None:
 
 
 def test_dry_run_lists_every_run_as_done(story: Story) -> None:
-    result = CliRunner().invoke(app, ["experiment", "--config", str(story.config), "--out", str(story.out),
-                                      "--dry-run", "--shard", "1/2"])
+    result = CliRunner().invoke(
+        app,
+        ["experiment", "--config", str(story.config), "--out", str(story.out), "--dry-run", "--shard", "1/2"],
+    )
     assert result.exit_code == 0, result.output
     lines = [line for line in result.output.splitlines() if line.startswith("run ")]
-    assert lines == [f"run {i}/6: {name}: done" for i, name in
-                     ((2, "suv_41pct seed -"), (4, "base seed 0"), (6, "base seed 1"))]
+    assert lines == [
+        f"run {i}/6: {name}: done"
+        for i, name in ((2, "suv_41pct seed -"), (4, "base seed 0"), (6, "base seed 1"))
+    ]
 
 
 def test_dry_run_flags_runs_made_with_another_config(story: Story, tmp_path: Path) -> None:
@@ -185,8 +196,10 @@ def test_dry_run_flags_runs_made_with_another_config(story: Story, tmp_path: Pat
 
 
 def test_table2_when_all_four_ablations_are_methods(story: Story, tmp_path: Path) -> None:
-    methods = [{"label": f"m{i}", "network": "h2aseg", "ablation": {"mcsa": a, "tamw": b}}
-               for i, (a, b) in enumerate([(False, False), (True, False), (False, True), (True, True)])]
+    methods = [
+        {"label": f"m{i}", "network": "h2aseg", "ablation": {"mcsa": a, "tamw": b}}
+        for i, (a, b) in enumerate([(False, False), (True, False), (False, True), (True, True)])
+    ]
     spec = load_spec(write_spec(tmp_path / "t2.yaml", spec_dict(story.out, methods=methods)))
     summary = json.loads((story.out / "runs" / "full" / "seed0" / "evaluation" / "summary.json").read_text())
     worse = json.loads(json.dumps(summary))

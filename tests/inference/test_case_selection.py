@@ -54,9 +54,7 @@ def test_the_split_stored_in_the_checkpoint_comes_first(
     ckpt = save_tiny_checkpoint(tmp_path / "m.pt", _split(ids, 1))
     assert _stored(ckpt) == _split(ids, 1)
     cfg = load_config("synthetic", TINY).data
-    chosen, where = cases_in_part(
-        cases, "train", checkpoint=ckpt, data=cfg, stored=_stored(ckpt), root=root
-    )
+    chosen, where = cases_in_part(cases, "train", checkpoint=ckpt, data=cfg, stored=_stored(ckpt), root=root)
     assert [c.case_id for c in chosen] == ids[:1]
     assert where == f"the train part of the split stored in m.pt: 1 of its 1 case(s) found under {root}"
     chosen, _ = cases_in_part(cases, "test", checkpoint=ckpt, data=cfg, stored=_stored(ckpt), root=root)

@@ -77,8 +77,10 @@ def test_challenge_io_end_to_end(checkpoint: Path, tmp_path: Path) -> None:
     assert set(np.unique(sitk.GetArrayFromImage(mask))) <= {0, 1}
     # the voxels are in the CT's order: the same mask as a direct prediction on the same files
     predictor = Predictor.from_checkpoint(checkpoint)
-    direct = predictor.predict_files(ct_path := tmp_path / "input/images/ct" / f"{uuid}.mha",
-                                     next((tmp_path / "input/images/pet").glob("*.mha")))
+    direct = predictor.predict_files(
+        ct_path := tmp_path / "input/images/ct" / f"{uuid}.mha",
+        next((tmp_path / "input/images/pet").glob("*.mha")),
+    )
     written = read_volume(mask_path, dtype=None)
     np.testing.assert_array_equal(written.array, direct.mask)
     np.testing.assert_allclose(written.affine, read_volume(ct_path).affine, atol=1e-6)

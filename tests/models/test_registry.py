@@ -47,8 +47,6 @@ H2ASEG_CONFIGS = {
 }
 
 
-
-
 def _kwargs(name: str) -> dict:
     kwargs = dict(TINY.get(name, {}))
     if "img_size" not in kwargs and accepts_keyword(name, "img_size"):

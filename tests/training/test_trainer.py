@@ -24,7 +24,6 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_cohort(tmp_path_factory.mktemp("cohort"))
 
 
-
 def _weights(path: Path) -> dict[str, torch.Tensor]:
     return load_checkpoint(path)["model"]
 

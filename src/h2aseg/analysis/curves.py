@@ -87,8 +87,14 @@ def plot_training_curves(metrics_csv: str | Path, out_png: str | Path, *, title:
         raw_y = [v for e in epochs for v in loss[e]]
         if len(raw_x) > len(epochs):
             ax_loss.plot(raw_x, raw_y, ".", color="tab:blue", alpha=0.2, markersize=3, label="per step")
-        ax_loss.plot(epochs, [float(np.mean(loss[e])) for e in epochs], "-o", color="tab:blue", markersize=3,
-                     label="epoch mean")
+        ax_loss.plot(
+            epochs,
+            [float(np.mean(loss[e])) for e in epochs],
+            "-o",
+            color="tab:blue",
+            markersize=3,
+            label="epoch mean",
+        )
         ax_loss.legend(loc="upper right", fontsize=8)
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("training loss")
@@ -108,11 +114,18 @@ def plot_training_curves(metrics_csv: str | Path, out_png: str | Path, *, title:
         dv = [float(np.mean(dice[e])) for e in de]
         ax_dice.plot(de, dv, "-o", color="tab:red", markersize=3)
         best = int(np.argmax(dv))
-        ax_dice.annotate(f"best {dv[best]:.3g} (epoch {de[best]:g})", (de[best], dv[best]),
-                         textcoords="offset points", xytext=(0, 8), ha="center", fontsize=8)
+        ax_dice.annotate(
+            f"best {dv[best]:.3g} (epoch {de[best]:g})",
+            (de[best], dv[best]),
+            textcoords="offset points",
+            xytext=(0, 8),
+            ha="center",
+            fontsize=8,
+        )
     else:
-        ax_dice.text(0.5, 0.5, "no validation Dice yet", ha="center", va="center",
-                     transform=ax_dice.transAxes)
+        ax_dice.text(
+            0.5, 0.5, "no validation Dice yet", ha="center", va="center", transform=ax_dice.transAxes
+        )
     ax_dice.set_xlabel("epoch")
     ax_dice.set_ylabel("validation Dice")
     ax_dice.set_title("validation Dice")

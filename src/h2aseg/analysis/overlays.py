@@ -127,8 +127,13 @@ def _finish(fig, title: str | None, out_png: str | Path) -> Path:  # type: ignor
     from matplotlib.patches import Patch
 
     legend = ((TP_COLOUR, "true positive"), (FN_COLOUR, "missed (FN)"), (FP_COLOUR, "false positive"))
-    fig.legend(handles=[Patch(color=np.array(c) / 255, label=lab) for c, lab in legend],
-               loc="outside lower center", ncol=3, frameon=False, fontsize=9)
+    fig.legend(
+        handles=[Patch(color=np.array(c) / 255, label=lab) for c, lab in legend],
+        loc="outside lower center",
+        ncol=3,
+        frameon=False,
+        fontsize=9,
+    )
     if title:
         fig.suptitle(title)
     return _save(fig, out_png)
@@ -138,8 +143,9 @@ def _save(fig, out_png: str | Path) -> Path:  # type: ignore[no-untyped-def]
     return atomic_write(out_png, lambda t: fig.savefig(t, format="png", bbox_inches="tight"), suffix=".png")
 
 
-def default_slice(gt: np.ndarray | None, pred: np.ndarray | None, view: View,
-                  fallback: np.ndarray | None = None) -> int:
+def default_slice(
+    gt: np.ndarray | None, pred: np.ndarray | None, view: View, fallback: np.ndarray | None = None
+) -> int:
     """Index along the view axis with the most GT foreground (middle one among ties), else prediction,
     else the slice of ``fallback``'s maximum, else the middle slice."""
     axis = _AXIS[view]
@@ -219,8 +225,11 @@ def render_overlay(
     pet_img = mip(pet, view) if pet_mode == "mip" else _plane(pet, view, idx)
     pet_vmax = pet_vmax or _robust_max(pet_img)
     base = _plane(np.asarray(ct, dtype=np.float32), view, idx) if ct is not None else _plane(pet, view, idx)
-    base_kw = (dict(cmap="gray", vmin=ct_window[0], vmax=ct_window[1]) if ct is not None
-               else dict(cmap="gray_r", vmin=0.0, vmax=pet_vmax))
+    base_kw = (
+        dict(cmap="gray", vmin=ct_window[0], vmax=ct_window[1])
+        if ct is not None
+        else dict(cmap="gray_r", vmin=0.0, vmax=pet_vmax)
+    )
     horiz, vert = (0, 2) if view == "coronal" else (0, 1)
     w_mm, h_mm = pet.shape[horiz] * sp[horiz], pet.shape[vert] * sp[vert]
     panel_w, _ = _figsize(w_mm, h_mm, height_in)
@@ -232,13 +241,26 @@ def render_overlay(
     _show(axes[1], pet_img, sp, view, cmap="gray_r", vmin=0.0, vmax=pet_vmax)
     axes[1].set_title(f"PET\n{view} MIP" if pet_mode == "mip" else f"PET\n{where}", fontsize=9)
     _show(axes[2], base, sp, view, **base_kw)
-    axes[2].imshow(_display(comparison_rgba(_plane(p, view, idx), _plane(g, view, idx), alpha=200)),
-                   aspect=_aspect(sp, view), interpolation="nearest")
+    axes[2].imshow(
+        _display(comparison_rgba(_plane(p, view, idx), _plane(g, view, idx), alpha=200)),
+        aspect=_aspect(sp, view),
+        interpolation="nearest",
+    )
     axes[2].set_title(f"segmentation\n{where}", fontsize=9)
-    _show(axes[3], pet_img if pet_mode == "mip" else mip(pet, view), sp, view, cmap="gray_r", vmin=0.0,
-          vmax=pet_vmax)
-    axes[3].imshow(_display(comparison_rgba(mip(p, view), mip(g, view), alpha=200)),
-                   aspect=_aspect(sp, view), interpolation="nearest")
+    _show(
+        axes[3],
+        pet_img if pet_mode == "mip" else mip(pet, view),
+        sp,
+        view,
+        cmap="gray_r",
+        vmin=0.0,
+        vmax=pet_vmax,
+    )
+    axes[3].imshow(
+        _display(comparison_rgba(mip(p, view), mip(g, view), alpha=200)),
+        aspect=_aspect(sp, view),
+        interpolation="nearest",
+    )
     axes[3].set_title(f"segmentation\n{view} projection", fontsize=9)
     return _finish(fig, title, out_png)
 
@@ -283,19 +305,30 @@ def render_comparison(
     if not cases:
         raise ValueError("no cases to draw")
     horiz, vert = (0, 2) if view == "coronal" else (0, 1)
-    widths = [_figsize(c.pet.shape[horiz] * c.spacing[horiz], c.pet.shape[vert] * c.spacing[vert],
-                       height_in)[0] for c in cases]
+    widths = [
+        _figsize(c.pet.shape[horiz] * c.spacing[horiz], c.pet.shape[vert] * c.spacing[vert], height_in)[0]
+        for c in cases
+    ]
     cols = 3 + len(methods)
-    fig = Figure(figsize=(cols * min(max(widths), 3 * height_in), len(cases) * height_in + 1.0), dpi=dpi,
-                 layout="constrained")
+    fig = Figure(
+        figsize=(cols * min(max(widths), 3 * height_in), len(cases) * height_in + 1.0),
+        dpi=dpi,
+        layout="constrained",
+    )
     axes = fig.subplots(len(cases), cols, squeeze=False)
     for row, case in zip(axes, cases, strict=True):
         _comparison_row(row, case, methods, view, base, ct_window)
     return _finish(fig, title, out_png)
 
 
-def _comparison_row(axes: Any, case: ComparisonCase, methods: Sequence[str], view: View, base: str,
-                    ct_window: tuple[float, float]) -> None:
+def _comparison_row(
+    axes: Any,
+    case: ComparisonCase,
+    methods: Sequence[str],
+    view: View,
+    base: str,
+    ct_window: tuple[float, float],
+) -> None:
     pet = np.asarray(case.pet, dtype=np.float32)
     gt = np.zeros(pet.shape, bool) if case.gt is None else np.asarray(case.gt) > 0
     idx = default_slice(case.gt, None, view, fallback=pet)
@@ -316,16 +349,19 @@ def _comparison_row(axes: Any, case: ComparisonCase, methods: Sequence[str], vie
     axes[1].set_title("CT", fontsize=9)
     g = _plane(gt, view, idx)
     panels: list[tuple[str, np.ndarray | None]] = [("ground truth", g)]
-    panels += [(m, None if case.preds.get(m) is None else _plane(np.asarray(case.preds[m]) > 0, view, idx))
-               for m in methods]
+    panels += [
+        (m, None if case.preds.get(m) is None else _plane(np.asarray(case.preds[m]) > 0, view, idx))
+        for m in methods
+    ]
     for ax, (name, mask) in zip(axes[2:], panels, strict=True):
         ax.set_title(name, fontsize=9)
         if mask is None:
             _blank(ax, "no prediction")
             continue
         _show(ax, under, sp, view, **under_kw)
-        ax.imshow(_display(comparison_rgba(mask, g, alpha=200)), aspect=_aspect(sp, view),
-                  interpolation="nearest")
+        ax.imshow(
+            _display(comparison_rgba(mask, g, alpha=200)), aspect=_aspect(sp, view), interpolation="nearest"
+        )
 
 
 def _blank(ax: Any, text: str) -> None:
@@ -364,8 +400,10 @@ def comparison_case(case: Any, pred_dirs: Mapping[str, str | Path]) -> Compariso
             continue
         vol = read_volume(path, dtype=None)
         if tuple(vol.shape) != tuple(geo.ct_shape):
-            raise ImageError(f"{path}: shape {tuple(vol.shape)} differs from the CT's {tuple(geo.ct_shape)} "
-                             f"({case.ct}); predictions must be in the CT's geometry")
+            raise ImageError(
+                f"{path}: shape {tuple(vol.shape)} differs from the CT's {tuple(geo.ct_shape)} "
+                f"({case.ct}); predictions must be in the CT's geometry"
+            )
         preds[name] = reorient(np.asarray(vol.array) > 0, vol.affine, geo.ornt)[0]
     ct = pc.image[0] * np.float32(hu[1] - hu[0]) + np.float32(hu[0])
     return ComparisonCase(case.case_id, pc.suv, ct, pc.label, preds, geo.spacing)

@@ -96,8 +96,14 @@ def read_run(label: str, run: str | Path) -> RunCurve:
         if dice is not None:
             n = csv_number(row.get("val_cases"))
             curve.val.append(
-                ValPoint(epoch, curve.steps, seconds / 60.0, dice, csv_number(row.get("val_dice_sd")),
-                         None if n is None else int(n))
+                ValPoint(
+                    epoch,
+                    curve.steps,
+                    seconds / 60.0,
+                    dice,
+                    csv_number(row.get("val_dice_sd")),
+                    None if n is None else int(n),
+                )
             )
     return curve
 
@@ -124,8 +130,9 @@ def comparison_rows(curves: Sequence[RunCurve]) -> list[dict[str, str]]:
     ]
 
 
-def compare_runs(runs: Sequence[tuple[str, str | Path]], out_dir: str | Path, *, title: str | None = None
-                 ) -> list[Path]:
+def compare_runs(
+    runs: Sequence[tuple[str, str | Path]], out_dir: str | Path, *, title: str | None = None
+) -> list[Path]:
     """Write ``runs.png``, ``runs.md`` and ``runs.csv`` into ``out_dir`` for ``[(label, run), ...]``."""
     if not runs:
         raise InputError("no runs to compare: give at least one LABEL=RUN_DIR")
@@ -145,8 +152,17 @@ def compare_runs(runs: Sequence[tuple[str, str | Path]], out_dir: str | Path, *,
     w.writerow(["run", "epoch", "step", "minutes", "val_dice", "val_dice_sd", "val_cases"])
     for c in curves:
         for p in c.val:
-            w.writerow([c.label, p.epoch, p.step, f"{p.minutes:.2f}", f"{p.dice:.4f}",
-                        "" if p.sd is None else f"{p.sd:.4f}", "" if p.n is None else p.n])
+            w.writerow(
+                [
+                    c.label,
+                    p.epoch,
+                    p.step,
+                    f"{p.minutes:.2f}",
+                    f"{p.dice:.4f}",
+                    "" if p.sd is None else f"{p.sd:.4f}",
+                    "" if p.n is None else p.n,
+                ]
+            )
     atomic_write_text(out / "runs.csv", buf.getvalue())
     return [_plot(curves, out / "runs.png", title), out / "runs.md", out / "runs.csv"]
 

@@ -41,31 +41,60 @@ def _fail(msg: str) -> typer.Exit:
 
 def evaluate(
     pred: Path = typer.Option(..., "--pred", help="Folder of predicted masks named <case_id>.nii.gz."),
-    gt: Path = typer.Option(..., "--gt", help="Ground truth: a dataset root (any supported layout), a CSV "
-                            "manifest, or a plain folder of masks named <case_id>.nii.gz."),
+    gt: Path = typer.Option(
+        ...,
+        "--gt",
+        help="Ground truth: a dataset root (any supported layout), a CSV "
+        "manifest, or a plain folder of masks named <case_id>.nii.gz.",
+    ),
     out: Path = typer.Option(..., "--out", help="Output folder for per_case.csv, summary.json, summary.md."),
-    protocol: Protocol = typer.Option(Protocol.paper, "--protocol", help="paper: Table 1 (Dice, HD95, "
-                                      "precision, recall); autopet: Dice, FPV, FNV; hecktor: per-class and "
-                                      "aggregated Dice (labels 0/1/2)."),
+    protocol: Protocol = typer.Option(
+        Protocol.paper,
+        "--protocol",
+        help="paper: Table 1 (Dice, HD95, "
+        "precision, recall); autopet: Dice, FPV, FNV; hecktor: per-class and "
+        "aggregated Dice (labels 0/1/2).",
+    ),
     gt_layout: GTLayout = typer.Option(GTLayout.auto, "--gt-layout", help="Layout of --gt."),
-    hd95: HD95Convention = typer.Option(HD95Convention.medpy, "--hd95", help="medpy: 95th percentile of both "
-                                        "directions pooled (the paper); monai: max of the directed 95th "
-                                        "percentiles."),
-    hd95_empty_penalty: float | None = typer.Option(None, "--hd95-empty-penalty", help="HD95 (mm) for a "
-                                                    "lesion case with an empty prediction; default: "
-                                                    "excluded (NaN)."),
-    resample: bool = typer.Option(False, "--resample", help="Resample predictions on another grid onto the "
-                                  "ground truth (nearest neighbour) instead of refusing them."),
-    allow_missing: bool = typer.Option(False, "--allow-missing", help="Score cases without a prediction as "
-                                       "empty predictions instead of failing."),
-    label_map: list[str] = typer.Option([], "--label-map", help="VALUE=LABEL: map a label value in ground "
-                                        "truth and prediction before scoring (repeatable, e.g. --label-map "
-                                        "7=1 --label-map 2=0). Without it, labels other than 0/1 (hecktor: "
-                                        "0/1/2) are an error."),
+    hd95: HD95Convention = typer.Option(
+        HD95Convention.medpy,
+        "--hd95",
+        help="medpy: 95th percentile of both "
+        "directions pooled (the paper); monai: max of the directed 95th "
+        "percentiles.",
+    ),
+    hd95_empty_penalty: float | None = typer.Option(
+        None,
+        "--hd95-empty-penalty",
+        help="HD95 (mm) for a lesion case with an empty prediction; default: excluded (NaN).",
+    ),
+    resample: bool = typer.Option(
+        False,
+        "--resample",
+        help="Resample predictions on another grid onto the "
+        "ground truth (nearest neighbour) instead of refusing them.",
+    ),
+    allow_missing: bool = typer.Option(
+        False,
+        "--allow-missing",
+        help="Score cases without a prediction as empty predictions instead of failing.",
+    ),
+    label_map: list[str] = typer.Option(
+        [],
+        "--label-map",
+        help="VALUE=LABEL: map a label value in ground "
+        "truth and prediction before scoring (repeatable, e.g. --label-map "
+        "7=1 --label-map 2=0). Without it, labels other than 0/1 (hecktor: "
+        "0/1/2) are an error.",
+    ),
     jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Cases evaluated in parallel (processes)."),
-    nnunet_cases: Path | None = typer.Option(None, "--nnunet-cases", help="h2aseg_cases.json (or its dataset "
-                                             "folder) from export-nnunet: mask files named by an nnU-Net "
-                                             "identifier (in --pred and --gt) count as its case id."),
+    nnunet_cases: Path | None = typer.Option(
+        None,
+        "--nnunet-cases",
+        help="h2aseg_cases.json (or its dataset "
+        "folder) from export-nnunet: mask files named by an nnU-Net "
+        "identifier (in --pred and --gt) count as its case id.",
+    ),
 ) -> None:
     """Score predictions against ground truth by case id; writes per-case and summary tables."""
     from h2aseg.data.nnunet_export import load_case_map
@@ -79,17 +108,32 @@ def evaluate(
     try:
         mapping = parse_label_map(label_map)
         case_ids = None if nnunet_cases is None else load_case_map(nnunet_cases)
-        with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
-                      MofNCompleteColumn(), TimeRemainingColumn(), console=_err, transient=True) as prog:
+        with Progress(
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=_err,
+            transient=True,
+        ) as prog:
             task = prog.add_task("evaluating", total=None)
 
             def _tick(case_id: str, done: int, total: int) -> None:
                 prog.update(task, completed=done, total=total, description=f"evaluated {escape(case_id)}")
 
             res = evaluate_folders(
-                pred, gt, protocol=protocol.value, gt_layout=gt_layout.value, hd95_convention=hd95.value,
-                hd95_empty_penalty=hd95_empty_penalty, resample=resample, allow_missing=allow_missing,
-                label_map=mapping, case_ids=case_ids, jobs=jobs, on_case=_tick,
+                pred,
+                gt,
+                protocol=protocol.value,
+                gt_layout=gt_layout.value,
+                hd95_convention=hd95.value,
+                hd95_empty_penalty=hd95_empty_penalty,
+                resample=resample,
+                allow_missing=allow_missing,
+                label_map=mapping,
+                case_ids=case_ids,
+                jobs=jobs,
+                on_case=_tick,
             )
         paths = write_evaluation(out, res.rows, res.summary)
     except (H2ASegError, OSError) as e:
@@ -97,33 +141,46 @@ def evaluate(
 
     con = Console()
     if res.matching.extra:
-        _err.print(f"[yellow]warning:[/yellow] {len(res.matching.extra)} prediction(s) without ground truth, "
-                   f"not scored: {escape(', '.join(res.matching.extra[:8]))}"
-                   + (" ..." if len(res.matching.extra) > 8 else ""))
+        _err.print(
+            f"[yellow]warning:[/yellow] {len(res.matching.extra)} prediction(s) without ground truth, "
+            f"not scored: {escape(', '.join(res.matching.extra[:8]))}"
+            + (" ..." if len(res.matching.extra) > 8 else "")
+        )
     if res.matching.missing:
-        _err.print(f"[yellow]warning:[/yellow] {len(res.matching.missing)} case(s) without prediction scored "
-                   f"as empty: {escape(', '.join(res.matching.missing[:8]))}"
-                   + (" ..." if len(res.matching.missing) > 8 else ""))
+        _err.print(
+            f"[yellow]warning:[/yellow] {len(res.matching.missing)} case(s) without prediction scored "
+            f"as empty: {escape(', '.join(res.matching.missing[:8]))}"
+            + (" ..." if len(res.matching.missing) > 8 else "")
+        )
     s = res.summary
-    table = Table(title=f"{s['protocol']} protocol: {s['n_cases']} cases "
-                        f"({s['n_lesion_cases']} with lesions), HD95 {s['hd95_convention']}")
+    table = Table(
+        title=f"{s['protocol']} protocol: {s['n_cases']} cases "
+        f"({s['n_lesion_cases']} with lesions), HD95 {s['hd95_convention']}"
+    )
     table.add_column("metric")
     table.add_column("mean ± std", justify="right")
     table.add_column("n", justify="right")
     for key in s["columns"]:
         m = s["metrics"][key]
         info = METRICS[key]
-        table.add_row(f"{info.label} [{info.unit}]" if info.unit else info.label,
-                      format_cell(m["mean"], m["std"]), str(m["n"]))
+        table.add_row(
+            f"{info.label} [{info.unit}]" if info.unit else info.label,
+            format_cell(m["mean"], m["std"]),
+            str(m["n"]),
+        )
     con.print(table)
     for p in paths.values():
         con.print(f"wrote {escape(str(p))}")
 
 
 def evaluate_table(
-    run: list[str] = typer.Option(..., "--run", help="METHOD=PATH or METHOD@DATASET=PATH, PATH being an "
-                                  "evaluation folder or its summary.json; repeat (same METHOD[@DATASET] "
-                                  "again = another run, averaged)."),
+    run: list[str] = typer.Option(
+        ...,
+        "--run",
+        help="METHOD=PATH or METHOD@DATASET=PATH, PATH being an "
+        "evaluation folder or its summary.json; repeat (same METHOD[@DATASET] "
+        "again = another run, averaged).",
+    ),
     out: Path = typer.Option(..., "--out", help="Output folder for table.md, table.tex, table.json."),
 ) -> None:
     """Aggregate runs (mean of run means ± mean of per-case stds) into a Table-1 style table."""

@@ -12,11 +12,16 @@ from h2aseg.cli.common import err_console, fail
 def experiment(
     config: Path = typer.Option(..., "--config", help="The experiment file (YAML; see experiments/*.yaml)."),
     out: Path = typer.Option(..., "--out", help="Output folder: split, runs/, tables (shared by shards)."),
-    shard: str = typer.Option("0/1", "--shard", help="I/N: take every N-th run starting at the I-th "
-                              "(0-based); start one process per shard on the same --out."),
+    shard: str = typer.Option(
+        "0/1",
+        "--shard",
+        help="I/N: take every N-th run starting at the I-th "
+        "(0-based); start one process per shard on the same --out.",
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bars."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the runs and which are done, locked or "
-                                 "pending; run nothing."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Print the runs and which are done, locked or pending; run nothing."
+    ),
 ) -> None:
     """Train, predict and evaluate every (method, seed) run; resumable, and safe to run in parallel."""
     from h2aseg.errors import H2ASegError
@@ -38,9 +43,11 @@ def experiment(
         result = run_experiment(spec, out, shard=which, progress=progress, log=log)
     except errors as e:
         raise fail(str(e)) from None
-    log(f"shard {shard}: {len(result.done)} run(s) done now, {len(result.skipped)} done before, "
+    log(
+        f"shard {shard}: {len(result.done)} run(s) done now, {len(result.skipped)} done before, "
         f"{len(result.locked)} locked by other processes, {len(result.failed)} failed (of {result.selected} "
-        f"in this shard, {result.total} in all)")
+        f"in this shard, {result.total} in all)"
+    )
     for path in result.tables:
         log(f"  {path}")
     if result.failed:

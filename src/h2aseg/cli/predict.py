@@ -46,8 +46,10 @@ def predict(
     dose_mbq: float | None = DOSE_OPTION,
     injection_time: str | None = INJECTION_OPTION,
     quantify: bool = typer.Option(
-        False, "--quantify", help="Also write <case>_lesions.csv and <case>_patient.csv (PET measures, "
-        "docs/quantify.md) beside each mask, measured on the case's SUV."
+        False,
+        "--quantify",
+        help="Also write <case>_lesions.csv and <case>_patient.csv (PET measures, "
+        "docs/quantify.md) beside each mask, measured on the case's SUV.",
     ),
     report: bool = typer.Option(
         False,
@@ -57,9 +59,12 @@ def predict(
         "Implies --quantify.",
     ),
     challenge_io: tuple[Path, Path] | None = typer.Option(
-        None, "--challenge-io", metavar="INPUT OUTPUT", help="The autoPET grand-challenge interface: read "
+        None,
+        "--challenge-io",
+        metavar="INPUT OUTPUT",
+        help="The autoPET grand-challenge interface: read "
         "INPUT/images/{ct,pet}/*.mha, write OUTPUT/images/automated-petct-lesion-segmentation/<uuid>.mha "
-        "(docs/challenge.md)."
+        "(docs/challenge.md).",
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
 ) -> None:
@@ -99,8 +104,9 @@ def predict(
         if challenge_io is not None:
             from h2aseg.inference.challenge import run_challenge
 
-            masks = run_challenge(predictor, *challenge_io, on_case=lambda p: err_console.print(
-                f"wrote {p}", highlight=False))
+            masks = run_challenge(
+                predictor, *challenge_io, on_case=lambda p: err_console.print(f"wrote {p}", highlight=False)
+            )
             err_console.print(f"wrote {len(masks)} mask(s) with their lesion CSVs", highlight=False)
             return
         if single:
@@ -122,8 +128,14 @@ def predict(
         if split != "all":
             from h2aseg.inference.case_selection import cases_in_part
 
-            cases, where = cases_in_part(cases, split, checkpoint=checkpoint, data=predictor.cfg.data,
-                                         stored=predictor.stored_split, root=input_dir)
+            cases, where = cases_in_part(
+                cases,
+                split,
+                checkpoint=checkpoint,
+                data=predictor.cfg.data,
+                stored=predictor.stored_split,
+                root=input_dir,
+            )
             err_console.print(f"predicting {where}", highlight=False)
         with progress_bar("predict", progress) as bar:
             task = bar.add_task("", total=len(cases))

@@ -109,9 +109,7 @@ def rename_cases(masks: Mapping[str, Path], case_ids: Mapping[str, str]) -> dict
     return out
 
 
-def match_cases(
-    pred: Mapping[str, Path], gt: Mapping[str, Path], *, allow_missing: bool = False
-) -> Matching:
+def match_cases(pred: Mapping[str, Path], gt: Mapping[str, Path], *, allow_missing: bool = False) -> Matching:
     """Pair by case id. Missing predictions raise unless ``allow_missing`` (then ``pred=None``: empty mask).
 
     Predictions without ground truth are listed in ``extra`` and not scored.

@@ -43,8 +43,15 @@ HECKTOR_CLASSES: dict[str, int] = {"gtvp": 1, "gtvn": 2}
 
 #: Columns of :func:`evaluate_case`, in CSV order (the HECKTOR columns only with ``classes``).
 CORE_COLUMNS = ("dice", "hd95", "precision", "recall", "fp_volume_ml", "fn_volume_ml")
-LESION_COLUMNS = ("gt_lesions", "pred_lesions", "tp_lesions", "fn_lesions", "fp_lesions", "mtv_gt_ml",
-                  "mtv_pred_ml")
+LESION_COLUMNS = (
+    "gt_lesions",
+    "pred_lesions",
+    "tp_lesions",
+    "fn_lesions",
+    "fp_lesions",
+    "mtv_gt_ml",
+    "mtv_pred_ml",
+)
 
 
 def hecktor_columns(classes: Mapping[str, int] = HECKTOR_CLASSES) -> tuple[str, ...]:
@@ -239,7 +246,11 @@ def _finite(v: object) -> bool:
 
 
 def _case_hd95(
-    p: np.ndarray, g: np.ndarray, o: Overlap, spacing: Sequence[float], convention: HD95Convention,
+    p: np.ndarray,
+    g: np.ndarray,
+    o: Overlap,
+    spacing: Sequence[float],
+    convention: HD95Convention,
     empty_penalty: float | None,
 ) -> float:
     """HD95 when both masks have a surface; the penalty (else NaN) for a missed lesion case; NaN otherwise."""

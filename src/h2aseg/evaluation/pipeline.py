@@ -51,12 +51,20 @@ def score_pair(
     hecktor = protocol == "hecktor"
     loaded = load_pair(pair, resample=resample, allowed_labels=PROTOCOL_LABELS[protocol], label_map=label_map)
     row = evaluate_case(
-        loaded.pred, loaded.gt, loaded.spacing, voxel_ml=loaded.voxel_ml,
+        loaded.pred,
+        loaded.gt,
+        loaded.spacing,
+        voxel_ml=loaded.voxel_ml,
         hd95_convention=hd95_convention,  # type: ignore[arg-type]
-        hd95_empty_penalty=hd95_empty_penalty, classes=HECKTOR_CLASSES if hecktor else None,
+        hd95_empty_penalty=hd95_empty_penalty,
+        classes=HECKTOR_CLASSES if hecktor else None,
     )
-    return {"case_id": pair.case_id, **row, "prediction_missing": int(pair.pred is None),
-            "resampled": int(loaded.resampled)}
+    return {
+        "case_id": pair.case_id,
+        **row,
+        "prediction_missing": int(pair.pred is None),
+        "resampled": int(loaded.resampled),
+    }
 
 
 def evaluate_folders(
@@ -88,11 +96,18 @@ def evaluate_folders(
     if hd95_convention not in HD95_CONVENTIONS:
         raise ValueError(f"unknown HD95 convention {hd95_convention!r} ({', '.join(HD95_CONVENTIONS)})")
     ids = dict(case_ids or {})
-    matching = match_cases(rename_cases(mask_folder(pred_dir), ids),
-                           rename_cases(ground_truth_masks(gt_root, gt_layout), ids),
-                           allow_missing=allow_missing)
-    kw = dict(protocol=protocol, hd95_convention=hd95_convention, hd95_empty_penalty=hd95_empty_penalty,
-              resample=resample, label_map=dict(label_map or {}))
+    matching = match_cases(
+        rename_cases(mask_folder(pred_dir), ids),
+        rename_cases(ground_truth_masks(gt_root, gt_layout), ids),
+        allow_missing=allow_missing,
+    )
+    kw = dict(
+        protocol=protocol,
+        hd95_convention=hd95_convention,
+        hd95_empty_penalty=hd95_empty_penalty,
+        resample=resample,
+        label_map=dict(label_map or {}),
+    )
     rows: list[dict[str, Any]] = []
     if jobs > 1 and len(matching.pairs) > 1:
         with ProcessPoolExecutor(max_workers=jobs) as ex:
@@ -107,7 +122,10 @@ def evaluate_folders(
             if on_case:
                 on_case(p.case_id, len(rows), len(matching.pairs))
     summary = summarize(
-        rows, protocol=protocol, hd95_convention=hd95_convention, hd95_empty_penalty=hd95_empty_penalty,
+        rows,
+        protocol=protocol,
+        hd95_convention=hd95_convention,
+        hd95_empty_penalty=hd95_empty_penalty,
         extra={
             "pred_dir": str(pred_dir),
             "gt": str(gt_root),

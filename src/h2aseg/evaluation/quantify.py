@@ -230,12 +230,21 @@ def quantify_arrays(
     lesions = []
     for k in range(n):
         mean, vol = float(sums[k] / counts[k]), float(counts[k] * voxel_ml)
-        lesions.append(Lesion(
-            lesion_id=k + 1, centroid_x_mm=float(centroids[k, 0]), centroid_y_mm=float(centroids[k, 1]),
-            centroid_z_mm=float(centroids[k, 2]), voxels=int(counts[k]), volume_ml=vol,
-            suv_max=float(maxima[k]), suv_mean=mean, suv_peak=float(peaks[k]), tlg=mean * vol,
-            detected=None if detected is None else int(detected[k]),
-        ))
+        lesions.append(
+            Lesion(
+                lesion_id=k + 1,
+                centroid_x_mm=float(centroids[k, 0]),
+                centroid_y_mm=float(centroids[k, 1]),
+                centroid_z_mm=float(centroids[k, 2]),
+                voxels=int(counts[k]),
+                volume_ml=vol,
+                suv_max=float(maxima[k]),
+                suv_mean=mean,
+                suv_peak=float(peaks[k]),
+                tlg=mean * vol,
+                detected=None if detected is None else int(detected[k]),
+            )
+        )
     patient = _patient(lesions, centroids, mask, gt, connectivity)
     return Quantification(case_id, lesions, patient, has_gt=gt is not None)
 
@@ -284,7 +293,11 @@ def check_grid(vol: Volume, ref: Volume, what: str, ref_what: str = "SUV", atol:
 
 
 def quantify_volumes(
-    suv: Volume, mask: Volume, gt: Volume | None = None, *, case_id: str | None = None,
+    suv: Volume,
+    mask: Volume,
+    gt: Volume | None = None,
+    *,
+    case_id: str | None = None,
     connectivity: int = CONNECTIVITY,
 ) -> Quantification:
     """:func:`quantify_arrays` for volumes read from files; checks that they share the SUV's grid."""
@@ -294,7 +307,11 @@ def quantify_volumes(
         check_grid(gt, suv, "ground-truth")
     cid = case_id or (strip_image_suffix(Path(mask.path).name) if mask.path else "case")
     return quantify_arrays(
-        suv.array, mask.array, suv.affine, None if gt is None else gt.array, case_id=cid,
+        suv.array,
+        mask.array,
+        suv.affine,
+        None if gt is None else gt.array,
+        case_id=cid,
         connectivity=connectivity,
     )
 
@@ -304,8 +321,9 @@ def quantify_files(
 ) -> Quantification:
     """Read SUV, mask (and GT) and quantify; every file problem is an :class:`ImageError` naming it."""
     gt_vol = None if gt is None else read_volume(gt, dtype=None)
-    return quantify_volumes(read_volume(suv, dtype=None), read_volume(mask, dtype=None), gt_vol,
-                            case_id=case_id)
+    return quantify_volumes(
+        read_volume(suv, dtype=None), read_volume(mask, dtype=None), gt_vol, case_id=case_id
+    )
 
 
 def _cell(value: object) -> str:

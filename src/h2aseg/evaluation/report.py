@@ -75,8 +75,15 @@ def per_case_columns(protocol: str) -> tuple[str, ...]:
     from h2aseg.evaluation.metrics import hecktor_columns
 
     extra = hecktor_columns() if protocol == "hecktor" else ()
-    return ("case_id", "has_lesion", *CORE_COLUMNS, *LESION_COLUMNS, *extra,
-            "prediction_missing", "resampled")
+    return (
+        "case_id",
+        "has_lesion",
+        *CORE_COLUMNS,
+        *LESION_COLUMNS,
+        *extra,
+        "prediction_missing",
+        "resampled",
+    )
 
 
 def _finite_values(rows: Iterable[Mapping[str, Any]], key: str) -> np.ndarray:
@@ -120,12 +127,19 @@ def summarize(
         raise ValueError(f"unknown protocol {protocol!r} (choose from {', '.join(PROTOCOLS)})")
     cols = [c for c in per_case_columns(protocol) if c in METRICS]
     lesion_rows = [r for r in rows if _is_lesion_case(r)]
-    metrics = {c: describe(_finite_values(lesion_rows if c in LESION_CASE_METRICS else rows, c))
-               for c in cols}
+    metrics = {
+        c: describe(_finite_values(lesion_rows if c in LESION_CASE_METRICS else rows, c)) for c in cols
+    }
     if protocol == "hecktor":
         for k, v in hecktor_aggregate(rows, HECKTOR_CLASSES).items():
-            metrics[k] = {"mean": _none_if_nan(v), "std": None, "median": None, "min": None, "max": None,
-                          "n": len(rows)}
+            metrics[k] = {
+                "mean": _none_if_nan(v),
+                "std": None,
+                "median": None,
+                "min": None,
+                "max": None,
+                "n": len(rows),
+            }
     n_lesion = len(lesion_rows)
     out: dict[str, Any] = {
         "protocol": protocol,
@@ -141,7 +155,8 @@ def summarize(
             "fpv_lesion_counts_mtv": "mean over all cases",
             "per_case": "Dice/FPV/FNV as autoPET val_script.py (Dice NaN only if both masks are empty, "
             "FNV 0 without lesions); precision/recall as medpy (0 on a zero denominator)",
-            "hd95_empty_prediction": "excluded (NaN)" if hd95_empty_penalty is None
+            "hd95_empty_prediction": "excluded (NaN)"
+            if hd95_empty_penalty is None
             else f"penalty {hd95_empty_penalty} mm",
             "std": "sample standard deviation over cases (ddof=1)",
             "components": "18-connectivity (cc3d), as the AutoPET scripts",
@@ -352,8 +367,13 @@ def table1(
     groups = list(dict.fromkeys(g for g, _ in columns))
     heads = [metric_header(metric) for _, metric in columns]
     if fmt == "markdown":
-        top = "| Methods | " + " | ".join(f"{g}: {h}" if len(groups) > 1 else h
-                                          for (g, _), h in zip(columns, heads, strict=True)) + " |"
+        top = (
+            "| Methods | "
+            + " | ".join(
+                f"{g}: {h}" if len(groups) > 1 else h for (g, _), h in zip(columns, heads, strict=True)
+            )
+            + " |"
+        )
         lines = [f"{caption}", "", top, "|---|" + "---:|" * len(columns)]
         lines += [f"| {_md_escape(m)} | " + " | ".join(cells[m]) + " |" for m in methods]
         return "\n".join(lines) + "\n"
@@ -366,11 +386,17 @@ def table1(
         "\\toprule",
     ]
     if len(groups) > 1 or groups[0]:
-        lines.append("Methods & " + " & ".join(f"\\multicolumn{{{n}}}{{c}}{{{_tex_escape(g)}}}"
-                                                 for g, n in spans) + " \\\\")
+        lines.append(
+            "Methods & "
+            + " & ".join(f"\\multicolumn{{{n}}}{{c}}{{{_tex_escape(g)}}}" for g, n in spans)
+            + " \\\\"
+        )
         lines.append("".join(f"\\cmidrule(lr){{{a}-{a + n - 1}}}" for a, n in _starts(spans)))
-    lines.append(" & " + " & ".join(_tex_escape(h).replace("↑", "$\\uparrow$").replace("↓", "$\\downarrow$")
-                                   for h in heads) + " \\\\")
+    lines.append(
+        " & "
+        + " & ".join(_tex_escape(h).replace("↑", "$\\uparrow$").replace("↓", "$\\downarrow$") for h in heads)
+        + " \\\\"
+    )
     lines.append("\\midrule")
     lines += [f"{_tex_escape(m)} & " + " & ".join(cells[m]) + " \\\\" for m in methods]
     lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
@@ -390,8 +416,16 @@ def _md_escape(s: str) -> str:
 
 
 def _tex_escape(s: str) -> str:
-    for a, b in (("\\", "\\textbackslash{}"), ("&", "\\&"), ("%", "\\%"), ("_", "\\_"), ("#", "\\#"),
-                 ("$", "\\$"), ("{", "\\{"), ("}", "\\}")):
+    for a, b in (
+        ("\\", "\\textbackslash{}"),
+        ("&", "\\&"),
+        ("%", "\\%"),
+        ("_", "\\_"),
+        ("#", "\\#"),
+        ("$", "\\$"),
+        ("{", "\\{"),
+        ("}", "\\}"),
+    ):
         s = s.replace(a, b)
     return s
 
@@ -422,7 +456,18 @@ def write_runs_table(
     return {
         "markdown": atomic_write_text(out / "table.md", table1(rows, cols, fmt="markdown")),
         "latex": atomic_write_text(out / "table.tex", table1(rows, cols, fmt="latex")),
-        "json": atomic_write_text(out / "table.json", json.dumps(json_safe(
-            {"columns": [list(c) for c in cols], "rows": rows,
-             "n_runs": {m: {g: len(s) for g, s in gr.items()} for m, gr in runs.items()}}), indent=2) + "\n"),
+        "json": atomic_write_text(
+            out / "table.json",
+            json.dumps(
+                json_safe(
+                    {
+                        "columns": [list(c) for c in cols],
+                        "rows": rows,
+                        "n_runs": {m: {g: len(s) for g, s in gr.items()} for m, gr in runs.items()},
+                    }
+                ),
+                indent=2,
+            )
+            + "\n",
+        ),
     }

@@ -137,8 +137,9 @@ def _work(ctx: _Context, run: Run, cfg: Config, heartbeat: Heartbeat, prefix: st
         trained = steps.train_network(cfg, run_dir, heartbeat, progress=ctx.progress, callbacks=extra)
     ctx.log(f"{prefix} (predicting)")
     if run.method.training_free:
-        seconds = steps.predict_threshold(run.method.network, cfg, layout.cache, run_dir, ctx.test_cases,
-                                          heartbeat)
+        seconds = steps.predict_threshold(
+            run.method.network, cfg, layout.cache, run_dir, ctx.test_cases, heartbeat
+        )
     else:
         seconds = steps.predict_network(run_dir, ctx.test_cases, heartbeat)
     steps.save_timing(run_dir, seconds)

@@ -67,8 +67,17 @@ RESERVED_FIELDS = {
 DEFAULT_SEEDS = (0, 1, 2, 3)
 PROTOCOLS = ("paper", "autopet", "hecktor")
 LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
-TOP_FIELDS = {"name", "dataset", "schedule", "seeds", "overrides", "methods", "protocol", "lock_timeout_s",
-              "std_over"}
+TOP_FIELDS = {
+    "name",
+    "dataset",
+    "schedule",
+    "seeds",
+    "overrides",
+    "methods",
+    "protocol",
+    "lock_timeout_s",
+    "std_over",
+}
 
 
 class SpecError(H2ASegError):
@@ -154,8 +163,10 @@ class ExperimentSpec:
         cfg = _replace(self.base_config(), "model", name=method.network)
         switches = []
         if method.ablation is not None:
-            switches = [f"model.use_mcsa={str(method.ablation.mcsa).lower()}",
-                        f"model.use_tamw={str(method.ablation.tamw).lower()}"]
+            switches = [
+                f"model.use_mcsa={str(method.ablation.mcsa).lower()}",
+                f"model.use_tamw={str(method.ablation.tamw).lower()}",
+            ]
         return cfg.override([*switches, *method.overrides])
 
     def run_config(self, method: MethodSpec, seed: int | None, out: Path) -> Config:
@@ -323,14 +334,17 @@ def _method(rd: _Reader, raw: Any, field: str) -> MethodSpec:
     raw = rd.mapping(raw, field, allowed, required=("label", "network"))
     label = rd.string(raw["label"], f"{field}.label")
     if not LABEL_RE.match(label):
-        raise rd.error(f"{field}.label", f"{label!r} must be a folder name (letters, digits, . _ + -); "
-                       "put the display name in title")
+        raise rd.error(
+            f"{field}.label",
+            f"{label!r} must be a folder name (letters, digits, . _ + -); put the display name in title",
+        )
     network = rd.string(raw["network"], f"{field}.network")
     ablation = None
     if raw.get("ablation") is not None:
         ab = rd.mapping(raw["ablation"], f"{field}.ablation", {"mcsa", "tamw"}, required=("mcsa", "tamw"))
-        ablation = Ablation(rd.boolean(ab["mcsa"], f"{field}.ablation.mcsa"),
-                            rd.boolean(ab["tamw"], f"{field}.ablation.tamw"))
+        ablation = Ablation(
+            rd.boolean(ab["mcsa"], f"{field}.ablation.mcsa"), rd.boolean(ab["tamw"], f"{field}.ablation.tamw")
+        )
         if network != "h2aseg":
             raise rd.error(f"{field}.ablation", f"only H2ASeg has MCSA/TAMW switches, not {network!r}")
     overrides = rd.assignments(raw.get("overrides"), f"{field}.overrides")
@@ -350,8 +364,11 @@ def _check_networks(rd: _Reader, methods: tuple[MethodSpec, ...]) -> None:
         if m.network in UNSUPPORTED_METHODS:
             raise rd.error(field, f"{m.network!r} {UNSUPPORTED_METHODS[m.network]}")
         if not m.training_free and m.network not in known:
-            raise rd.error(field, f"unknown network {m.network!r} (registered: {', '.join(known)}; "
-                           f"training-free: {', '.join(THRESHOLD_METHODS)})")
+            raise rd.error(
+                field,
+                f"unknown network {m.network!r} (registered: {', '.join(known)}; "
+                f"training-free: {', '.join(THRESHOLD_METHODS)})",
+            )
 
 
 def _check_configs(spec: ExperimentSpec) -> None:
@@ -359,8 +376,10 @@ def _check_configs(spec: ExperimentSpec) -> None:
     base = spec.dataset.base
     stages: list[tuple[str, Callable[[], Config]]] = [
         ("dataset.config" if spec.dataset.config else "dataset.preset", lambda: load_config(base)),
-        ("schedule.overrides" if spec.schedule.overrides else "schedule",
-         lambda: load_config(base, spec.schedule.assignments())),
+        (
+            "schedule.overrides" if spec.schedule.overrides else "schedule",
+            lambda: load_config(base, spec.schedule.assignments()),
+        ),
         ("overrides", spec.base_config),
     ]
     for field, build in stages:
@@ -375,7 +394,11 @@ def _check_configs(spec: ExperimentSpec) -> None:
             cfg = spec.method_config(m)
         except ConfigError as e:
             raise spec.error(f"methods[{i}].overrides", str(e)) from None
-        if m.ablation is not None and (cfg.model.use_mcsa, cfg.model.use_tamw) != (m.ablation.mcsa,
-                                                                                    m.ablation.tamw):
-            raise spec.error(f"methods[{i}].overrides", "contradicts its ablation (model.use_mcsa / "
-                             "model.use_tamw set otherwise)")
+        if m.ablation is not None and (cfg.model.use_mcsa, cfg.model.use_tamw) != (
+            m.ablation.mcsa,
+            m.ablation.tamw,
+        ):
+            raise spec.error(
+                f"methods[{i}].overrides",
+                "contradicts its ablation (model.use_mcsa / model.use_tamw set otherwise)",
+            )

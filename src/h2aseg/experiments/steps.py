@@ -118,8 +118,12 @@ def train_network(
     epochs = trained_epochs(run_dir)
     if epochs is not None and epochs >= cfg.train.epochs:
         return "already trained"
-    cbs = [*default_callbacks(progress), CurvesPlot(plot_training_curves), HeartbeatCallback(heartbeat),
-           *callbacks]
+    cbs = [
+        *default_callbacks(progress),
+        CurvesPlot(plot_training_curves),
+        HeartbeatCallback(heartbeat),
+        *callbacks,
+    ]
     train(cfg, run_dir, resume=epochs is not None, progress=progress, callbacks=cbs)
     return "trained" if epochs is None else f"resumed after epoch {epochs}"
 
@@ -159,10 +163,18 @@ def predict_network(run_dir: Path, cases: list[Case], heartbeat: Heartbeat) -> l
         predict_cases(predictor, cases, run_dir / "predictions", on_case=timer)
         return timer.seconds
     with PredictionRecorder(predictor, ckpt) as rec:
-        predict_cases(predictor, cases, run_dir / "predictions",
-                      on_case=lambda cid, status: (rec.on_case(cid, status), timer(cid, status)))
-    rec.write(cases, run_dir / "analysis", where=f"the experiment's {len(cases)} test cases",
-              on_case=lambda *_: heartbeat.beat())
+        predict_cases(
+            predictor,
+            cases,
+            run_dir / "predictions",
+            on_case=lambda cid, status: (rec.on_case(cid, status), timer(cid, status)),
+        )
+    rec.write(
+        cases,
+        run_dir / "analysis",
+        where=f"the experiment's {len(cases)} test cases",
+        on_case=lambda *_: heartbeat.beat(),
+    )
     return timer.seconds
 
 
@@ -207,8 +219,13 @@ def evaluate_run(spec: ExperimentSpec, layout: Layout, run_dir: Path, heartbeat:
     from h2aseg.evaluation.pipeline import evaluate_folders
     from h2aseg.evaluation.report import write_evaluation
 
-    res = evaluate_folders(run_dir / "predictions", layout.manifest, protocol=spec.protocol, gt_layout="csv",
-                           on_case=lambda *_: heartbeat.beat())
+    res = evaluate_folders(
+        run_dir / "predictions",
+        layout.manifest,
+        protocol=spec.protocol,
+        gt_layout="csv",
+        on_case=lambda *_: heartbeat.beat(),
+    )
     write_evaluation(run_dir / "evaluation", res.rows, res.summary)
     return res.summary
 

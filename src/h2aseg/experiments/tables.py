@@ -126,11 +126,16 @@ def _table1_notes(spec: ExperimentSpec, done: dict[str, list]) -> str:
         if m.training_free:
             parts.append(f"{m.label}: {'done' if seeds else 'pending'} (deterministic, no seeds)")
         else:
-            parts.append(f"{m.label}: {len(seeds)} of {len(spec.seeds)} seeds"
-                         + (f" ({', '.join(map(str, seeds))})" if seeds else ""))
+            parts.append(
+                f"{m.label}: {len(seeds)} of {len(spec.seeds)} seeds"
+                + (f" ({', '.join(map(str, seeds))})" if seeds else "")
+            )
     first = next((s for runs in done.values() for _, s in runs), None)
-    cases = "" if first is None else (f" Test set: {first.get('n_cases')} cases "
-                                      f"({first.get('n_lesion_cases')} with lesions).")
+    cases = (
+        ""
+        if first is None
+        else (f" Test set: {first.get('n_cases')} cases ({first.get('n_lesion_cases')} with lesions).")
+    )
     extra = len(spec.schedule.overrides) + len(spec.overrides)
     schedule = spec.schedule.base + (f" + {extra} override(s)" if extra else "")
     return f"\nRuns done: {'; '.join(parts)}.{cases} Protocol: {spec.protocol}; schedule: {schedule}.\n"
@@ -157,8 +162,11 @@ def table2_markdown(spec: ExperimentSpec, done: dict[str, list]) -> str | None:
     for i, a in enumerate(ABLATION_ORDER):
         vals = [_mark(cells[a].get(k, {}), marks[k][i]) for k in metrics]
         n = len(done[by_ablation[a].label])
-        lines.append(f"| {'✓' if a.mcsa else ''} | {'✓' if a.tamw else ''} | " + " | ".join(vals)
-                     + f" | {n}/{len(spec.seeds)} |")
+        lines.append(
+            f"| {'✓' if a.mcsa else ''} | {'✓' if a.tamw else ''} | "
+            + " | ".join(vals)
+            + f" | {n}/{len(spec.seeds)} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -186,13 +194,24 @@ def cost_markdown(spec: ExperimentSpec, layout: Layout, done: dict[str, list]) -
             continue
         cost = _read_json(layout.cost(m)) or {}
         pred, train = _run_times(spec, layout, m)
-        cells = [_num(cost.get("params"), 1e-6, 2), _num(cost.get("gflop"), 1, 1),
-                 _num(cost.get("train_step_s"), 1, 3), _num(cost.get("peak_memory_mib"), 1, 0), pred, train]
+        cells = [
+            _num(cost.get("params"), 1e-6, 2),
+            _num(cost.get("gflop"), 1, 1),
+            _num(cost.get("train_step_s"), 1, 3),
+            _num(cost.get("peak_memory_mib"), 1, 0),
+            pred,
+            train,
+        ]
         lines.append(f"| {m.title} | {m.network} | " + " | ".join(cells) + " |")
         notes.append(_cost_note(m, cost))
-    lines += ["", *sorted(set(notes)), "", "Prediction: seconds per whole test case (read, preprocess, "
-              "sliding window, write), mean over the cases each run predicted (n). Training: wall-clock "
-              "minutes per run (finished.json), mean over the runs done."]
+    lines += [
+        "",
+        *sorted(set(notes)),
+        "",
+        "Prediction: seconds per whole test case (read, preprocess, "
+        "sliding window, write), mean over the cases each run predicted (n). Training: wall-clock "
+        "minutes per run (finished.json), mean over the runs done.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -202,9 +221,11 @@ def _cost_note(m: MethodSpec, cost: dict[str, Any]) -> str:
     if "error" in cost:
         return f"- {m.label}: the cost probe failed ({cost['error']})."
     patch = "x".join(str(v) for v in cost.get("patch", []))
-    return (f"- Forward: one eval forward at {patch}, batch 1 (FlopCounterMode). Train step: batch "
-            f"{cost.get('train_batch')} patches of {patch}, amp {cost.get('amp')}, on {cost.get('device')}. "
-            f"Peak memory: {cost.get('memory_kind')}.")
+    return (
+        f"- Forward: one eval forward at {patch}, batch 1 (FlopCounterMode). Train step: batch "
+        f"{cost.get('train_batch')} patches of {patch}, amp {cost.get('amp')}, on {cost.get('device')}. "
+        f"Peak memory: {cost.get('memory_kind')}."
+    )
 
 
 def _run_times(spec: ExperimentSpec, layout: Layout, method: MethodSpec) -> tuple[str, str]:
@@ -254,19 +275,24 @@ def write_table3(spec: ExperimentSpec, layout: Layout) -> list[Path]:
         if not tables:
             continue
         combined = tw.combine_tables(tables)
-        notes = [f"{len(tables)} of {len(spec.seeds)} seeds; each run: its test cases, sliding windows as "
-                 f"its predict step; per-run tables and raw CSVs in runs/{m.label}/seed<N>/analysis/."]
+        notes = [
+            f"{len(tables)} of {len(spec.seeds)} seeds; each run: its test cases, sliding windows as "
+            f"its predict step; per-run tables and raw CSVs in runs/{m.label}/seed<N>/analysis/."
+        ]
         sections.append(tw.table3_markdown(combined, title=f"Table 3: {m.title}", notes=notes))
         rows += [{"method": m.label, **r} for r in combined]
     if not sections:
         return []
     csv_text = tw.rows_csv(rows, ("method", *tw.TABLE_COLUMNS, "n_runs"))
-    return [atomic_write_text(layout.out / "table3.md", "\n".join(sections)),
-            atomic_write_text(layout.out / "table3.csv", csv_text)]
+    return [
+        atomic_write_text(layout.out / "table3.md", "\n".join(sections)),
+        atomic_write_text(layout.out / "table3.csv", csv_text),
+    ]
 
 
-def write_figures(spec: ExperimentSpec, layout: Layout, cases: list[Case], log: Callable[[str], None],
-                  n_cases: int = 3) -> list[Path]:
+def write_figures(
+    spec: ExperimentSpec, layout: Layout, cases: list[Case], log: Callable[[str], None], n_cases: int = 3
+) -> list[Path]:
     """Fig. 3 (``fig3.png``: every method with a done run, its first seed's predictions) and Fig. 4
     (``fig4_<case>.png``: a row per H2ASeg method with TAMW, TAMW only first) on the ``n_cases`` test cases
     with the most ground truth. Not under the tables lock (they read images and run models); a figure that

@@ -65,8 +65,12 @@ class Predictor:
         model = build_from_config(cfg.model, patch_size=cfg.data.patch_size)  # the training patch
         model.load_state_dict(payload["model"], strict=True)
         split = payload.get("split")
-        return cls(model, cfg, resolve_device(cfg.infer.device, "infer.device"),
-                   split if isinstance(split, dict) else None)
+        return cls(
+            model,
+            cfg,
+            resolve_device(cfg.infer.device, "infer.device"),
+            split if isinstance(split, dict) else None,
+        )
 
     @property
     def roi_size(self) -> tuple[int, int, int]:

@@ -85,8 +85,10 @@ def relative_threshold(
     # crop to the seeds' bounding box grown by the margin in voxels
     grow = [math.ceil(margin / s) for s in sp]
     nz = np.nonzero(labels)
-    box = tuple(slice(max(int(i.min()) - g, 0), min(int(i.max()) + 1 + g, size))
-                for i, g, size in zip(nz, grow, labels.shape, strict=True))
+    box = tuple(
+        slice(max(int(i.min()) - g, 0), min(int(i.max()) + 1 + g, size))
+        for i, g, size in zip(nz, grow, labels.shape, strict=True)
+    )
     lab = labels[box]
     suvmax = np.full(int(labels.max()) + 1, np.inf, dtype=np.float64)
     present = np.unique(lab)

@@ -345,9 +345,4 @@ class H2ASeg(nn.Module):
             return_all = self.training
         if not return_all:
             return logits[0]
-        return [
-            out
-            if out.shape[2:] == size
-            else upsample(out, size, self.align_corners)
-            for out in logits
-        ]
+        return [out if out.shape[2:] == size else upsample(out, size, self.align_corners) for out in logits]

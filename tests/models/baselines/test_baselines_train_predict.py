@@ -27,8 +27,6 @@ MODELS = {
 }
 
 
-
-
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_cohort(tmp_path_factory.mktemp("cohort"))

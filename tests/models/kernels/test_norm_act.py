@@ -19,6 +19,7 @@ def test_gradcheck_float64_two_prelus() -> None:
     x = torch.randn(2, 3, 4, 3, 5, dtype=torch.float64, requires_grad=True)
     a = torch.tensor([0.25], dtype=torch.float64, requires_grad=True)
     b = torch.tensor([-0.4], dtype=torch.float64, requires_grad=True)
+
     def fn(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return _NormPReLUConv.apply(x, 1e-5, (1, 1), a, None, None, None, b, None, None, None)
 
