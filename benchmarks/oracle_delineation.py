@@ -25,15 +25,11 @@ from scipy import ndimage
 
 from h2aseg.data.io import read_volume
 from h2aseg.data.layouts import discover
+from h2aseg.evaluation.metrics import dice  # percent
 
 FRACTIONS = np.arange(0.15, 0.951, 0.025)
 SIZE_BINS = ((0, 10), (10, 30), (30, 100), (100, 300), (300, None))
 CONNECTIVITY = ndimage.generate_binary_structure(3, 2)  # 18-connected, as the lesion-wise metrics
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 2.0 * int((a & b).sum()) / total if total else 1.0
 
 
 def outline_study(suv: np.ndarray, gt: np.ndarray, margin: int) -> tuple[np.ndarray, np.ndarray, list]:
@@ -48,7 +44,7 @@ def outline_study(suv: np.ndarray, gt: np.ndarray, margin: int) -> tuple[np.ndar
         hood = ndimage.binary_dilation(lesion, iterations=margin) & ((lab[box] == 0) | lesion)
         s = suv[box]
         peak = float(s[hood].max())
-        best, best_dice = hood & (s >= FRACTIONS[0] * peak), -1.0
+        best, best_dice = hood & (s >= FRACTIONS[0] * peak), -1.0  # Dice in percent
         for f in FRACTIONS:
             cand = hood & (s >= f * peak)
             d = dice(cand, lesion)
@@ -88,21 +84,19 @@ def main() -> None:
     print(f"{args.data}: {n_studies} studies with lesions, {len(arr)} lesions, margin {args.margin}\n")
     print("| outline (every lesion found) | Dice over studies with lesions (%) |")
     print("|---|---|")
-    print(
-        f"| best SUVmax fraction per lesion (oracle) | {100 * np.mean(per_study_oracle):.1f} "
-        f"± {100 * np.std(per_study_oracle):.1f} |"
-    )
-    print(
-        f"| 41 % of SUVmax per lesion | {100 * np.mean(per_study_fixed):.1f} "
-        f"± {100 * np.std(per_study_fixed):.1f} |\n"
-    )
+    for name, values in (
+        ("best SUVmax fraction per lesion (oracle)", per_study_oracle),
+        ("41 % of SUVmax per lesion", per_study_fixed),
+    ):
+        print(f"| {name} | {np.mean(values):.1f} ± {np.std(values):.1f} |")
+    print()
     print("| lesion voxels | lesions | oracle lesion Dice (%) |")
     print("|---|---|---|")
     for lo, hi in SIZE_BINS:
         sel = (arr[:, 0] >= lo) & (arr[:, 0] < (hi if hi is not None else np.inf))
         if sel.any():
             name = f"{lo}-{hi - 1}" if hi is not None else f">= {lo}"
-            print(f"| {name} | {int(sel.sum())} | {100 * arr[sel, 1].mean():.1f} |")
+            print(f"| {name} | {int(sel.sum())} | {arr[sel, 1].mean():.1f} |")
 
 
 if __name__ == "__main__":

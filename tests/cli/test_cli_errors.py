@@ -85,6 +85,11 @@ def _assert_one_line_error(result, *needles: str) -> str:  # type: ignore[no-unt
     return errors[0]
 
 
+def _train_args(cohort: Path, tmp_path: Path, *extra: str) -> list[str]:
+    """``h2aseg train`` on ``cohort`` into ``tmp_path/run`` without progress bars, plus ``extra``."""
+    return ["train", "--data", str(cohort), "--out", str(tmp_path / "run"), "--no-progress", *extra]
+
+
 @pytest.mark.parametrize(
     ("assignments", "needles"),
     [
@@ -101,7 +106,7 @@ def _assert_one_line_error(result, *needles: str) -> str:  # type: ignore[no-unt
 def test_train_bad_setting_is_one_line(
     cohort: Path, tmp_path: Path, assignments: list[str], needles: list[str]
 ) -> None:
-    args = ["train", "--data", str(cohort), "--out", str(tmp_path / "run"), "--no-progress"]
+    args = _train_args(cohort, tmp_path)
     for a in assignments:
         args += ["--set", a]
     _assert_one_line_error(runner.invoke(app, args), *needles)
@@ -123,34 +128,12 @@ def test_train_bad_settings_fail_before_any_case_is_read(tmp_path: Path) -> None
 
 
 def test_train_bad_network_arguments_name_the_model_section(cohort: Path, tmp_path: Path) -> None:
-    args = [
-        "train",
-        "--data",
-        str(cohort),
-        "--out",
-        str(tmp_path / "run"),
-        "--no-progress",
-        "--device",
-        "cpu",
-        "--set",
-        "model.channels=[1,2]",
-    ]
+    args = _train_args(cohort, tmp_path, "--device", "cpu", "--set", "model.channels=[1,2]")
     _assert_one_line_error(runner.invoke(app, args), "model", "h2aseg", "channels", "[1, 2]")
 
 
 def test_train_unknown_network_names_model_name(cohort: Path, tmp_path: Path) -> None:
-    args = [
-        "train",
-        "--data",
-        str(cohort),
-        "--out",
-        str(tmp_path / "run"),
-        "--no-progress",
-        "--device",
-        "cpu",
-        "--model",
-        "no_such_net",
-    ]
+    args = _train_args(cohort, tmp_path, "--device", "cpu", "--model", "no_such_net")
     _assert_one_line_error(runner.invoke(app, args), "model.name", "no_such_net")
 
 
