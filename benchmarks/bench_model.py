@@ -6,6 +6,12 @@ memory at 128x128x64 (batch 1), a training step (forward, eq. 5 loss, backward, 
 paper's setting of 2 cases x 2 crops (batch 4) of 128x128x64 with its time and peak memory, and the
 achieved GFLOP/s of the eval forward.
 
+The row "authors' code" measures the authors' released implementation side by side with ours, when it is
+importable (it is not shipped): ``H2ASEG_AUTHORS_CODE`` names the folder of their repository (put on
+``sys.path``) and ``H2ASEG_AUTHORS_MODEL`` the class as ``module.path:ClassName``; the class is built with its
+constructor defaults (the released configuration, 8-16-32-64-128) and called as ``model(ct, pet)``. The line
+under the table gives the released variant's fp32 eval-forward speed-up over it.
+
 Each measurement runs in a fresh subprocess so that peak memory (max RSS on CPU, max allocated on CUDA)
 belongs to that configuration alone. Usage::
 
@@ -16,10 +22,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+AUTHORS_ROW = "authors' code"
+AUTHORS_CODE_ENV = "H2ASEG_AUTHORS_CODE"
+AUTHORS_MODEL_ENV = "H2ASEG_AUTHORS_MODEL"
 
 ROWS = {
     "paper": {"variant": "paper"},
@@ -27,7 +42,40 @@ ROWS = {
     "released": {"variant": "released"},
     "released, einsum attention": {"variant": "released", "attention": "reference"},
     "paper, einsum attention": {"variant": "paper", "attention": "reference"},
+    AUTHORS_ROW: {"authors": True},
 }
+
+
+def build_authors_model() -> torch.nn.Module:
+    """The authors' network from the folder and class named by the environment (see the module docstring),
+    behind a ``(B, 2, X, Y, Z)`` -> ``model(ct, pet)`` adapter (channel 0 CT, channel 1 PET)."""
+    import importlib
+
+    import torch
+
+    folder, spec = os.environ.get(AUTHORS_CODE_ENV), os.environ.get(AUTHORS_MODEL_ENV)
+    if not folder or not spec or ":" not in spec:
+        raise RuntimeError(
+            f"not importable: set {AUTHORS_CODE_ENV}=<folder of their repository> and "
+            f"{AUTHORS_MODEL_ENV}=<module.path:ClassName>"
+        )
+    if not os.path.isdir(folder):
+        raise RuntimeError(f"{AUTHORS_CODE_ENV}={folder} is not a folder")
+    sys.path.insert(0, folder)
+    module_name, class_name = spec.split(":", 1)
+    cls = getattr(importlib.import_module(module_name), class_name)
+
+    class TwoInputs(torch.nn.Module):
+        out_channels = 2  # the released code's two softmax classes
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = cls()
+
+        def forward(self, x: torch.Tensor) -> object:
+            return self.model(x[:, :1], x[:, 1:2])
+
+    return TwoInputs()
 
 
 def _measure(kwargs: dict, size: list[int], batch: int, precision: str, checkpointing: str) -> dict:
@@ -39,7 +87,8 @@ def _measure(kwargs: dict, size: list[int], batch: int, precision: str, checkpoi
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
-    net = build_network("h2aseg", **kwargs).to(device)
+    net = build_authors_model() if kwargs.get("authors") else build_network("h2aseg", **kwargs)
+    net = net.to(device)
     if checkpointing:
         net.gradient_checkpointing = [int(v) for v in checkpointing.split(",")]
     params = sum(p.numel() for p in net.parameters())
@@ -101,7 +150,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, nargs=3, default=[128, 128, 64])
     ap.add_argument("--batch", type=int, default=4, help="training-step batch (0 skips the training step)")
-    ap.add_argument("--rows", default=",".join(ROWS), help="comma-separated row names")
+    default_rows = [r for r in ROWS if r != AUTHORS_ROW or os.environ.get(AUTHORS_CODE_ENV)]
+    ap.add_argument("--rows", default=",".join(default_rows), help="comma-separated row names")
     ap.add_argument("--precisions", default="fp32,bf16")
     ap.add_argument(
         "--checkpointing",
@@ -132,7 +182,11 @@ def main() -> None:
     columns += ("train s", "train GB")
     for col in columns:
         table.add_column(col, justify="right" if col not in ("model", "precision") else "left")
+    eval_fp32: dict[str, float] = {}
     for name in [r.strip() for r in args.rows.split(",") if r.strip()]:
+        if name == AUTHORS_ROW and not os.environ.get(AUTHORS_CODE_ENV):
+            table.add_row(name, "-", f"not importable: set {AUTHORS_CODE_ENV} and {AUTHORS_MODEL_ENV}")
+            continue
         for precision in args.precisions.split(","):
             spec = json.dumps({"kwargs": ROWS[name], "precision": precision})
             cmd = [sys.executable, __file__, "--child", spec, "--size", *map(str, args.size)]
@@ -144,6 +198,8 @@ def main() -> None:
                 table.add_row(name, precision, "failed: " + proc.stderr.strip().splitlines()[-1][:60])
                 continue
             r = json.loads(proc.stdout.strip().splitlines()[-1])
+            if precision == "fp32":
+                eval_fp32[name] = r["eval_s"]
             table.add_row(
                 name,
                 precision,
@@ -155,7 +211,11 @@ def main() -> None:
                 f"{r['train_s']:.1f}" if "train_s" in r else "-",
                 f"{r['train_gb']:.2f}" if "train_gb" in r else "-",
             )
-    Console(width=160).print(table)
+    console = Console(width=160)
+    console.print(table)
+    if "released" in eval_fp32 and AUTHORS_ROW in eval_fp32:
+        ratio = eval_fp32[AUTHORS_ROW] / eval_fp32["released"]
+        console.print(f"released variant vs the authors' code, fp32 eval forward: {ratio:.2f}x faster")
 
 
 if __name__ == "__main__":
