@@ -127,6 +127,9 @@ class InferConfig:
     sw_batch_size: int = 2
     blend: Blend = "gaussian"
     tta_flips: bool = False
+    body_box: bool = False  # True: windows slide over the body's bounding box only (CT above -500 HU, with
+    # the margin of training's body crop), every voxel outside it is background (ours; the presets set it,
+    # a checkpoint stored without the field predicts as it always did)
     threshold: float = 0.5
     save_probabilities: bool = False
     amp: Amp = "auto"

@@ -15,7 +15,7 @@ from h2aseg.config import load_config
 from h2aseg.data.io import ImageError
 from h2aseg.data.layouts import discover
 from h2aseg.inference.predictor import Predictor, predict_cases, write_prediction
-from h2aseg.inference.sliding import predict_probabilities
+from h2aseg.inference.sliding import body_box, predict_probabilities
 from h2aseg.models.factory import build_from_config
 from h2aseg.synth import write_cohort
 
@@ -85,6 +85,43 @@ def test_flip_tta_averages_flipped_predictions() -> None:
         ).mean(0)
     torch.testing.assert_close(tta, manual, rtol=1e-4, atol=1e-5)
     assert not torch.allclose(plain, tta)
+
+
+def test_body_box_grows_to_the_window_inside_the_volume() -> None:
+    ct = torch.zeros(40, 50, 30)
+    ct[10:20, 5:45, 0:30] = 1.0  # body: x 10-19, y 5-44, z 0-29
+    box = body_box(ct, 0.5, (16, 16, 16), margin=2)
+    # x: 8-22 (14 wide) grown about its centre to the window's 16; y: 3-47 (44 wide) kept; z: the whole axis
+    assert box == (slice(7, 23), slice(3, 47), slice(0, 30))
+    edge = torch.zeros(40, 50, 30)
+    edge[0:4, 20:30, 10:20] = 1.0  # against the x = 0 face: the grown box is shifted inside the volume
+    assert body_box(edge, 0.5, (16, 16, 16), margin=2) == (slice(0, 16), slice(17, 33), slice(7, 23))
+    assert body_box(torch.zeros(40, 50, 30), 0.5, (16, 16, 16)) is None  # no body: no box
+    assert body_box(torch.ones(40, 50, 30), 0.5, (16, 16, 16)) is None  # the whole volume
+
+
+@pytest.mark.parametrize("out_channels", [1, 2])
+def test_body_box_prediction_is_background_outside_and_the_crop_inside(out_channels: int) -> None:
+    cfg = load_config("synthetic", [*TINY, f"model.out_channels={out_channels}", "infer.body_box=false"])
+    model = build_from_config(cfg.model).eval()
+    image = torch.rand(2, 48, 40, 36)
+    image[0] = 0.0
+    image[0, 12:30, 6:34, 4:32] = 0.9  # the body, in normalised CT
+    box_cfg = cfg.override(["infer.body_box=true"]).infer
+    probs = predict_probabilities(model, image, box_cfg, (32, 32, 32), body_threshold=0.25)
+    box = body_box(image[0], 0.25, (32, 32, 32))
+    assert box == (slice(5, 37), slice(4, 36), slice(2, 34))
+    inner = predict_probabilities(model, image[(slice(None), *box)], cfg.infer, (32, 32, 32))
+    torch.testing.assert_close(probs[(slice(None), *box)], inner)
+    outside = torch.ones(image.shape[1:], dtype=torch.bool)
+    outside[box] = False
+    background = torch.zeros(out_channels)
+    if out_channels > 1:
+        background[0] = 1.0
+    assert torch.equal(probs[:, outside], background[:, None].expand(-1, int(outside.sum())))
+    # without a threshold (or with body_box off) the windows cover the whole volume, as before
+    whole = predict_probabilities(model, image, cfg.infer, (32, 32, 32), body_threshold=0.25)
+    torch.testing.assert_close(predict_probabilities(model, image, box_cfg, (32, 32, 32)), whole)
 
 
 def test_bad_checkpoint_messages(tmp_path: Path) -> None:

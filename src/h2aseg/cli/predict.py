@@ -33,6 +33,11 @@ def predict(
     tta: bool | None = typer.Option(
         None, "--tta/--no-tta", help="Flip test-time augmentation [infer.tta_flips]."
     ),
+    body_box: bool | None = typer.Option(
+        None,
+        "--body-box/--no-body-box",
+        help="Slide windows over the body's bounding box only; background outside [infer.body_box].",
+    ),
     probabilities: bool | None = typer.Option(
         None,
         "--probabilities/--no-probabilities",
@@ -91,6 +96,7 @@ def predict(
     fields = {
         "infer.overlap": overlap,
         "infer.tta_flips": tta,
+        "infer.body_box": body_box,
         "infer.save_probabilities": probabilities,
         "infer.device": device,
         "infer.amp": amp,
@@ -194,7 +200,8 @@ def _report_settings(checkpoint: Path, predictor: Predictor) -> dict[str, object
     return {
         "checkpoint": checkpoint,
         "network": f"{model.name} ({model.variant} variant)" if model.name == "h2aseg" else model.name,
-        "sliding window": f"ROI {roi}, overlap {infer.overlap}, {infer.blend} blending",
+        "sliding window": f"ROI {roi}, overlap {infer.overlap}, {infer.blend} blending"
+        + (", over the body's bounding box" if infer.body_box else ""),
         "flip TTA": infer.tta_flips,
         "threshold": infer.threshold,
         "precision (amp)": infer.amp,

@@ -46,6 +46,8 @@ from h2aseg.data.preprocess import PreprocessedCase
 
 KEYS = ("image", "label")
 BODY_HU = -500.0
+#: voxels kept around the body's bounding box (training's body crop, and prediction with ``infer.body_box``)
+BODY_MARGIN = 2
 FLIP_AXES = (0, 1, 2)
 
 
@@ -302,7 +304,7 @@ def train_transforms(cfg: DataConfig) -> Compose:
                 source_key="image",
                 select_fn=BodyMask(body_threshold(cfg)),
                 channel_indices=0,
-                margin=2,
+                margin=BODY_MARGIN,
                 allow_smaller=True,
                 start_coord_key=None,
                 end_coord_key=None,

@@ -20,7 +20,7 @@ from h2aseg.config import Config
 from h2aseg.data.io import ImageError, write_volume
 from h2aseg.data.layouts import Case
 from h2aseg.data.preprocess import PreprocessedCase, preprocess_images, restore_to_ct_grid
-from h2aseg.data.transforms import model_input
+from h2aseg.data.transforms import body_threshold, model_input
 from h2aseg.inference.sliding import (
     check_infer_config,
     predict_probabilities,
@@ -79,7 +79,14 @@ class Predictor:
 
     def probabilities(self, pc: PreprocessedCase) -> torch.Tensor:
         """``(C, X, Y, Z)`` class probabilities on the preprocessed grid."""
-        return predict_probabilities(self.model, model_input(pc), self.cfg.infer, self.roi_size, self.device)
+        return predict_probabilities(
+            self.model,
+            model_input(pc),
+            self.cfg.infer,
+            self.roi_size,
+            self.device,
+            body_threshold=body_threshold(self.cfg.data),
+        )
 
     def predict_preprocessed(self, pc: PreprocessedCase, *, keep_probability: bool = False) -> Prediction:
         """Mask (and foreground probability) for a preprocessed case, mapped back to the CT grid."""

@@ -16,6 +16,7 @@ import torch.nn as nn
 from monai.inferers import sliding_window_inference
 
 from h2aseg.config import ConfigError, InferConfig
+from h2aseg.data.transforms import BODY_MARGIN
 from h2aseg.hardware import cpu_has_bf16
 from h2aseg.models.outputs import class_probabilities
 
@@ -89,6 +90,27 @@ def _flip_sets(tta: bool) -> list[tuple[int, ...]]:
     return [c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
 
 
+def body_box(
+    ct: torch.Tensor, threshold: float, roi_size: Sequence[int], margin: int = BODY_MARGIN
+) -> tuple[slice, slice, slice] | None:
+    """The bounding box of ``ct > threshold`` (normalised CT ``(X, Y, Z)``), grown by ``margin`` voxels and,
+    where narrower than ``roi_size``, to the window's size about its centre, inside the volume. None when
+    no voxel exceeds the threshold or the box is the whole volume."""
+    mask = ct > threshold
+    if not bool(mask.any()):
+        return None
+    box = []
+    for axis, n in enumerate(ct.shape):
+        hits = torch.nonzero(mask.any(dim=tuple(a for a in range(3) if a != axis))).flatten()
+        lo, hi = max(0, int(hits[0]) - margin), min(n, int(hits[-1]) + 1 + margin)
+        width = min(n, max(hi - lo, int(roi_size[axis])))
+        lo = min(max(0, (lo + hi - width) // 2), n - width)
+        box.append(slice(lo, lo + width))
+    if all(b.stop - b.start == n for b, n in zip(box, ct.shape, strict=True)):
+        return None
+    return box[0], box[1], box[2]
+
+
 @torch.no_grad()
 def predict_probabilities(
     model: nn.Module,
@@ -96,15 +118,38 @@ def predict_probabilities(
     cfg: InferConfig,
     roi_size: Sequence[int],
     device: torch.device | None = None,
+    body_threshold: float | None = None,
 ) -> torch.Tensor:
     """Probabilities ``(C, X, Y, Z)`` (float32, on CPU) for ``image`` ``(2, X, Y, Z)`` [CT, PET].
 
     Sliding windows of ``roi_size`` with ``cfg.overlap`` and Gaussian (or constant) blending; with
-    ``cfg.tta_flips`` the probabilities are averaged over all 8 combinations of axis flips.
+    ``cfg.tta_flips`` the probabilities are averaged over all 8 combinations of axis flips. With
+    ``cfg.body_box`` and a ``body_threshold`` (the normalised CT value of the body's edge), the windows
+    cover only the body's bounding box (:func:`body_box`) and every voxel outside it is background.
     """
     if image.ndim != 4 or image.shape[0] != 2:
         raise ValueError(f"expected image (2, X, Y, Z) with CT then PET, got {tuple(image.shape)}")
     check_infer_config(cfg)
+    box = None
+    if cfg.body_box and body_threshold is not None:
+        box = body_box(image[0], body_threshold, roi_size)
+    if box is None:
+        return _window_probabilities(model, image, cfg, roi_size, device)
+    inner = _window_probabilities(model, image[(slice(None), *box)], cfg, roi_size, device)
+    full = torch.zeros((inner.shape[0], *image.shape[1:]), dtype=inner.dtype)
+    if inner.shape[0] > 1:
+        full[0] = 1.0  # softmax outputs: background class
+    full[(slice(None), *box)] = inner
+    return full
+
+
+def _window_probabilities(
+    model: nn.Module,
+    image: torch.Tensor,
+    cfg: InferConfig,
+    roi_size: Sequence[int],
+    device: torch.device | None,
+) -> torch.Tensor:
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()

@@ -26,7 +26,7 @@ from h2aseg.checkpoint import save_checkpoint
 from h2aseg.config import Config
 from h2aseg.data.layouts import Case
 from h2aseg.data.preprocess import CaseCache
-from h2aseg.data.transforms import model_input
+from h2aseg.data.transforms import body_threshold, model_input
 from h2aseg.evaluation.metrics import dice
 from h2aseg.files import atomic_write_text
 from h2aseg.inference.sliding import autocast_context, predict_probabilities, probabilities_to_mask
@@ -120,7 +120,9 @@ def validate(
         pc = cache.get(case)
         if pc.label is None or not pc.label.any():
             continue
-        probs = predict_probabilities(model, model_input(pc), cfg.infer, roi, device)
+        probs = predict_probabilities(
+            model, model_input(pc), cfg.infer, roi, device, body_threshold=body_threshold(cfg.data)
+        )
         d = dice(probabilities_to_mask(probs, cfg.infer.threshold).numpy() > 0, pc.label > 0)
         total, total_sq, count = total + d, total_sq + d * d, count + 1
     total, total_sq, n = dd.sum([total, total_sq, float(count)], device)
