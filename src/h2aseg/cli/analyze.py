@@ -3,7 +3,8 @@
 - ``analyze tamw``: Table 3 (TAMW's PET/CT channel weights per depth) from an H2ASeg checkpoint;
 - ``analyze features``: Fig. 4 (the level-2 feature maps TAMW weights most), one or two checkpoints;
 - ``analyze overlays``: Fig. 3 (several methods' masks side by side on the same cases);
-- ``analyze runs``: several training runs' validation Dice against steps and training time.
+- ``analyze runs``: several training runs' validation Dice against steps and training time;
+- ``analyze detection``: which ground-truth lesions each method finds, by SUVmax and by volume.
 
 See docs/analysis.md.
 """
@@ -18,7 +19,8 @@ from h2aseg.cli.common import err_console, fail, progress_bar
 
 analyze_app = typer.Typer(
     name="analyze",
-    help="Table 3 (TAMW weights), Fig. 4 (level-2 features), Fig. 3 (method overlays), run curves.",
+    help="Table 3 (TAMW weights), Fig. 4 (level-2 features), Fig. 3 (method overlays), run curves, "
+    "lesion detection by uptake and size.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -186,6 +188,69 @@ def runs(
         paths = compare_runs(pairs, out, title=title)
     except _errors() as e:
         raise fail(str(e)) from None
+    for p in paths:
+        err_console.print(f"wrote {p}", highlight=False)
+
+
+@analyze_app.command("detection")
+def detection(
+    preds: list[str] = typer.Option(
+        ...,
+        "--pred",
+        help="A method's prediction folder (<case_id>.nii.gz), as DIR or LABEL=DIR; repeat, a column each.",
+    ),
+    data: Path = typer.Option(..., "--data", help="The dataset folder (ground truth and PET/SUV)."),
+    out: Path = typer.Option(..., "--out", help="Output folder: detection.md/.csv and lesions.csv."),
+    layout: str = typer.Option("auto", "--layout", help="Layout of --data."),
+    suv_edges: str = typer.Option("3,5,8", "--suv-edges", help="SUVmax strata edges."),
+    volume_edges: str = typer.Option("1,10", "--volume-edges", help="Volume strata edges (ml)."),
+    allow_missing: bool = typer.Option(
+        False,
+        "--allow-missing",
+        help="Score a case another folder predicts but this one does not as an empty mask "
+        "(cases no folder predicts are not scored).",
+    ),
+    resample: bool = typer.Option(
+        False, "--resample", help="Resample predictions on another grid onto the ground truth's."
+    ),
+    sites_file: Path | None = typer.Option(
+        None,
+        "--sites",
+        help="A synthetic cohort's phantom.json: adds each lesion's anatomical site and a per-site table "
+        "(default: DATA/phantom.json when it exists).",
+    ),
+    progress: bool = PROGRESS,
+) -> None:
+    """Which ground-truth lesions each method finds, by SUVmax, volume and site (docs/evaluation.md)."""
+    from h2aseg.data.layouts import discover
+    from h2aseg.evaluation.detection import method_lesions, parse_edges, predicted_cases, write_detection
+    from h2aseg.synth.cohort import lesion_sites
+
+    try:
+        dirs = dict(parse_pred(p) for p in preds)
+        if len(dirs) != len(preds):
+            raise fail("two --pred folders have the same label; name them with LABEL=DIR")
+        suv = parse_edges(suv_edges, "--suv-edges", "SUVmax")
+        vol = parse_edges(volume_edges, "--volume-edges", "volume")
+        cases = predicted_cases(discover(data, layout), list(dirs.values()))
+        sites = lesion_sites(data if sites_file is None else sites_file)
+        rows = []
+        with progress_bar("Lesions", progress) as bar:
+            for label, folder in dirs.items():
+                task = bar.add_task(label, total=sum(c.label is not None for c in cases))
+                rows += method_lesions(
+                    label,
+                    folder,
+                    cases,
+                    allow_missing=allow_missing,
+                    resample=resample,
+                    sites=sites,
+                    on_case=lambda _cid, task=task: bar.update(task, advance=1),
+                )
+        paths = write_detection(rows, list(dirs), out, suv_edges=suv, volume_edges_ml=vol)
+    except _errors() as e:
+        raise fail(str(e)) from None
+    typer.echo(paths[-1].read_text(encoding="utf-8").rstrip("\n"))
     for p in paths:
         err_console.print(f"wrote {p}", highlight=False)
 

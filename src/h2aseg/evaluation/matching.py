@@ -140,6 +140,7 @@ class LoadedPair:
     spacing: tuple[float, float, float]
     voxel_ml: float
     resampled: bool
+    affine: np.ndarray | None = None  # the ground truth's voxel-to-world affine
 
 
 def _read_mask(path: Path, role: str) -> Volume:
@@ -251,4 +252,6 @@ def load_pair(
             f"{pair.pred} and {pair.gt} are on different grids ({_grid_difference(pred, gt)}); "
             "pass --resample to resample the prediction onto the ground truth (nearest neighbour)"
         )
-    return LoadedPair(pair.case_id, p, gt.array, gt.spacing, voxel_volume_ml(gt.spacing), resampled)
+    return LoadedPair(
+        pair.case_id, p, gt.array, gt.spacing, voxel_volume_ml(gt.spacing), resampled, gt.affine
+    )

@@ -186,10 +186,10 @@ def label_lesions(mask: np.ndarray, connectivity: int = CONNECTIVITY) -> tuple[n
     return _label(mask, connectivity)
 
 
-def _lesion_stats(
+def lesion_measures(
     suv: np.ndarray, labels: np.ndarray, n: int, affine: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Voxel counts, SUV sums, SUV maxima and world centroids ``(n, 3)`` of lesions 1..n (foreground only)."""
+    """Voxel counts, SUV sums, SUV maxima and world centroids ``(n, 3)`` of lesions 1..n of ``labels``."""
     if n == 0:
         return np.zeros(0, np.int64), np.zeros(0), np.zeros(0), np.zeros((0, 3))
     fg = np.nonzero(labels)
@@ -224,7 +224,7 @@ def quantify_arrays(
     affine = np.asarray(affine, dtype=np.float64)
     labels, n = _label(mask, connectivity)
     voxel_ml = affine_voxel_volume_ml(affine)
-    counts, sums, maxima, centroids = _lesion_stats(suv, labels, n, affine)
+    counts, sums, maxima, centroids = lesion_measures(suv, labels, n, affine)
     peaks = _lesion_peaks(suv, labels, n, sphere_kernel(affine) if kernel is None else kernel)
     detected = _detected(labels, n, gt)
     lesions = []
@@ -334,7 +334,7 @@ def _cell(value: object) -> str:
     return str(value)
 
 
-def _csv_text(rows: list[dict[str, object]], columns: list[str]) -> str:
+def csv_text(rows: list[dict[str, object]], columns: list[str]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(columns)
@@ -346,14 +346,14 @@ def _csv_text(rows: list[dict[str, object]], columns: list[str]) -> str:
 def lesions_csv(q: Quantification) -> str:
     """``case_id`` + :class:`Lesion`'s fields, one row per lesion (``detected`` only with a GT)."""
     cols = ["case_id", *(f.name for f in fields(Lesion) if q.has_gt or f.name != "detected")]
-    return _csv_text([{"case_id": q.case_id, **asdict(les)} for les in q.lesions], cols)
+    return csv_text([{"case_id": q.case_id, **asdict(les)} for les in q.lesions], cols)
 
 
 def patient_csv(q: Quantification) -> str:
     """``case_id`` + :class:`Patient`'s fields in one row (GT columns only with a GT)."""
     gt_cols = {"gt_lesions", "gt_detected", "fp_lesions"}
     cols = ["case_id", *(f.name for f in fields(Patient) if q.has_gt or f.name not in gt_cols)]
-    return _csv_text([{"case_id": q.case_id, **asdict(q.patient)}], cols)
+    return csv_text([{"case_id": q.case_id, **asdict(q.patient)}], cols)
 
 
 def write_quantification(

@@ -18,7 +18,15 @@ Modules: :mod:`~h2aseg.synth.shapes` (analytic shapes, grids), :mod:`~h2aseg.syn
 uses :mod:`h2aseg.data`; :mod:`h2aseg.data` does not import it.
 """
 
-from h2aseg.synth.cohort import HECKTOR_CENTRES, LAYOUT_KIND, check_output_dir, cohort_plan, write_cohort
+from h2aseg.synth.cohort import (
+    HECKTOR_CENTRES,
+    LAYOUT_KIND,
+    LesionSite,
+    check_output_dir,
+    cohort_plan,
+    lesion_sites,
+    write_cohort,
+)
 from h2aseg.synth.errors import PhantomError
 from h2aseg.synth.study import DEFAULT_SHAPE, DEFAULT_SPACING, KINDS, PHANTOM_VERSION, synth_case
 from h2aseg.synth.tissues import TISSUE_NAMES, TISSUES
@@ -32,9 +40,11 @@ __all__ = [
     "PHANTOM_VERSION",
     "TISSUES",
     "TISSUE_NAMES",
+    "LesionSite",
     "PhantomError",
     "check_output_dir",
     "cohort_plan",
+    "lesion_sites",
     "synth_case",
     "write_cohort",
 ]

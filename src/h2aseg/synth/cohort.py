@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -232,3 +233,46 @@ def write_cohort(
     }
     atomic_write_text(out / "phantom.json", json.dumps(doc, indent=1, sort_keys=True))
     return sorted(cases, key=lambda c: c.case_id)
+
+
+@dataclass(frozen=True)
+class LesionSite:
+    """Where the phantom put one lesion: centre (world mm, RAS+ like the written images), size, site name."""
+
+    center_mm: tuple[float, float, float]
+    diameter_mm: float
+    site: str
+
+
+def lesion_sites(path: str | Path) -> dict[str, list[LesionSite]]:
+    """``{case_id: [LesionSite, ...]}`` from a ``phantom.json`` (``path`` itself, or in the folder ``path``).
+
+    A cohort folder without the file gives ``{}``; a named file that is missing, or a file that is not a
+    phantom record, raises :class:`PhantomError` naming it and what is wrong.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "phantom.json"
+        if not path.is_file():
+            return {}
+    elif not path.is_file():
+        raise PhantomError(f"{path}: phantom record not found")
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        return {
+            str(c["case_id"]): [
+                LesionSite(
+                    center_mm=(
+                        float(les["center_mm"][0]),
+                        float(les["center_mm"][1]),
+                        float(les["center_mm"][2]),
+                    ),
+                    diameter_mm=float(les["diameter_mm"]),
+                    site=str(les["site"]),
+                )
+                for les in c.get("lesions", [])
+            ]
+            for c in doc["cases"]
+        }
+    except (ValueError, KeyError, TypeError, IndexError) as e:
+        raise PhantomError(f"{path}: not a phantom record of h2aseg synth ({type(e).__name__}: {e})") from e
