@@ -44,6 +44,21 @@ def test_tiny_demo_end_to_end(tmp_path: Path) -> None:
     rows = _per_case(out / "evaluation" / "h2aseg" / "per_case.csv")
     assert det["gt_lesions"] == sum(int(float(r["gt_lesions"])) for r in rows) > 0
     assert 0 <= det["found"] <= det["gt_lesions"] and "Lesion-wise detection" in report
+    by_suv = {(r["stratum"], r["method"]): r for r in summary["detection_by_suvmax"]}
+    for method in METHODS:  # the same lesions as the evaluation counts, split by SUVmax
+        found = summary["detection"][method]["found"]
+        assert by_suv["all lesions", method] == {
+            "stratum": "all lesions",
+            "method": method,
+            "found": found,
+            "lesions": det["gt_lesions"],
+        }
+        strata = [r for (st, m), r in by_suv.items() if m == method and st != "all lesions"]
+        assert (
+            sum(r["lesions"] for r in strata) == det["gt_lesions"]
+            and sum(r["found"] for r in strata) == found
+        )
+    assert "| lesion SUVmax |" in report and (out / "detection" / "lesions.csv").is_file()
 
 
 def _per_case(path: Path) -> list[dict[str, str]]:

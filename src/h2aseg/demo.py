@@ -33,12 +33,13 @@ from h2aseg.data.io import write_volume
 from h2aseg.data.layouts import Case, discover
 from h2aseg.data.preprocess import CaseCache, restore_to_ct_grid
 from h2aseg.data.splits import make_split
+from h2aseg.evaluation.detection import GtLesion, method_lesions, stratify, write_detection
 from h2aseg.evaluation.pipeline import evaluate_folders
 from h2aseg.evaluation.report import write_evaluation
 from h2aseg.files import atomic_write_text
 from h2aseg.inference.predictor import Predictor, predict_cases
 from h2aseg.inference.thresholding import relative_threshold, suv_threshold
-from h2aseg.synth import write_cohort
+from h2aseg.synth import lesion_sites, write_cohort
 
 SHIPPED_CHECKPOINT = "demo_checkpoint.pt"
 METHODS = {
@@ -186,6 +187,7 @@ def run_demo(opts: DemoOptions, log: Callable[[str], None] = print) -> dict[str,
         write_evaluation(out / "evaluation" / method, res.rows, res.summary)
         summaries[method] = res.summary
         per_case[method] = res.rows
+    lesions = _lesions(test_cases, preds, data, out / "detection")
 
     log("[6/6] figures and report")
     figures = _figures(out, test_cases, preds, per_case["h2aseg"], run)
@@ -203,6 +205,7 @@ def run_demo(opts: DemoOptions, log: Callable[[str], None] = print) -> dict[str,
         "predict_seconds": round(predict_s, 1),
         "metrics": {m: _metric_table(summaries[m]) for m in METHODS},
         "detection": {m: detection(per_case[m]) for m in METHODS},
+        "detection_by_suvmax": _by_suvmax(lesions),
         "evaluation": {m: str(out / "evaluation" / m) for m in METHODS},
         "figures": [str(f) for f in figures],
         "total_seconds": round(time.perf_counter() - t_start, 1),
@@ -241,6 +244,23 @@ def detection(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "fp_lesions": fp,
         "fp_per_case": fp / len(rows) if rows else None,
     }
+
+
+def _lesions(cases: list[Case], preds: Path, data: Path, out: Path) -> list[GtLesion]:
+    """Every test lesion with each method's verdict (``h2aseg analyze detection``), written to ``out``."""
+    sites = lesion_sites(data)
+    rows = [les for m in METHODS for les in method_lesions(m, preds / m, cases, sites=sites)]
+    write_detection(rows, list(METHODS), out)
+    return rows
+
+
+def _by_suvmax(rows: list[GtLesion]) -> list[dict[str, Any]]:
+    """Found / total lesions per method and SUVmax stratum (the default strata of ``analyze detection``)."""
+    return [
+        {"stratum": t.stratum, "method": t.method, "found": t.detected, "lesions": t.lesions}
+        for t in stratify(rows, list(METHODS))
+        if t.by in ("all", "SUVmax")
+    ]
 
 
 def _manifest(cases: list[Case], path: Path) -> Path:
@@ -350,7 +370,22 @@ def _report(summary: dict[str, Any], figures: list[Path], out: Path) -> str:
         sens = "n/a" if d["sensitivity"] is None else f"{d['sensitivity']:.1f}"
         fpc = "n/a" if d["fp_per_case"] is None else f"{d['fp_per_case']:.2f}"
         lines.append(f"| {label} | {d['found']} / {d['gt_lesions']} | {sens} | {fpc} |")
+    strata = list(dict.fromkeys(r["stratum"] for r in summary["detection_by_suvmax"]))
+    cell = {(r["stratum"], r["method"]): r for r in summary["detection_by_suvmax"]}
     lines += [
+        "",
+        "Lesions found, by their SUVmax (the PET at the lesion's voxels):",
+        "",
+        "| lesion SUVmax | " + " | ".join(METHODS.values()) + " |",
+        "|---|" + "---|" * len(METHODS),
+    ]
+    for st in strata:
+        found = [f"{cell[st, m]['found']} / {cell[st, m]['lesions']}" for m in METHODS]
+        lines.append(f"| {st} | " + " | ".join(found) + " |")
+    lines += [
+        "",
+        f"By volume and anatomical site, and every lesion: `{out / 'detection'}/detection.md` and "
+        "`lesions.csv`.",
         "",
         "SUV >= 2.5: every voxel with SUV of at least 2.5. 41% SUVmax: connected regions of SUV >= 2.5, "
         "each kept where SUV >= 41% of that region's maximum (`h2aseg.inference.thresholding`). Both are "
