@@ -127,47 +127,28 @@ def test_cli_tables_two_methods_with_sites(cohort: Path, tmp_path: Path) -> None
 
 
 def test_cli_errors_name_the_problem(cohort: Path, tmp_path: Path) -> None:
+    def invoke(out: str, *extra: str):
+        args = ["analyze", "detection", "--data", str(cohort), "--out", str(tmp_path / out), "--no-progress"]
+        return CliRunner().invoke(app, [*args, *extra])
+
     def run(*extra: str) -> str:
-        r = CliRunner().invoke(
-            app,
-            [
-                "analyze",
-                "detection",
-                "--data",
-                str(cohort),
-                "--out",
-                str(tmp_path / "o"),
-                "--no-progress",
-                *extra,
-            ],
-        )
+        r = invoke("o", *extra)
         assert r.exit_code == 2, r.output
         return " ".join(r.output.split())
 
     (tmp_path / "none").mkdir()
     assert "matches a labelled case id of the dataset" in run("--pred", str(tmp_path / "none"))
     one = tmp_path / "one"  # predicts one case: only that case is scored
-    case = discover(cohort, "autopet")[0]
+    case = next(c for c in discover(cohort, "autopet") if read_volume(c.label, dtype=None).array.any())
     label = read_volume(case.label, dtype=None)
     write_volume(one / f"{case.case_id}.nii.gz", label.array, label.affine)
     both = ["--pred", str(one), "--pred", str(tmp_path / "none")]
     assert "none (none): no prediction matches a ground-truth case id" in run(*both)
-    r = CliRunner().invoke(
-        app,
-        [
-            "analyze",
-            "detection",
-            "--data",
-            str(cohort),
-            "--out",
-            str(tmp_path / "o1"),
-            "--no-progress",
-            *both,
-            "--allow-missing",
-        ],
-    )
+    r = invoke("o1", *both, "--allow-missing")
     assert r.exit_code == 0, r.output
-    assert {x["case_id"] for x in csv.DictReader((tmp_path / "o1" / "lesions.csv").open())} <= {case.case_id}
+    rows = list(csv.DictReader((tmp_path / "o1" / "lesions.csv").open(encoding="utf-8")))
+    assert {x["case_id"] for x in rows} == {case.case_id}
+    assert {(x["method"], x["detected"]) for x in rows} == {("one", "1"), ("none", "0")}
     assert "--suv-edges 'a,b': expected comma-separated numbers" in run("--pred", "x", "--suv-edges", "a,b")
     assert "volume edges must be finite and strictly increasing" in run(
         "--pred", "x", "--volume-edges", "5,1"
