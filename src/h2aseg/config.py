@@ -34,6 +34,7 @@ Schedule = Literal["constant", "exponential", "cosine", "onecycle"]
 Amp = Literal["auto", "bf16", "fp16", "off"]
 Blend = Literal["gaussian", "constant"]
 NegativeCentres = Literal["any", "hot"]
+PosBalance = Literal["voxel", "lesion"]
 
 
 class ConfigError(H2ASegError):
@@ -57,6 +58,9 @@ class DataConfig:
     pos_fraction: float = 0.5  # released code: positive : negative crops = 1 : 1
     pos_jitter: float = 0.0  # 0: a positive crop is centred on a lesion voxel (released code); j > 0: on a
     # lesion voxel moved by up to j x half the patch per axis, so lesions also appear near crop faces (ours)
+    pos_balance: PosBalance = "voxel"  # voxel: a positive crop's lesion voxel is drawn from all lesion voxels
+    # of the study, so large lesions get most crops (MONAI, released code); lesion: a lesion first, each
+    # lesion of the study equally often, then a voxel of it, so small lesions get as many crops (ours)
     lesion_case_fraction: float | None = None  # None: cases drawn uniformly (paper); f: a share f of draws
     # are studies with lesions (ours; needs train.steps_per_epoch)
     negative_centres: NegativeCentres = "any"  # any: negative crops centred on any lesion-free voxel

@@ -14,11 +14,13 @@ from torch.utils.data import default_collate
 from h2aseg.config import DataConfig
 from h2aseg.data.preprocess import Geometry, PreprocessedCase
 from h2aseg.data.transforms import (
+    CropCentresd,
     RandAxialRotated,
     _rotate_axial,
     augmentation,
     body_threshold,
     case_to_dict,
+    lesion_balanced_indices,
     model_input,
     train_transforms,
 )
@@ -248,3 +250,49 @@ def test_pos_jitter_is_reproducible_and_leaves_lesion_free_cases_alone() -> None
 def test_pos_jitter_outside_0_1_is_rejected(value: float) -> None:
     with pytest.raises(ValueError, match=r"data\.pos_jitter"):
         train_transforms(_cfg(pos_jitter=value))
+
+
+def _two_lesion_case() -> PreprocessedCase:
+    """The standard case plus a one-voxel lesion far from the first one."""
+    pc = _case()
+    pc.label[10, 10, 6] = 1
+    return pc
+
+
+def test_lesion_balanced_indices_list_every_lesion_equally_often() -> None:
+    mask = np.zeros((10, 10, 6), bool)
+    mask[1:4, 1:4, 1:3] = True  # 18 voxels
+    mask[7, 7, 4] = True  # 1 voxel
+    mask[7:9, 1, 1] = True  # 2 voxels
+    idx = lesion_balanced_indices(mask).numpy()
+    assert idx.size == 3 * 18
+    flat = mask.reshape(-1)
+    assert flat[idx].all() and set(idx.tolist()) == set(np.flatnonzero(flat).tolist())
+    counts = np.bincount(idx, minlength=flat.size)
+    assert counts[np.ravel_multi_index((7, 7, 4), mask.shape)] == 18
+    assert sorted({int(counts[np.ravel_multi_index((x, 1, 1), mask.shape)]) for x in (7, 8)}) == [9]
+
+
+def test_pos_balance_lesion_gives_a_small_lesion_as_many_crops_as_a_large_one() -> None:
+    def small_lesion_share(balance: str) -> float:
+        cfg = _cfg(
+            crops_per_case=16,
+            pos_fraction=1.0,
+            crop_to_body=False,
+            rotate_prob=0.0,
+            flip_prob=0.0,
+            pos_balance=balance,
+        )
+        t = train_transforms(cfg)
+        hits = []
+        for seed in range(4):
+            t.set_random_state(seed=seed)
+            for d in t(case_to_dict(_two_lesion_case())):
+                n = int((d["label"][0] > 0).sum())
+                hits.append(n == 1)  # the crop holds the one-voxel lesion (and not the 48-voxel one)
+        return float(np.mean(hits))
+
+    assert small_lesion_share("voxel") < 0.15
+    assert small_lesion_share("lesion") > 0.3
+    with pytest.raises(ValueError, match=r"data\.pos_balance"):
+        CropCentresd(None, "size")

@@ -6,8 +6,9 @@ Outputs are plain torch tensors (no metadata tracking, for speed): image float32
 
 Training (:func:`train_transforms`): crop to the body (CT above -500 HU, when ``cfg.crop_to_body``), pad to
 the patch size, ``cfg.crops_per_case`` positive/negative patch crops (``cfg.pos_fraction`` of the crop centres
-on lesion voxels, MONAI's ``RandCropByPosNegLabeld``, or near them with ``cfg.pos_jitter``,
-:class:`JitterPositiveCentresd`; lesion-free cases give negative crops; negative crops centred anywhere
+on lesion voxels, MONAI's ``RandCropByPosNegLabeld``, every lesion equally often with ``cfg.pos_balance ==
+"lesion"``, or near them with ``cfg.pos_jitter``, :class:`JitterPositiveCentresd`; lesion-free cases give
+negative crops; negative crops centred anywhere
 outside lesions, or with ``cfg.negative_centres == "hot"`` on physiological uptake,
 :class:`CropCentresd`), random rotation
 about the axial (z) axis, random flips along each axis, light per-channel intensity scale/shift, as
@@ -24,6 +25,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
+import cc3d
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -89,20 +91,32 @@ class CropCentresd(MapTransform):
     """Candidate crop centres for :class:`RandCropByPosNegLabeld`: flat indices of lesion voxels
     (``fg_indices``) and of the voxels negative crops are centred on (``bg_indices``).
 
+    ``balance`` ``"voxel"``: every lesion voxel once, so the cropper's uniform draw favours large lesions
+    in proportion to their volume. ``"lesion"``: the voxels of each lesion (18-connected component) are
+    repeated to the size of the largest one, so the uniform draw picks every lesion equally often (a voxel
+    of a lesion of ``s`` voxels is listed ``floor(L / s)`` or ``ceil(L / s)`` times for the largest size
+    ``L``).
+
     ``hot_threshold`` ``None``: every lesion-free voxel (what the cropper does by itself). A value: only the
     lesion-free voxels whose PET channel (index 1) reaches it, i.e. physiological uptake (kidneys, bladder,
     brain, heart) that a detector has to learn to leave alone: hard negatives. A volume with no such voxel
     falls back to every lesion-free voxel.
     """
 
-    def __init__(self, hot_threshold: float | None) -> None:
+    def __init__(self, hot_threshold: float | None, balance: str = "voxel") -> None:
         super().__init__(keys=("label",))
+        if balance not in ("voxel", "lesion"):
+            raise ConfigError(f"data.pos_balance must be voxel or lesion, got {balance!r}")
         self.hot_threshold = hot_threshold
+        self.balance = balance
 
     def __call__(self, data: Any) -> Any:
         d = dict(data)
-        label = torch.as_tensor(d["label"])[0].reshape(-1) > 0
+        volume = torch.as_tensor(d["label"])[0] > 0
+        label = volume.reshape(-1)
         d["fg_indices"] = torch.nonzero(label).flatten()
+        if self.balance == "lesion" and d["fg_indices"].numel():
+            d["fg_indices"] = lesion_balanced_indices(volume.cpu().numpy())
         negative = ~label
         if self.hot_threshold is not None:
             hot = negative & (torch.as_tensor(d["image"])[1].reshape(-1) >= self.hot_threshold)
@@ -110,6 +124,17 @@ class CropCentresd(MapTransform):
                 negative = hot
         d["bg_indices"] = torch.nonzero(negative).flatten()
         return d
+
+
+def lesion_balanced_indices(mask: np.ndarray) -> torch.Tensor:
+    """Flat indices of ``mask``'s voxels, each 18-connected lesion repeated to the largest lesion's size."""
+    labels, n = cc3d.connected_components(mask.astype(np.uint8), connectivity=18, return_N=True)
+    flat = np.asarray(labels).reshape(-1)
+    fg = np.flatnonzero(flat)
+    order = np.argsort(flat[fg], kind="stable")
+    groups = np.split(fg[order], np.cumsum(np.bincount(flat[fg], minlength=n + 1)[1:])[:-1])
+    largest = max(g.size for g in groups)
+    return torch.from_numpy(np.concatenate([np.resize(g, largest) for g in groups]))
 
 
 class JitterPositiveCentresd(RandomizableTransform, MapTransform):
@@ -312,7 +337,7 @@ def train_transforms(cfg: DataConfig) -> Compose:
         )
     t += [
         SpatialPadd(keys=KEYS, spatial_size=patch, mode="constant", value=0),
-        CropCentresd(hot_threshold(cfg)),
+        CropCentresd(hot_threshold(cfg), cfg.pos_balance),
         *([JitterPositiveCentresd(patch, cfg.pos_jitter)] if cfg.pos_jitter > 0 else []),
         _QuietPosNegCrop(
             keys=KEYS,
