@@ -14,6 +14,7 @@ from h2aseg.cli import app
 from h2aseg.data.io import read_volume, write_volume
 from h2aseg.data.layouts import discover
 from h2aseg.evaluation.detection import (
+    case_lesions,
     gt_lesions,
     method_lesions,
     site_group,
@@ -156,3 +157,27 @@ def test_cli_errors_name_the_problem(cohort: Path, tmp_path: Path) -> None:
     cases = discover(cohort, "autopet")
     with pytest.raises(EvaluationError, match="case"):
         method_lesions("m", tmp_path / "none", cases)
+
+
+def test_case_lesions_reads_a_pet_on_another_grid_by_nearest_voxel(tmp_path: Path) -> None:
+    """HECKTOR-like: the PET on a 2x coarser grid with another origin; values are the PET's own voxels."""
+    from h2aseg.data.layouts import Case
+
+    gt = np.zeros((20, 20, 10), np.uint8)
+    gt[8:12, 8:12, 4:6] = 2  # world x, y 16..22 mm, z 20..25 mm on the 2 x 2 x 5 mm grid
+    gt_aff = AFF.copy()
+    pet = np.ones((12, 12, 6), np.float32)
+    pet_aff = np.diag([4.0, 4.0, 10.0, 1.0])
+    pet_aff[:3, 3] = (-2.0, -2.0, -5.0)
+    pet[4:7, 4:7, 2:4] = 7.0  # world 14..22 mm in x, y, 15..25 mm in z: covers the lesion
+    pet[5, 5, 3] = 11.0
+    case = Case("h1", "p1", tmp_path / "ct.nii.gz", tmp_path / "pt.nii.gz", tmp_path / "gt.nii.gz")
+    write_volume(case.label, gt, gt_aff)
+    write_volume(case.pet, pet, pet_aff)
+    [les] = case_lesions(case, None, method="empty")
+    assert les.label == 2 and les.detected == 0 and les.voxels == 32
+    assert les.suv_max == pytest.approx(11.0) and 7.0 <= les.suv_mean <= 11.0
+    bad = np.full_like(pet, np.nan)
+    write_volume(case.pet, bad, pet_aff)
+    with pytest.raises(EvaluationError, match=r"pt\.nii\.gz: contains .* NaN/Inf"):
+        case_lesions(case, None)
