@@ -88,6 +88,17 @@ def test_fig3_and_fig4(experiment: Done) -> None:
     assert fig4 and all(_is_png(p) for p in fig4) and set(fig4) <= set(result.tables)
 
 
+def test_detection_tables_of_every_method(experiment: Done) -> None:
+    det = experiment.out / "detection"
+    assert {det / "lesions.csv", det / "detection.csv", det / "detection.md"} <= set(experiment.result.tables)
+    lesions = _csv(det / "lesions.csv")
+    methods = {r["method"] for r in lesions}
+    assert methods == {"SUV >= 2.5", "+ TAMW", "H2ASeg"}  # every method's first seed, by its title
+    per_method = {m: sum(r["method"] == m for r in lesions) for m in methods}
+    assert len(set(per_method.values())) == 1 and all(r["site"] for r in lesions)  # same lesions; sites known
+    assert "| all | all lesions |" in (det / "detection.md").read_text(encoding="utf-8")
+
+
 def test_a_rerun_that_finishes_nothing_keeps_the_figures(experiment: Done) -> None:
     assert experiment.rerun.done == [] and len(experiment.rerun.skipped) == 3
     assert experiment.fig3_mtimes[0] == experiment.fig3_mtimes[1]
@@ -109,4 +120,4 @@ def test_a_figure_that_fails_is_logged_not_raised(experiment: Done, monkeypatch:
     cases = discover(out / "test_cases.csv", "csv")
     paths = write_figures(spec, Layout(out), cases, logs.append)
     assert logs == ["fig3.png not drawn (RuntimeError: boom)"]
-    assert paths and all(p.name.startswith("fig4_") for p in paths)
+    assert paths and all(p.name.startswith("fig4_") or p.parent.name == "detection" for p in paths)

@@ -15,7 +15,9 @@ reflect every finished run:
   (recorded by the predict step, :mod:`h2aseg.analysis.tamw_weights`).
 
 :func:`write_figures` (called by the runner after the tables, outside the lock) draws ``fig3.png``
-(the methods side by side) and ``fig4_<case>.png`` (level-2 features TAMW selects) beside them.
+(the methods side by side) and ``fig4_<case>.png`` (level-2 features TAMW selects) beside them, and writes
+``detection/`` (``h2aseg analyze detection`` over every method's first seed: lesions found per SUVmax,
+volume and, on a synthetic cohort, anatomical site).
 """
 
 from __future__ import annotations
@@ -295,8 +297,9 @@ def write_figures(
 ) -> list[Path]:
     """Fig. 3 (``fig3.png``: every method with a done run, its first seed's predictions) and Fig. 4
     (``fig4_<case>.png``: a row per H2ASeg method with TAMW, TAMW only first) on the ``n_cases`` test cases
-    with the most ground truth. Not under the tables lock (they read images and run models); a figure that
-    cannot be drawn is logged, not raised."""
+    with the most ground truth, and the lesion detection tables of those predictions on every test case
+    (``detection/``). Not under the tables lock (they read images and run models); an output that cannot
+    be made is logged, not raised."""
     from h2aseg.analysis.overlays import method_comparison, pick_cases
 
     firsts = [runs[0] for m in spec.methods if (runs := done_runs(spec, layout, m))]
@@ -311,6 +314,10 @@ def write_figures(
         paths.append(method_comparison(chosen, dirs, layout.out / "fig3.png", title=f"{spec.name}: Fig. 3"))
     except Exception as e:  # a figure is never worth failing the experiment over
         log(f"fig3.png not drawn ({type(e).__name__}: {e})")
+    try:
+        paths += _detection(spec, dirs, cases, layout.out / "detection")
+    except Exception as e:
+        log(f"detection tables not written ({type(e).__name__}: {e})")
     tamw = [run for run in firsts if (layout.run_dir(run) / "analysis" / "table3.csv").is_file()]
     if tamw:
         try:
@@ -319,6 +326,15 @@ def write_figures(
         except Exception as e:
             log(f"fig4 not drawn ({type(e).__name__}: {e})")
     return paths
+
+
+def _detection(spec: ExperimentSpec, dirs: dict[str, Path], cases: list[Case], out: Path) -> list[Path]:
+    from h2aseg.evaluation.detection import method_lesions, write_detection
+    from h2aseg.synth.cohort import lesion_sites
+
+    sites = lesion_sites(spec.dataset.root) if spec.dataset.root.is_dir() else {}
+    rows = [les for name, d in dirs.items() for les in method_lesions(name, d, cases, sites=sites)]
+    return write_detection(rows, list(dirs), out)
 
 
 def _gt_volumes(layout: Layout, runs: list[Run]) -> dict[str, float] | None:
