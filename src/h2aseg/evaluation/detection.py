@@ -37,7 +37,7 @@ import numpy as np
 from scipy import ndimage
 
 from h2aseg.data.geometry import resample_to_grid, voxel_volume_ml
-from h2aseg.data.io import ImageError, check_finite, read_volume
+from h2aseg.data.io import ImageError, Volume, check_finite, read_volume
 from h2aseg.data.layouts import Case
 from h2aseg.evaluation.matching import CasePair, EvaluationError, load_pair, mask_folder, match_cases
 from h2aseg.evaluation.quantify import CONNECTIVITY, csv_text, label_lesions, lesion_measures
@@ -168,12 +168,13 @@ def case_lesions(
         check_finite(pet)
     except ImageError as e:
         raise EvaluationError(str(e)) from e
-    gt_affine = np.asarray(pair.affine)
-    if pet.shape == pair.gt.shape and np.allclose(pet.affine, gt_affine, atol=1e-3):
-        suv = pet.array
-    else:
-        suv = resample_to_grid(pet.array, pet.affine, gt_affine, pair.gt.shape, order=0)
-    return gt_lesions(case.case_id, pair.gt, pair.pred, suv, gt_affine, method=method, sites=sites)
+    gt = Volume(pair.gt, np.asarray(pair.affine), str(case.label))
+    suv = (
+        pet.array
+        if gt.same_grid(pet)
+        else resample_to_grid(pet.array, pet.affine, gt.affine, gt.shape, order=0)
+    )
+    return gt_lesions(case.case_id, gt.array, pair.pred, suv, gt.affine, method=method, sites=sites)
 
 
 def method_lesions(
