@@ -50,9 +50,52 @@ def test_unknown_network(tmp_path: Path) -> None:
     assert "methods[4].network" in msg and "unknown network 'no_such_net'" in msg and "h2aseg" in msg
 
 
-def test_nnunet_is_not_supported_yet(tmp_path: Path) -> None:
-    msg = _error(tmp_path, spec_dict(tmp_path, methods=[{"label": "nnunet", "network": "nnunet"}]))
-    assert "methods[0].network" in msg and "not supported" in msg
+@pytest.mark.parametrize(
+    ("schedule", "trainer"), [("cpu-small", "nnUNetTrainer_1epoch"), ("paper", "nnUNetTrainer")]
+)
+def test_nnunet_settings_default_to_the_schedule(tmp_path: Path, schedule: str, trainer: str) -> None:
+    doc = spec_dict(tmp_path, schedule=schedule, methods=[{"label": "nn", "network": "nnunet"}])
+    method = load_spec(write_spec(tmp_path / "exp.yaml", doc)).methods[0]
+    assert method.title == "nnU-Net" and not method.training_free and method.nnunet is not None
+    nn = method.nnunet
+    assert (nn.trainer, nn.configuration, nn.plans, nn.dataset_id, nn.device) == (
+        trainer, "3d_fullres", "nnUNetPlans", 999, "auto",
+    )  # fmt: skip
+
+
+def test_nnunet_settings_are_read(tmp_path: Path) -> None:
+    nn_doc = {
+        "dataset_id": 7,
+        "trainer": "nnUNetTrainer_5epochs",
+        "tta": False,
+        "bin": "bin",
+        "device": "cpu",
+    }
+    doc = spec_dict(tmp_path, methods=[{"label": "nn", "network": "nnunet", "nnunet": nn_doc}])
+    nn = load_spec(write_spec(tmp_path / "exp.yaml", doc)).methods[0].nnunet
+    assert nn is not None and (nn.dataset_id, nn.trainer, nn.tta, nn.device) == (
+        7,
+        "nnUNetTrainer_5epochs",
+        False,
+        "cpu",
+    )
+    assert nn.bin == (tmp_path / "bin").resolve()  # relative to the experiment file
+
+
+@pytest.mark.parametrize(
+    ("method", "field", "words"),
+    [
+        ({"nnunet": {"dataset_id": 1000}}, "methods[0].nnunet.dataset_id", "1 to 999"),
+        ({"nnunet": {"folds": 5}}, "methods[0].nnunet.folds", "unknown field"),
+        ({"nnunet": {"trainer": "a b"}}, "methods[0].nnunet.trainer", "not an nnU-Net name"),
+        ({"nnunet": {"device": "tpu"}}, "methods[0].nnunet.device", "expected one of"),
+        ({"overrides": ["train.lr=1"]}, "methods[0].overrides", "settings under nnunet:"),
+        ({"network": "unet3d", "nnunet": {}}, "methods[0].nnunet", "only network 'nnunet'"),
+    ],
+)
+def test_bad_nnunet_settings(tmp_path: Path, method: dict[str, Any], field: str, words: str) -> None:
+    msg = _error(tmp_path, spec_dict(tmp_path, methods=[{"label": "nn", "network": "nnunet", **method}]))
+    assert f"{field}: " in msg and words in msg
 
 
 @pytest.mark.parametrize("seeds", [[], [0, 0], [1, "a"], [-1], 3, [True]])

@@ -10,6 +10,11 @@ Output folder (``--out DIR``)::
                                  metrics.csv, tb/, finished.json), predictions/, evaluation/,
                                  timing.json, done.json (written last, atomically)
     runs/<label>/fixed/          a training-free method (SUV thresholds): predictions/, evaluation/, done.json
+    runs/<label>/seed<N>/        an nnunet run: nnUNet_results/ (its own), nnunet_pred/ (its output,
+                                 named by nnU-Net identifiers), predictions/ (the same masks by case id),
+                                 nnunet_*.log, evaluation/, timing.json, finished.json, done.json
+    nnunet/raw/, nnunet/preprocessed/   the export of the dataset (the split above) and nnU-Net's plans
+                                 and preprocessed data, shared by every nnunet run
     runs/<label>/seed<N>.lock    the run's lock while a process works on it
     cost/<label>.json            parameters, GFLOP, train-step time and memory of a network method
     table1.md/.tex/.json, table2.md, cost.md
@@ -77,6 +82,14 @@ class Layout:
     def tables_lock(self) -> Path:
         return self.out / "tables.lock"
 
+    @property
+    def nnunet_raw(self) -> Path:
+        return self.out / "nnunet" / "raw"
+
+    @property
+    def nnunet_preprocessed(self) -> Path:
+        return self.out / "nnunet" / "preprocessed"
+
 
 def plan_runs(spec: ExperimentSpec) -> list[Run]:
     """Training-free methods first (seconds each), then seed by seed every network method, so that a
@@ -103,14 +116,16 @@ def select_shard(runs: list[Run], shard: tuple[int, int]) -> list[Run]:
     return [r for k, r in enumerate(runs) if k % n == i]
 
 
-def fingerprint(cfg: Config, training_free: bool = False) -> str:
+def fingerprint(cfg: Config, method: MethodSpec) -> str:
     """A hash of what determines a run's result (not where its files are; only the data settings for a
-    training-free method)."""
+    training-free method, and those plus the nnU-Net settings for nnU-Net)."""
     d = cfg.to_dict()
     for key in ("root", "split_file", "cache_dir", "num_workers"):
         d["data"].pop(key, None)
-    if training_free:
+    if method.training_free:
         d = {"data": d["data"]}
+    elif method.nnunet is not None:
+        d = {"data": d["data"], "nnunet": method.nnunet.identity()}
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -129,7 +144,7 @@ def describe_status(spec: ExperimentSpec, layout: Layout, run: Run) -> str:
     done = read_done(layout, run)
     if done is not None:
         cfg = spec.run_config(run.method, run.seed, layout.out)
-        same = done.get("fingerprint") == fingerprint(cfg, run.method.training_free)
+        same = done.get("fingerprint") == fingerprint(cfg, run.method)
         return "done" if same else "done (made with a different config; delete its folder to redo it)"
     lock = RunLock(layout.lock(run), spec.lock_timeout_s)
     info = lock.read()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from h2aseg.config import Config
 from h2aseg.data.layouts import Case
-from h2aseg.experiments import steps
+from h2aseg.experiments import nnunet, steps
 from h2aseg.experiments.locks import Heartbeat, RunLock
 from h2aseg.experiments.plan import (
     Layout,
@@ -125,18 +125,25 @@ def _one_run(ctx: _Context, run: Run) -> str:
 
 
 def _work(ctx: _Context, run: Run, cfg: Config, heartbeat: Heartbeat, prefix: str) -> None:
-    """Train (network methods), predict, evaluate, mark done."""
+    """Train (network methods and nnU-Net), predict, evaluate, mark done."""
     spec, layout = ctx.spec, ctx.layout
     run_dir = layout.run_dir(run)
     run_dir.mkdir(parents=True, exist_ok=True)
     trained = "training-free"
-    if not run.method.training_free:
+    nn = run.method.nnunet
+    if nn is not None:
+        ctx.log(f"{prefix} (nnU-Net: {nn.trainer}, {nn.configuration}; training)")
+        nnunet.prepare(spec, layout, nn, run_dir, heartbeat, ctx.log)
+        trained = nnunet.train(layout, nn, run_dir, heartbeat)
+    elif not run.method.training_free:
         ctx.log(f"{prefix} (training)")
         steps.ensure_cost(spec, layout, run, cfg)
         extra = ctx.callbacks(run) if ctx.callbacks else ()
         trained = steps.train_network(cfg, run_dir, heartbeat, progress=ctx.progress, callbacks=extra)
     ctx.log(f"{prefix} (predicting)")
-    if run.method.training_free:
+    if nn is not None:
+        seconds = nnunet.predict(layout, nn, run_dir, ctx.test_cases, heartbeat)
+    elif run.method.training_free:
         seconds = steps.predict_threshold(
             run.method.network, cfg, layout.cache, run_dir, ctx.test_cases, heartbeat
         )
@@ -153,7 +160,7 @@ def _work(ctx: _Context, run: Run, cfg: Config, heartbeat: Heartbeat, prefix: st
 
 def _changed_note(layout: Layout, run: Run, cfg: Config) -> str:
     done = read_done(layout, run) or {}
-    if done.get("fingerprint") in (None, fingerprint(cfg, run.method.training_free)):
+    if done.get("fingerprint") in (None, fingerprint(cfg, run.method)):
         return ""
     return f"; made with a different config, delete {layout.run_dir(run)} to redo it"
 

@@ -13,6 +13,11 @@ Example (``experiments/table2-cpu.yaml`` has more)::
       - {label: suv_2.5, network: suv_2.5}
       - {label: baseline, network: h2aseg, ablation: {mcsa: false, tamw: false}}
       - {label: unet3d, title: UNet-3D, network: unet3d, overrides: [model.extra.dropout=0.1]}
+      - {label: nnunet, network: nnunet, nnunet: {configuration: 3d_fullres, bin: ~/nnvenv/bin}}
+
+``nnunet`` is nnU-Net v2 itself, run by its own commands on an export of the dataset with the experiment's
+split (:mod:`h2aseg.experiments.nnunet`); its ``nnunet:`` mapping (:class:`NnunetSettings`, every key
+optional) replaces ``overrides``.
 
 Relative paths (``dataset.root``, ``dataset.config``) are relative to the experiment file's folder;
 ``$VAR``/``${VAR}`` and ``~`` are expanded.
@@ -35,10 +40,12 @@ from h2aseg.errors import H2ASegError
 
 #: Training-free rows (``h2aseg.inference.thresholding``) and their default titles.
 THRESHOLD_METHODS = {"suv_2.5": "SUV >= 2.5", "suv_41pct": "41% SUVmax"}
-#: Methods that exist but are not run by this runner, and why.
-UNSUPPORTED_METHODS = {
-    "nnunet": "is not supported by the experiment runner yet (nnU-Net runs through its export route)",
-}
+#: nnU-Net v2, run through its own commands on the experiment's export (:mod:`h2aseg.experiments.nnunet`).
+NNUNET = "nnunet"
+#: nnU-Net's trainer per schedule when the method does not name one: its standard 1,000-epoch trainer for
+#: the paper's schedule, its shortest variant (one epoch of 250 iterations) for the CPU schedule.
+NNUNET_TRAINERS = {"paper": "nnUNetTrainer", "cpu-small": "nnUNetTrainer_1epoch"}
+NNUNET_DEVICES = ("auto", "cpu", "cuda", "mps")
 #: Schedules: the assignments each adds to the base preset (``paper``: none, the preset's own recipe).
 SCHEDULES: dict[str, tuple[str, ...]] = {
     "paper": (),
@@ -93,14 +100,38 @@ class Ablation:
 
 
 @dataclass(frozen=True)
+class NnunetSettings:
+    """The ``nnunet:`` mapping of an ``nnunet`` method: which nnU-Net v2 pipeline its runs use."""
+
+    dataset_id: int = 999  # the export's id inside the experiment's own nnUNet_raw (out/nnunet/raw)
+    configuration: str = "3d_fullres"
+    trainer: str = "nnUNetTrainer"  # the file's value, else NNUNET_TRAINERS[schedule]
+    planner: str = "ExperimentPlanner"  # nnUNetv2_plan_and_preprocess -pl
+    plans: str = "nnUNetPlans"  # the plans the planner writes (-p of train and predict)
+    device: str = "auto"  # auto: cuda when this process sees a GPU, else cpu
+    processes: int = 2  # preprocessing (-np, -npfp), augmentation workers, prediction (-npp, -nps)
+    tta: bool = True  # nnU-Net's mirroring at prediction (false: --disable_tta)
+    bin: Path | None = None  # folder holding the nnUNetv2_* commands; None: beside this Python, then PATH
+
+    def identity(self) -> dict[str, Any]:
+        """What determines a run's result (not where the commands are, nor how many processes)."""
+        d = dataclasses.asdict(self)
+        for key in ("bin", "processes", "device"):
+            d.pop(key)
+        return d
+
+
+@dataclass(frozen=True)
 class MethodSpec:
-    """One row of the tables: a registry network (trained per seed) or a training-free threshold."""
+    """One row of the tables: a registry network (trained per seed), nnU-Net (trained per seed by its own
+    commands) or a training-free threshold."""
 
     label: str  # folder name under runs/
     network: str
     title: str  # shown in the tables
     overrides: tuple[str, ...] = ()
     ablation: Ablation | None = None
+    nnunet: NnunetSettings | None = None  # set for (and only for) network "nnunet"
 
     @property
     def training_free(self) -> bool:
@@ -170,8 +201,10 @@ class ExperimentSpec:
         return cfg.override([*switches, *method.overrides])
 
     def run_config(self, method: MethodSpec, seed: int | None, out: Path) -> Config:
-        """A run's full config: the shared split and cache in ``out``, ``train.seed`` = ``seed``."""
-        cfg = self.method_config(method) if not method.training_free else self.base_config()
+        """A run's full config: the shared split and cache in ``out``, ``train.seed`` = ``seed`` (for
+        nnU-Net only its data settings matter: the dataset it exports)."""
+        own = method.training_free or method.nnunet is not None
+        cfg = self.base_config() if own else self.method_config(method)
         cfg = _replace(cfg, "data", split_file=str(out / "split.json"), cache_dir=str(out / "cache"))
         return cfg if seed is None else _replace(cfg, "train", seed=seed)
 
@@ -256,13 +289,14 @@ def load_spec(path: str | Path) -> ExperimentSpec:
         raise SpecError(f"{source}: not a readable YAML file ({e})") from None
     rd = _Reader(source)
     raw = rd.mapping(raw, "", TOP_FIELDS, required=("dataset", "methods"))
+    schedule = _schedule(rd, raw.get("schedule", "paper"))
     spec = ExperimentSpec(
         source=source,
         name=rd.string(raw.get("name", source.stem), "name"),
         dataset=_dataset(rd, raw["dataset"]),
-        methods=_methods(rd, raw["methods"]),
+        methods=_methods(rd, raw["methods"], schedule),
         seeds=_seeds(rd, raw.get("seeds", list(DEFAULT_SEEDS))),
-        schedule=_schedule(rd, raw.get("schedule", "paper")),
+        schedule=schedule,
         overrides=rd.assignments(raw.get("overrides"), "overrides"),
         protocol=rd.choice(raw.get("protocol", "paper"), "protocol", PROTOCOLS),
         lock_timeout_s=rd.number(raw.get("lock_timeout_s", 600.0), "lock_timeout_s"),
@@ -309,10 +343,10 @@ def _schedule(rd: _Reader, raw: Any) -> ScheduleSpec:
     return ScheduleSpec(base, rd.assignments(raw.get("overrides"), "schedule.overrides"))
 
 
-def _methods(rd: _Reader, raw: Any) -> tuple[MethodSpec, ...]:
+def _methods(rd: _Reader, raw: Any, schedule: ScheduleSpec) -> tuple[MethodSpec, ...]:
     if not isinstance(raw, list) or not raw:
         raise rd.error("methods", f"expected a non-empty list of methods, got {raw!r}")
-    methods = tuple(_method(rd, m, f"methods[{i}]") for i, m in enumerate(raw))
+    methods = tuple(_method(rd, m, f"methods[{i}]", schedule) for i, m in enumerate(raw))
     labels: dict[str, int] = {}
     titles: dict[str, int] = {}
     combos: dict[Ablation, int] = {}
@@ -329,8 +363,8 @@ def _methods(rd: _Reader, raw: Any) -> tuple[MethodSpec, ...]:
     return methods
 
 
-def _method(rd: _Reader, raw: Any, field: str) -> MethodSpec:
-    allowed = {"label", "network", "title", "overrides", "ablation"}
+def _method(rd: _Reader, raw: Any, field: str, schedule: ScheduleSpec) -> MethodSpec:
+    allowed = {"label", "network", "title", "overrides", "ablation", "nnunet"}
     raw = rd.mapping(raw, field, allowed, required=("label", "network"))
     label = rd.string(raw["label"], f"{field}.label")
     if not LABEL_RE.match(label):
@@ -350,8 +384,46 @@ def _method(rd: _Reader, raw: Any, field: str) -> MethodSpec:
     overrides = rd.assignments(raw.get("overrides"), f"{field}.overrides")
     if network in THRESHOLD_METHODS and overrides:
         raise rd.error(f"{field}.overrides", f"{network} is training-free and takes no overrides")
-    title = rd.string(raw.get("title") or THRESHOLD_METHODS.get(network, label), f"{field}.title")
-    return MethodSpec(label, network, title, overrides, ablation)
+    nnunet = None
+    if network == NNUNET:
+        if overrides:
+            raise rd.error(
+                f"{field}.overrides", "nnU-Net does not read h2aseg's config; give its settings under nnunet:"
+            )
+        nnunet = _nnunet(rd, raw.get("nnunet"), f"{field}.nnunet", schedule)
+    elif raw.get("nnunet") is not None:
+        raise rd.error(f"{field}.nnunet", f"only network {NNUNET!r} takes nnunet settings, not {network!r}")
+    default_title = THRESHOLD_METHODS.get(network, "nnU-Net" if network == NNUNET else label)
+    title = rd.string(raw.get("title") or default_title, f"{field}.title")
+    return MethodSpec(label, network, title, overrides, ablation, nnunet)
+
+
+def _nnunet(rd: _Reader, raw: Any, field: str, schedule: ScheduleSpec) -> NnunetSettings:
+    """The ``nnunet:`` mapping (every key optional); the trainer defaults to the schedule's."""
+    names = {f.name for f in dataclasses.fields(NnunetSettings)}
+    raw = rd.mapping({} if raw is None else raw, field, names)
+    d = NnunetSettings()
+    dataset_id = raw.get("dataset_id", d.dataset_id)
+    if isinstance(dataset_id, bool) or not isinstance(dataset_id, int) or not 1 <= dataset_id <= 999:
+        raise rd.error(f"{field}.dataset_id", f"expected an integer from 1 to 999, got {dataset_id!r}")
+    processes = raw.get("processes", d.processes)
+    if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
+        raise rd.error(f"{field}.processes", f"expected a positive integer, got {processes!r}")
+    words = {}
+    for key in ("configuration", "trainer", "planner", "plans"):
+        default = NNUNET_TRAINERS.get(schedule.base, d.trainer) if key == "trainer" else getattr(d, key)
+        value = rd.string(raw.get(key, default), f"{field}.{key}")
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", value):
+            raise rd.error(f"{field}.{key}", f"{value!r} is not an nnU-Net name (letters, digits, _ . -)")
+        words[key] = value
+    return NnunetSettings(
+        dataset_id=dataset_id,
+        processes=processes,
+        device=rd.choice(raw.get("device", d.device), f"{field}.device", NNUNET_DEVICES),
+        tta=rd.boolean(raw.get("tta", d.tta), f"{field}.tta"),
+        bin=rd.path(raw["bin"], f"{field}.bin") if raw.get("bin") is not None else None,
+        **words,
+    )
 
 
 def _check_networks(rd: _Reader, methods: tuple[MethodSpec, ...]) -> None:
@@ -361,13 +433,11 @@ def _check_networks(rd: _Reader, methods: tuple[MethodSpec, ...]) -> None:
     known = list_networks()
     for i, m in enumerate(methods):
         field = f"methods[{i}].network"
-        if m.network in UNSUPPORTED_METHODS:
-            raise rd.error(field, f"{m.network!r} {UNSUPPORTED_METHODS[m.network]}")
-        if not m.training_free and m.network not in known:
+        if not m.training_free and m.nnunet is None and m.network not in known:
             raise rd.error(
                 field,
                 f"unknown network {m.network!r} (registered: {', '.join(known)}; "
-                f"training-free: {', '.join(THRESHOLD_METHODS)})",
+                f"training-free: {', '.join(THRESHOLD_METHODS)}; nnU-Net v2: {NNUNET})",
             )
 
 
@@ -388,7 +458,7 @@ def _check_configs(spec: ExperimentSpec) -> None:
         except ConfigError as e:
             raise spec.error(field, str(e)) from None
     for i, m in enumerate(spec.methods):
-        if m.training_free:
+        if m.training_free or m.nnunet is not None:
             continue
         try:
             cfg = spec.method_config(m)

@@ -236,7 +236,7 @@ def write_done(layout: Layout, run: Run, cfg: Config, summary: dict, trained: st
         "label": run.method.label,
         "network": run.method.network,
         "seed": run.seed,
-        "fingerprint": fingerprint(cfg, run.method.training_free),
+        "fingerprint": fingerprint(cfg, run.method),
         "training": trained,
         "n_cases": summary.get("n_cases"),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

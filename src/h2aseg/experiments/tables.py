@@ -194,7 +194,7 @@ def cost_markdown(spec: ExperimentSpec, layout: Layout, done: dict[str, list]) -
     for m in spec.methods:
         if m.training_free:
             continue
-        cost = _read_json(layout.cost(m)) or {}
+        cost = {} if m.nnunet is not None else _read_json(layout.cost(m)) or {}
         pred, train = _run_times(spec, layout, m)
         cells = [
             _num(cost.get("params"), 1e-6, 2),
@@ -218,6 +218,12 @@ def cost_markdown(spec: ExperimentSpec, layout: Layout, done: dict[str, list]) -
 
 
 def _cost_note(m: MethodSpec, cost: dict[str, Any]) -> str:
+    if m.nnunet is not None:
+        return (
+            f"- {m.label}: nnU-Net's own network and patch (its plans): not probed here; prediction "
+            "time is nnU-Net's wall time over the cases (one process for all), training time its "
+            "nnUNetv2_train wall time."
+        )
     if not cost:
         return "- not measured yet: the cost probe runs before a method's first training run."
     if "error" in cost:
