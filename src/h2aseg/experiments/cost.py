@@ -11,7 +11,9 @@
 * **peak memory** of those steps over what was allocated before the network was built: on CUDA
   ``torch.cuda.max_memory_allocated``; on a CPU the rise of the process's max RSS
   (``resource.getrusage``), with the peak first reset through ``/proc/self/clear_refs`` where Linux
-  allows it (otherwise the figure is a lower bound, and says so).
+  allows it (otherwise the figure is a lower bound, and says so). On a CPU the probe runs in a freshly
+  spawned process: in a process that has already trained or probed another network, the allocator
+  reuses pages it kept, the RSS does not rise, and the figure would be too low (down to 0).
 
 The whole-case prediction time comes from the runs' predict step (``timing.json``), not from here.
 """
@@ -126,12 +128,35 @@ def train_step_seconds(model: torch.nn.Module, cfg: Config, device: torch.device
     return seconds
 
 
-def measure_cost(cfg: Config) -> dict[str, Any]:
-    """Parameters, forward GFLOP, train-step seconds and peak memory of ``cfg.model`` (see the module)."""
+def measure_cost(cfg: Config, *, fresh_process: bool | None = None) -> dict[str, Any]:
+    """Parameters, forward GFLOP, train-step seconds and peak memory of ``cfg.model`` (see the module);
+    ``fresh_process`` (default: on a CPU) measures in a spawned process with this one's thread count."""
     from h2aseg.inference.sliding import resolve_device
-    from h2aseg.models.factory import build_from_config
 
     device = resolve_device(cfg.train.device, "train.device")
+    if fresh_process is None:
+        fresh_process = device.type == "cpu"
+    if not fresh_process:
+        return _measure(cfg, device)
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_measure_in_child, cfg, torch.get_num_threads()).result()
+
+
+def _measure_in_child(cfg: Config, threads: int) -> dict[str, Any]:
+    from h2aseg.inference.sliding import resolve_device
+
+    torch.set_num_threads(threads)
+    result = _measure(cfg, resolve_device(cfg.train.device, "train.device"))
+    result["memory_kind"] += "; in a fresh process"
+    return result
+
+
+def _measure(cfg: Config, device: torch.device) -> dict[str, Any]:
+    from h2aseg.models.factory import build_from_config
+
     probe = MemoryProbe(device)
     probe.start()
     torch.manual_seed(0)
