@@ -206,6 +206,11 @@ def test_missing_commands_fail_the_run_with_a_clear_error(cohort: Path, tmp_path
     assert f"nnUNetv2_plan_and_preprocess was not found in nnunet.bin ({empty})" in error
     assert "pip install" in error
     assert not (tmp_path / "out" / "nnunet" / "raw").exists()  # nothing exported before the check
+    assert plan_lines(spec, tmp_path / "out")[-1] == "run 2/2: nnunet seed 0: pending"
+    (layout.run_dir(plan_runs(spec)[1]) / "nnunet_state.json").write_text('{"train_seconds": 5}')
+    assert plan_lines(spec, tmp_path / "out")[-1] == (
+        "run 2/2: nnunet seed 0: pending, nnU-Net's training continues from its latest checkpoint (--c)"
+    )
 
 
 class _LostLock:

@@ -138,7 +138,8 @@ def read_done(layout: Layout, run: Run) -> dict[str, Any] | None:
 
 
 def describe_status(spec: ExperimentSpec, layout: Layout, run: Run) -> str:
-    """done | done (config changed) | locked by ... | pending (resumes from epoch k) | pending."""
+    """done | done (config changed) | locked by ... | pending (resumes from epoch k, or nnU-Net
+    continues) | pending."""
     from h2aseg.experiments.locks import RunLock, stale_reason
 
     done = read_done(layout, run)
@@ -155,6 +156,8 @@ def describe_status(spec: ExperimentSpec, layout: Layout, run: Run) -> str:
         pending = f"pending (stale lock: {reason})"
     else:
         pending = "pending"
+    if run.method.nnunet is not None and (layout.run_dir(run) / "nnunet_state.json").exists():
+        return pending + ", nnU-Net's training continues from its latest checkpoint (--c)"
     metrics = layout.run_dir(run) / "metrics.csv"
     if metrics.exists():
         epochs = max(0, len(metrics.read_text(encoding="utf-8").splitlines()) - 1)
