@@ -6,10 +6,12 @@ behind: the target either keeps its old content or gets the whole new one.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], object], *, suffix: str | None = None) -> Path:
@@ -41,3 +43,12 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
             f.write(text)
 
     return atomic_write(path, write)
+
+
+def read_json(path: str | Path) -> Any:
+    """The JSON document in ``path``, or None when it is missing, unreadable or not JSON (markers and
+    sidecar files that a crash may have left absent)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return None

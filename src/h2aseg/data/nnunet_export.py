@@ -64,7 +64,7 @@ from h2aseg.data.layouts import (
 )
 from h2aseg.data.splits import Split, check_split, load_split, make_split
 from h2aseg.errors import InputError
-from h2aseg.files import atomic_write_text
+from h2aseg.files import atomic_write_text, read_json
 
 CASES_FILE = "h2aseg_cases.json"
 README_FILE = "h2aseg_README.md"
@@ -258,7 +258,7 @@ def load_case_map(path: str | Path) -> dict[str, str]:
     path = Path(path)
     if path.is_dir():
         path = path / CASES_FILE
-    doc = _read_json(path)
+    doc = read_json(path)
     if doc is None:
         raise ExportError(f"{path}: not found or not JSON (expected export-nnunet's {CASES_FILE})")
     cases = doc.get("cases") if isinstance(doc, dict) else None
@@ -316,13 +316,6 @@ def _write_case(entry: ExportCase, todo: Mapping[str, Path], label_mode: str, nu
 
 
 # ------------------------------------------------------------------------------------- the target folder
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-
-
 def _json_text(doc: Any) -> str:
     return json.dumps(doc, indent=1) + "\n"
 
@@ -361,7 +354,7 @@ def _prepare(folder: Path, manifest: dict[str, Any], force: bool) -> dict[str, s
         raise ExportError(f"{folder}: exists and is not a folder")
     if not folder.is_dir() or not any(folder.iterdir()):
         return {}
-    old = _read_json(folder / CASES_FILE)
+    old = read_json(folder / CASES_FILE)
     why = _difference(old, manifest)
     if not why:
         return dict(old.get("stamps") or {})

@@ -41,7 +41,7 @@ from h2aseg.errors import H2ASegError
 from h2aseg.experiments.locks import Heartbeat, RunLock
 from h2aseg.experiments.plan import Layout
 from h2aseg.experiments.spec import ExperimentSpec, NnunetSettings
-from h2aseg.files import atomic_write, atomic_write_text
+from h2aseg.files import atomic_write, atomic_write_text, read_json
 
 Log = Callable[[str], None]
 COMMANDS = ("nnUNetv2_plan_and_preprocess", "nnUNetv2_train", "nnUNetv2_predict")
@@ -238,7 +238,7 @@ def train(layout: Layout, settings: NnunetSettings, run_dir: Path, heartbeat: He
     state = run_dir / "nnunet_state.json"
     if final.is_file():
         if not (run_dir / "finished.json").is_file():  # killed right after nnU-Net finished
-            _write_finished(run_dir, float(_read(state).get("train_seconds", 0.0)), settings, final)
+            _write_finished(run_dir, _train_seconds(state), settings, final)
         return "already trained"
     commands = find_commands(settings)
     resumed = (final.parent / "checkpoint_latest.pth").is_file()
@@ -247,7 +247,7 @@ def train(layout: Layout, settings: NnunetSettings, run_dir: Path, heartbeat: He
         "-tr", settings.trainer, "-p", settings.plans, "-device", resolve_device(settings), "--c",
     ]  # fmt: skip
     env = environment(layout, run_dir / "nnUNet_results", settings)
-    before = float(_read(state).get("train_seconds", 0.0))
+    before = _train_seconds(state)
     start = time.perf_counter()
     try:
         run_command(cmd, env, run_dir / "nnunet_train.log", heartbeat)
@@ -306,9 +306,7 @@ def predict(
     return [seconds / len(pending)] * len(pending) if pending else []
 
 
-def _read(path: Path) -> dict:
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return doc if isinstance(doc, dict) else {}
+def _train_seconds(state: Path) -> float:
+    """nnUNetv2_train wall time of earlier invocations (``nnunet_state.json``; 0 when there is none)."""
+    doc = read_json(state)
+    return float(doc.get("train_seconds", 0.0)) if isinstance(doc, dict) else 0.0

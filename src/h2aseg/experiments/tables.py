@@ -41,7 +41,7 @@ from h2aseg.evaluation.report import (
 from h2aseg.experiments.locks import held
 from h2aseg.experiments.plan import Layout, Run, plan_runs, read_done
 from h2aseg.experiments.spec import Ablation, ExperimentSpec, MethodSpec
-from h2aseg.files import atomic_write_text
+from h2aseg.files import atomic_write_text, read_json
 
 ABLATION_ORDER = (Ablation(False, False), Ablation(True, False), Ablation(False, True), Ablation(True, True))
 Cells = dict[str, dict[str, Any]]
@@ -258,10 +258,8 @@ def _num(value: Any, scale: float, digits: int) -> str:
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+    doc = read_json(path)
+    return doc if isinstance(doc, dict) else None
 
 
 # ------------------------------------------------------------------------------------------- Table 3, figures
