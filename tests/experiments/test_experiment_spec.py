@@ -38,7 +38,7 @@ def test_tiny_spec_loads_and_builds_run_configs(tmp_path: Path) -> None:
 def test_shipped_experiment_files_load(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AUTOPET_ROOT", "/data/autopet")
     spec = load_spec(REPO / "experiments" / name)
-    assert spec.seeds == (0, 1, 2, 3)
+    assert spec.seeds == ((0, 1) if "cpu" in name else (0, 1, 2, 3))  # the paper: mean ± std of 4 seeds
     assert spec.schedule.base == ("cpu-small" if "cpu" in name else "paper")
     if name.startswith("table2"):
         assert sum(m.ablation is not None for m in spec.methods) == 4
