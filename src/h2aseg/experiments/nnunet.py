@@ -57,11 +57,11 @@ class NnunetError(H2ASegError):
 # ------------------------------------------------------------------------------------------- commands
 def find_commands(settings: NnunetSettings) -> dict[str, Path]:
     """The nnUNetv2_* commands: in ``settings.bin`` when set, else beside this Python, else on PATH."""
-    places = [settings.bin] if settings.bin is not None else [Path(sys.executable).parent]
+    place = settings.bin if settings.bin is not None else Path(sys.executable).parent
     found: dict[str, Path] = {}
     for name in COMMANDS:
-        candidates = [p / name for p in places if p is not None]
-        hit = next((c for c in candidates if c.is_file() and os.access(c, os.X_OK)), None)
+        candidate = place / name
+        hit = candidate if candidate.is_file() and os.access(candidate, os.X_OK) else None
         if hit is None and settings.bin is None:
             which = shutil.which(name)
             hit = Path(which) if which else None

@@ -31,6 +31,7 @@ from typing import Any
 from h2aseg.config import Config
 from h2aseg.errors import InputError
 from h2aseg.experiments.spec import ExperimentSpec, MethodSpec
+from h2aseg.files import read_json
 
 
 @dataclass(frozen=True)
@@ -131,10 +132,8 @@ def fingerprint(cfg: Config, method: MethodSpec) -> str:
 
 def read_done(layout: Layout, run: Run) -> dict[str, Any] | None:
     """The run's done marker, or None when the run is not finished (or its marker is unreadable)."""
-    try:
-        return json.loads(layout.done(run).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+    doc = read_json(layout.done(run))
+    return doc if isinstance(doc, dict) else None
 
 
 def describe_status(spec: ExperimentSpec, layout: Layout, run: Run) -> str:
