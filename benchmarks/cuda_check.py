@@ -15,7 +15,7 @@ What it checks, each section on its own (a failure is reported and the next sect
 
 Usage (``--quick`` shrinks every size so the script itself can be checked on a CPU)::
 
-    python benchmarks/cuda_check.py [--out DIR] [--quick] [--sections parity,eval,train,predict,cli]
+    python benchmarks/cuda_check.py [--out DIR] [--quick] [--sections parity,eval,...,tune]
 """
 
 from __future__ import annotations
@@ -171,6 +171,128 @@ def section_parity(rep: Report, device: torch.device, quick: bool) -> None:
     )
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
+
+
+# Dense peaks of the H200 SXM (NVIDIA's data sheet, without sparsity) in TFLOP/s, what "% of peak" divides
+# by; fp32 convolutions and matmuls run as TF32 here.
+PEAK_TFLOPS = {"fp32": 494.7, "bf16": 989.5}
+TUNE_SETTINGS: dict[str, dict[str, bool]] = {
+    "plain": {},
+    "cudnn.benchmark": {"bench": True},
+    "benchmark + channels_last_3d": {"bench": True, "cl": True},
+    "benchmark + torch.compile": {"bench": True, "compile": True},
+    "benchmark + CUDA graph": {"bench": True, "graph": True},
+}
+
+
+def _autocast(device: torch.device, prec: str) -> Any:
+    return torch.autocast(device.type, dtype=DTYPES[prec], enabled=DTYPES[prec] is not None)
+
+
+def _graphed_forward(net: torch.nn.Module, x: torch.Tensor, prec: str) -> Callable[[], Any]:
+    """``net(x)`` captured once in a CUDA graph (the input copied into a static buffer), replayed per call."""
+    static = x.clone()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream), torch.no_grad(), _autocast(x.device, prec):
+        for _ in range(3):
+            net(static)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph), torch.no_grad(), _autocast(x.device, prec):
+        net(static)
+
+    def replay() -> None:
+        static.copy_(x)
+        graph.replay()
+
+    return replay
+
+
+def _tune_callable(
+    kwargs: dict, task: str, prec: str, opt: dict[str, bool], x: torch.Tensor, y: torch.Tensor
+) -> Callable[[], Any]:
+    device = x.device
+    net = build(kwargs, device).train(task == "train")
+    if opt.get("cl"):
+        net = net.to(memory_format=torch.channels_last_3d)
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    if opt.get("compile"):
+        net = torch.compile(net)
+    if opt.get("graph"):
+        return _graphed_forward(net, x, prec)
+    if task == "train":
+        return TrainStep(net, prec, x, y)
+
+    def forward() -> None:
+        with torch.no_grad(), _autocast(device, prec):
+            net(x)
+
+    return forward
+
+
+def section_tune(rep: Report, device: torch.device, quick: bool) -> None:
+    """What the ecosystem offers for speed, each setting on its own: cuDNN's benchmark mode, channels-last 3D
+    memory, ``torch.compile`` (bf16, CUDA only) and a CUDA graph (eval, CUDA only). Eval forward (batch 1)
+    and the training step, as time and as a share of the card's dense peak."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    size = (32, 32, 16) if quick else (128, 128, 64)
+    batch = 2 if quick else 4
+    shape = "x".join(map(str, size))
+    rep.add(f"### 7. Speed settings: eval forward (batch 1) and training step ({batch} patches), {shape}")
+    rep.add()
+    rep.add("| variant | task | precision | setting | ms | TFLOP/s | % of peak | note |")
+    rep.add("|---|---|---|---|---|---|---|---|")
+    inputs: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor, float]] = {}
+    for name, kwargs in VARIANTS.items():
+        for task in ("eval", "train"):
+            torch.manual_seed(2)
+            n = 1 if task == "eval" else batch
+            x = torch.randn(n, 2, *size, device=device)
+            y = (torch.rand(n, 1, *size, device=device) > 0.98).long()
+            counter = FlopCounterMode(display=False)
+            with counter:
+                _tune_callable(kwargs, task, "fp32", {}, x, y)()
+            inputs[name, task] = x, y, counter.get_total_flops() / 1e9
+    runs = [
+        (name, task, prec, label)
+        for label in TUNE_SETTINGS  # compilation (minutes) after every quick setting
+        for name in VARIANTS
+        for task in ("eval", "train")
+        for prec in ("fp32", "bf16")
+        if not (TUNE_SETTINGS[label].get("graph") and (task == "train" or device.type != "cuda"))
+        and not (TUNE_SETTINGS[label].get("compile") and (prec == "fp32" or device.type != "cuda"))
+    ]
+    for name, task, prec, label in runs:
+        opt = TUNE_SETTINGS[label]
+        x, y, gflop = inputs[name, task]
+        torch.backends.cudnn.benchmark = bool(opt.get("bench"))
+        note = ""
+        try:
+            fn = _tune_callable(VARIANTS[name], task, prec, opt, x, y)
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            if opt.get("compile"):
+                note = f"first call {time.perf_counter() - t0:.0f} s"
+            t = statistics.median(timed(fn, device, warmup=2, reps=3 if quick else 10))
+            tflops = gflop / t / 1000
+            pct = 100 * tflops / PEAK_TFLOPS[prec]
+            cells = [f"{t * 1000:.1f}", f"{tflops:.1f}", f"{pct:.2f}"]
+            rep.data.setdefault("tune", {})[f"{name} {task} {prec} {label}"] = {"s": t, "tflops": tflops}
+            del fn
+        except Exception as e:  # a setting that fails is a result too
+            cells = ["-", "-", "-"]
+            first = str(e).splitlines()[0][:120] if str(e) else ""
+            note = f"failed: {type(e).__name__}: {first}"
+        rep.add("| " + " | ".join([name, task, prec, label, *cells, note]) + " |")
+        torch._dynamo.reset()
+        reset_peak(device)
+    torch.backends.cudnn.benchmark = False
+    rep.add()
+    rep.add(f"GFLOP counted once per task (torch FlopCounterMode, fp32, plain model); peaks: {PEAK_TFLOPS}.")
+    rep.add()
 
 
 def section_eval(rep: Report, device: torch.device, quick: bool) -> None:
@@ -493,6 +615,7 @@ SECTIONS = {
     "predict": section_predict,
     "cli": section_cli,
     "fused": section_fused,
+    "tune": section_tune,
 }
 
 
