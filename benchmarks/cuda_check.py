@@ -11,7 +11,10 @@ What it checks, each section on its own (a failure is reported and the next sect
 4. whole-case sliding-window prediction (``Predictor``) of a 400x400x326 synthetic case, and CPU/CUDA
    agreement of the predicted mask on a small case with the shipped demo checkpoint;
 5. the command line end to end on CUDA: ``h2aseg synth``, ``train`` (fp16), ``train --resume``,
-   ``predict`` and ``evaluate``.
+   ``predict`` and ``evaluate``;
+6. (``fused``) the fused instance-norm node against the module path;
+7. (``tune``) cuDNN benchmark mode, channels-last 3D, ``torch.compile`` and a CUDA graph, one at a time,
+   for the eval forward and the training step, as TFLOP/s and share of the card's peak.
 
 Usage (``--quick`` shrinks every size so the script itself can be checked on a CPU)::
 
@@ -38,6 +41,11 @@ import torch
 
 VARIANTS = {"paper": {"variant": "paper"}, "released": {"variant": "released"}}
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _autocast(device: torch.device, prec: str) -> Any:
+    """Autocast to ``prec``'s type; plain float32 (autocast off) for "fp32"."""
+    return torch.autocast(device.type, dtype=DTYPES[prec], enabled=DTYPES[prec] is not None)
 
 
 class Report:
@@ -118,7 +126,7 @@ def section_parity(rep: Report, device: torch.device, quick: bool) -> None:
         rel = (out - ref).abs().max().item() / scale
         low = []
         for prec in low_precisions(device):
-            with torch.no_grad(), torch.autocast(device.type, dtype=DTYPES[prec]):
+            with torch.no_grad(), _autocast(device, prec):
                 o = gpu(x.to(device)).float().cpu()
             low.append(
                 f"{prec}: finite={bool(torch.isfinite(o).all())}, "
@@ -173,9 +181,10 @@ def section_parity(rep: Report, device: torch.device, quick: bool) -> None:
     torch.backends.cudnn.allow_tf32 = True
 
 
-# Dense peaks of the H200 SXM (NVIDIA's data sheet, without sparsity) in TFLOP/s, what "% of peak" divides
-# by; fp32 convolutions and matmuls run as TF32 here.
+# Dense peaks of the H100/H200 SXM (NVIDIA's data sheets, without sparsity) in TFLOP/s, what "% of peak"
+# divides by; fp32 convolutions and matmuls run as TF32 here. Other devices get no "% of peak".
 PEAK_TFLOPS = {"fp32": 494.7, "bf16": 989.5}
+PEAK_DEVICES = ("H100", "H200")
 TUNE_SETTINGS: dict[str, dict[str, bool]] = {
     "plain": {},
     "cudnn.benchmark": {"bench": True},
@@ -183,10 +192,6 @@ TUNE_SETTINGS: dict[str, dict[str, bool]] = {
     "benchmark + torch.compile": {"bench": True, "compile": True},
     "benchmark + CUDA graph": {"bench": True, "graph": True},
 }
-
-
-def _autocast(device: torch.device, prec: str) -> Any:
-    return torch.autocast(device.type, dtype=DTYPES[prec], enabled=DTYPES[prec] is not None)
 
 
 def _graphed_forward(net: torch.nn.Module, x: torch.Tensor, prec: str) -> Callable[[], Any]:
@@ -240,6 +245,8 @@ def section_tune(rep: Report, device: torch.device, quick: bool) -> None:
     size = (32, 32, 16) if quick else (128, 128, 64)
     batch = 2 if quick else 4
     shape = "x".join(map(str, size))
+    name_of_device = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
+    peaks = PEAK_TFLOPS if any(d in name_of_device for d in PEAK_DEVICES) else None
     rep.add(f"### 7. Speed settings: eval forward (batch 1) and training step ({batch} patches), {shape}")
     rep.add()
     rep.add("| variant | task | precision | setting | ms | TFLOP/s | % of peak | note |")
@@ -278,8 +285,8 @@ def section_tune(rep: Report, device: torch.device, quick: bool) -> None:
                 note = f"first call {time.perf_counter() - t0:.0f} s"
             t = statistics.median(timed(fn, device, warmup=2, reps=3 if quick else 10))
             tflops = gflop / t / 1000
-            pct = 100 * tflops / PEAK_TFLOPS[prec]
-            cells = [f"{t * 1000:.1f}", f"{tflops:.1f}", f"{pct:.2f}"]
+            pct = f"{100 * tflops / peaks[prec]:.2f}" if peaks else "-"
+            cells = [f"{t * 1000:.1f}", f"{tflops:.1f}", pct]
             rep.data.setdefault("tune", {})[f"{name} {task} {prec} {label}"] = {"s": t, "tflops": tflops}
             del fn
         except Exception as e:  # a setting that fails is a result too
@@ -287,11 +294,12 @@ def section_tune(rep: Report, device: torch.device, quick: bool) -> None:
             first = str(e).splitlines()[0][:120] if str(e) else ""
             note = f"failed: {type(e).__name__}: {first}"
         rep.add("| " + " | ".join([name, task, prec, label, *cells, note]) + " |")
-        torch._dynamo.reset()
+        torch.compiler.reset()
         reset_peak(device)
     torch.backends.cudnn.benchmark = False
     rep.add()
-    rep.add(f"GFLOP counted once per task (torch FlopCounterMode, fp32, plain model); peaks: {PEAK_TFLOPS}.")
+    known = f"peaks of {name_of_device}: {peaks}" if peaks else f"no known peak for {name_of_device}"
+    rep.add(f"GFLOP counted once per task (torch FlopCounterMode, fp32, plain model); {known}.")
     rep.add()
 
 
@@ -309,9 +317,8 @@ def section_eval(rep: Report, device: torch.device, quick: bool) -> None:
                 net(x)
             gflop = counter.get_total_flops() / 1e9
             for prec in ("fp32", *low_precisions(device)):
-                dtype = DTYPES[prec]
                 reset_peak(device)
-                with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                with _autocast(device, prec):
                     times = timed(partial(net, x), device, warmup=2, reps=3 if quick else 10)
                 t = statistics.median(times)
                 rows.append(
@@ -346,7 +353,7 @@ class TrainStep:
 
     def __call__(self) -> None:
         self.opt.zero_grad(set_to_none=True)
-        with torch.autocast(self.x.device.type, dtype=DTYPES[self.prec]):
+        with _autocast(self.x.device, self.prec):  # "fp32": autocast off, not its default type
             outs = self.net(self.x)
         loss = self.loss_fn(outs, self.y)
         self.scaler.scale(loss).backward()
