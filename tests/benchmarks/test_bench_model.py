@@ -3,14 +3,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
 import pytest
-
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_model.py"
 
 STAND_IN = """
 import torch
@@ -33,12 +31,8 @@ class Net(torch.nn.Module):
 
 
 @pytest.fixture()
-def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_model_under_test", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(module)
-    return module
+def bench(load_script: Callable[[str], ModuleType]) -> ModuleType:
+    return load_script("bench_model")
 
 
 def test_authors_row_calls_their_class_with_ct_then_pet(

@@ -5,23 +5,16 @@ know."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
+from collections.abc import Callable
 from types import ModuleType
 
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "cuda_check.py"
-
 
 @pytest.fixture(scope="module")
-def check() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("cuda_check_under_test", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(module)
-    return module
+def check(load_script: Callable[[str], ModuleType]) -> ModuleType:
+    return load_script("cuda_check")
 
 
 @pytest.mark.parametrize(("prec", "enabled"), [("fp32", False), ("bf16", True)])
