@@ -13,6 +13,7 @@ One module fixture drives the sequence (the training is the slow part: 4 tiny ru
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -211,3 +212,28 @@ def test_table2_when_all_four_ablations_are_methods(story: Story, tmp_path: Path
     assert lines[4].startswith("|  |  | <u>") and lines[4].endswith("| 1/2 |")
     assert lines[5].startswith("| ✓ |  | – |") and lines[5].endswith("| 0/2 |")
     assert lines[7].startswith("| ✓ | ✓ | **")
+
+
+def test_tables_only_rewrites_tables_and_trains_nothing(story: Story, tmp_path: Path) -> None:
+    out = tmp_path / "copied"
+    shutil.copytree(story.out, out)
+    layout = Layout(out)
+    last = plan_runs(story.spec)[-1]  # base seed 1: as if its process had been stopped before the end
+    layout.done(last).unlink()
+    for name in ("table1.md", "fig3.png"):
+        (out / name).unlink()
+    before = _last_pts(out)
+    args = ["experiment", "--config", str(story.config), "--out", str(out), "--tables-only"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "rewritten from the runs done" in result.output
+    assert "Baseline (1/2 seeds)" in (out / "table1.md").read_text()
+    assert (out / "fig3.png").is_file()
+    assert not layout.done(last).exists() and _last_pts(out) == before  # nothing trained
+
+
+def test_tables_only_without_a_done_run_is_an_error(story: Story, tmp_path: Path) -> None:
+    args = ["experiment", "--config", str(story.config), "--out", str(tmp_path / "empty"), "--tables-only"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code != 0
+    assert "no run of" in result.output and "is done yet" in result.output

@@ -22,6 +22,12 @@ def experiment(
     dry_run: bool = typer.Option(
         False, "--dry-run", help="Print the runs and which are done, locked or pending; run nothing."
     ),
+    tables_only: bool = typer.Option(
+        False,
+        "--tables-only",
+        help="Run nothing: rewrite the tables and redraw the figures from the runs done so far "
+        "(e.g. after shards that ran elsewhere were copied into --out, or processes stopped at a deadline).",
+    ),
 ) -> None:
     """Train, predict and evaluate every (method, seed) run; resumable, and safe to run in parallel."""
     from h2aseg.errors import H2ASegError
@@ -40,9 +46,16 @@ def experiment(
             for line in plan_lines(spec, out, which):
                 typer.echo(line)
             return
-        result = run_experiment(spec, out, shard=which, progress=progress, log=log)
+        result = run_experiment(spec, out, shard=which, progress=progress, log=log, tables_only=tables_only)
     except errors as e:
         raise fail(str(e)) from None
+    if tables_only:
+        if not result.tables:
+            raise fail(f"{out}: no run of {config} is done yet, so there is no table to write")
+        log(f"tables and figures rewritten from the runs done ({result.total} run(s) in all):")
+        for path in result.tables:
+            log(f"  {path}")
+        return
     log(
         f"shard {shard}: {len(result.done)} run(s) done now, {len(result.skipped)} done before, "
         f"{len(result.locked)} locked by other processes, {len(result.failed)} failed (of {result.selected} "

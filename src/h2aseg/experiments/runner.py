@@ -72,8 +72,11 @@ def run_experiment(
     progress: bool = True,
     log: Log = print,
     callbacks: RunCallbacks | None = None,
+    tables_only: bool = False,
 ) -> ExperimentResult:
-    """Run this shard's runs of ``spec`` into ``out`` (see the module docstring); safe to rerun."""
+    """Run this shard's runs of ``spec`` into ``out`` (see the module docstring); safe to rerun.
+    ``tables_only``: run nothing, only rewrite the tables and redraw the figures from the runs done (after
+    shards on other machines were copied together, or after processes were stopped at a deadline)."""
     layout = Layout(Path(out))
     test_cases = steps.prepare_data(spec, layout)  # checks the dataset before writing anything
     atomic_write_text(layout.out / "experiment.yaml", spec.source.read_text(encoding="utf-8"))
@@ -81,12 +84,12 @@ def run_experiment(
     selected = select_shard(runs, shard)
     ctx = _Context(spec, layout, test_cases, len(runs), progress, log, callbacks)
     result = ExperimentResult(total=len(runs), selected=len(selected))
-    for run in selected:
+    for run in [] if tables_only else selected:
         outcome = _one_run(ctx, run)
         getattr(result, outcome).append(run.name)
     if any(read_done(layout, r) for r in runs):
         result.tables = write_tables(spec, layout)
-        if result.done or not (layout.out / "fig3.png").exists():  # Fig. 3 and Fig. 4 beside them
+        if tables_only or result.done or not (layout.out / "fig3.png").exists():  # Fig. 3, Fig. 4 beside
             result.tables += write_figures(spec, layout, test_cases, log)
     return result
 
