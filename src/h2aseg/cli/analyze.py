@@ -2,6 +2,7 @@
 
 - ``analyze tamw``: Table 3 (TAMW's PET/CT channel weights per depth) from an H2ASeg checkpoint;
 - ``analyze features``: Fig. 4 (the level-2 feature maps TAMW weights most), one or two checkpoints;
+- ``analyze mcsa``: how large MCSA's attention terms are against the features they are added to;
 - ``analyze overlays``: Fig. 3 (several methods' masks side by side on the same cases);
 - ``analyze runs``: several training runs' validation Dice against steps and training time;
 - ``analyze detection``: which ground-truth lesions each method finds, by SUVmax and by volume.
@@ -20,7 +21,7 @@ from h2aseg.cli.common import err_console, fail, progress_bar
 analyze_app = typer.Typer(
     name="analyze",
     help="Table 3 (TAMW weights), Fig. 4 (level-2 features), Fig. 3 (method overlays), run curves, "
-    "lesion detection by uptake and size.",
+    "lesion detection by uptake and size, MCSA attention scale.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -109,6 +110,42 @@ def features(
                 top_k=top_k,
                 view=view,  # type: ignore[arg-type]
                 on_case=lambda cid, _s: bar.update(task, advance=1, description=cid),
+            )
+    except _errors() as e:
+        raise fail(str(e)) from None
+    for p in paths:
+        err_console.print(f"wrote {p}", highlight=False)
+
+
+@analyze_app.command("mcsa")
+def mcsa(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="An H2ASeg checkpoint with MCSA."),
+    data: Path = typer.Option(..., "--data", help="The dataset folder (any supported layout)."),
+    out: Path = typer.Option(..., "--out", help="Output folder: mcsa_scale.md/.csv."),
+    cases: int | None = typer.Option(None, "--cases", help="At most this many cases (in case-id order)."),
+    split: str = typer.Option("test", "--split", help="test | val | train | all (as analyze tamw)."),
+    init: bool = typer.Option(
+        False, "--init", help="Measure the same network at its initialisation instead of its weights."
+    ),
+    assignments: list[str] = typer.Option([], "--set", help="Override a stored config field (infer.*)."),
+    progress: bool = PROGRESS,
+) -> None:
+    """How large MCSA's attention terms are against the features they are added to, per level."""
+    from h2aseg.analysis.mcsa_scale import analyze_mcsa
+
+    try:
+        with progress_bar("MCSA scale", progress) as bar:
+            task = bar.add_task("", total=None)
+            paths = analyze_mcsa(
+                checkpoint,
+                data,
+                out,
+                part=split,
+                limit=cases,
+                init=init,
+                overrides=assignments,
+                on_start=lambda n: bar.update(task, total=n),
+                on_case=lambda cid: bar.update(task, advance=1, description=cid),
             )
     except _errors() as e:
         raise fail(str(e)) from None

@@ -19,6 +19,8 @@ window is cubic with side ``min(window)`` (``pool_window``), not the attention w
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn as nn
 
@@ -55,7 +57,13 @@ class MCSA(nn.Module):
     ``pool_window`` (default: the window) sets the inter-window pooling, ``qk_channels`` the query/key
     width, ``combine`` the BDSA variant (:mod:`h2aseg.models.attention`), ``norm_act`` the released
     code's InstanceNorm -> PReLU after each stage (``IR_*``), ``align_corners`` the up-sampling.
+
+    ``probe`` (None by default; set per instance by :mod:`h2aseg.analysis.mcsa_scale`) is called on every
+    forward with the stage inputs and attention terms: ``probe(self, (E_ct, E_pet), (inter_ct, inter_pet),
+    (Ê_ct, Ê_pet), (intra_ct, intra_pet))``, the terms before they are added (and before any norm).
     """
+
+    probe: Callable[..., None] | None = None
 
     def __init__(
         self,
@@ -93,14 +101,15 @@ class MCSA(nn.Module):
         e_pet_p = pad_to_multiple(e_pet, self.pool_window)  # type: ignore[arg-type]
         tok_ct, tok_pet = self.inter_window_attention(self.win_merge_ct(e_ct_p), self.win_merge_pet(e_pet_p))
         size = tuple(e_ct_p.shape[2:])
-        up_ct = upsample(tok_ct, size, self.align_corners)
-        up_pet = upsample(tok_pet, size, self.align_corners)
-        e_hat_ct = e_ct + up_ct[..., :sx, :sy, :sz]
-        e_hat_pet = e_pet + up_pet[..., :sx, :sy, :sz]
+        up_ct = upsample(tok_ct, size, self.align_corners)[..., :sx, :sy, :sz]
+        up_pet = upsample(tok_pet, size, self.align_corners)[..., :sx, :sy, :sz]
+        e_hat_ct, e_hat_pet = e_ct + up_ct, e_pet + up_pet
         if self.norm_act:
             e_hat_ct, e_hat_pet = self.IR_ct1(e_hat_ct), self.IR_pet1(e_hat_pet)
         # intra-window: window partition, BDSA inside each window, window reconstruction
         loc_ct, loc_pet = self.intra_window_attention(e_hat_ct, e_hat_pet)
+        if self.probe is not None:
+            self.probe(self, (e_ct, e_pet), (up_ct, up_pet), (e_hat_ct, e_hat_pet), (loc_ct, loc_pet))
         f_ct, f_pet = e_hat_ct + loc_ct, e_hat_pet + loc_pet
         if self.norm_act:
             f_ct, f_pet = self.IR_ct2(f_ct), self.IR_pet2(f_pet)
