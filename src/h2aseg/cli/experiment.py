@@ -2,11 +2,33 @@
 
 from __future__ import annotations
 
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
 
 from h2aseg.cli.common import err_console, fail
+
+#: Exit status of an invocation stopped by Ctrl-C or SIGTERM (128 + SIGINT, as shells report it).
+STOPPED = 130
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (``kill``, ``timeout``, a cluster's time limit) stops the invocation as Ctrl-C does: the
+    run's lock is released, nnU-Net's processes are stopped with it, and the next invocation continues the
+    run from its last checkpoint. The previous handler is restored afterwards."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def experiment(
@@ -46,9 +68,15 @@ def experiment(
             for line in plan_lines(spec, out, which):
                 typer.echo(line)
             return
-        result = run_experiment(spec, out, shard=which, progress=progress, log=log, tables_only=tables_only)
+        with sigterm_as_interrupt():
+            result = run_experiment(
+                spec, out, shard=which, progress=progress, log=log, tables_only=tables_only
+            )
     except errors as e:
         raise fail(str(e)) from None
+    except KeyboardInterrupt:
+        log(f"stopped; the same command continues where this one stopped ({out})")
+        raise typer.Exit(code=STOPPED) from None
     if tables_only:
         if not result.tables:
             raise fail(f"{out}: no run of {config} is done yet, so there is no table to write")

@@ -247,7 +247,7 @@ def train(layout: Layout, settings: NnunetSettings, run_dir: Path, heartbeat: He
         "-tr", settings.trainer, "-p", settings.plans, "-device", resolve_device(settings), "--c",
     ]  # fmt: skip
     env = environment(layout, run_dir / "nnUNet_results", settings)
-    before = _train_seconds(state)
+    before = _train_seconds(state) or 0.0
     start = time.perf_counter()
     try:
         run_command(cmd, env, run_dir / "nnunet_train.log", heartbeat)
@@ -260,9 +260,14 @@ def train(layout: Layout, settings: NnunetSettings, run_dir: Path, heartbeat: He
     return "trained" if not resumed else "resumed from nnU-Net's last checkpoint"
 
 
-def _write_finished(run_dir: Path, seconds: float, settings: NnunetSettings, final: Path) -> None:
-    """``finished.json`` as h2aseg's trainer writes it (the cost table reads ``seconds``)."""
-    doc = {"seconds": round(seconds, 3), "trainer": settings.trainer, "checkpoint": str(final)}
+def _write_finished(run_dir: Path, seconds: float | None, settings: NnunetSettings, final: Path) -> None:
+    """``finished.json`` as h2aseg's trainer writes it (the cost table reads ``seconds``; null when the
+    training time is unknown, and the table leaves that run out of its mean)."""
+    doc = {
+        "seconds": None if seconds is None else round(seconds, 3),
+        "trainer": settings.trainer,
+        "checkpoint": str(final),
+    }
     atomic_write_text(run_dir / "finished.json", json.dumps(doc, indent=2) + "\n")
 
 
@@ -306,7 +311,9 @@ def predict(
     return [seconds / len(pending)] * len(pending) if pending else []
 
 
-def _train_seconds(state: Path) -> float:
-    """nnUNetv2_train wall time of earlier invocations (``nnunet_state.json``; 0 when there is none)."""
+def _train_seconds(state: Path) -> float | None:
+    """nnUNetv2_train wall time of earlier invocations (``nnunet_state.json``); None when it was not
+    recorded (no invocation yet, or one killed without a chance to write it)."""
     doc = read_json(state)
-    return float(doc.get("train_seconds", 0.0)) if isinstance(doc, dict) else 0.0
+    value = doc.get("train_seconds") if isinstance(doc, dict) else None
+    return float(value) if value is not None else None
