@@ -12,6 +12,7 @@ See docs/analysis.md.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import typer
@@ -34,6 +35,24 @@ def _errors() -> tuple[type[Exception], ...]:
     from h2aseg.errors import H2ASegError
 
     return (H2ASegError, OSError)
+
+
+def _over_cases(
+    title: str, progress: bool, run: Callable[[Callable[[int], None], Callable[[str], None]], list[Path]]
+) -> None:
+    """Run a per-case analysis under a progress bar (``run(start, advance)``: ``start(n)`` once the cases
+    are known, ``advance(case_id)`` after each); print what it wrote; its errors as one line."""
+    try:
+        with progress_bar(title, progress) as bar:
+            task = bar.add_task("", total=None)
+            paths = run(
+                lambda n: bar.update(task, total=n),
+                lambda cid: bar.update(task, advance=1, description=cid),
+            )
+    except _errors() as e:
+        raise fail(str(e)) from None
+    for p in paths:
+        err_console.print(f"wrote {p}", highlight=False)
 
 
 @analyze_app.command("tamw")
@@ -62,24 +81,21 @@ def tamw(
     """Table 3: mean TAMW foreground/background weight (x100) of the PET and CT channels per depth."""
     from h2aseg.analysis.tamw_run import analyze_tamw
 
-    try:
-        with progress_bar("TAMW weights", progress) as bar:
-            task = bar.add_task("", total=None)
-            paths = analyze_tamw(
-                checkpoint,
-                data,
-                out,
-                part=split,
-                limit=cases,
-                weighting=weighting,  # type: ignore[arg-type]
-                overrides=assignments,
-                on_start=lambda n: bar.update(task, total=n),
-                on_case=lambda cid, _s: bar.update(task, advance=1, description=cid),
-            )
-    except _errors() as e:
-        raise fail(str(e)) from None
-    for p in paths:
-        err_console.print(f"wrote {p}", highlight=False)
+    _over_cases(
+        "TAMW weights",
+        progress,
+        lambda start, advance: analyze_tamw(
+            checkpoint,
+            data,
+            out,
+            part=split,
+            limit=cases,
+            weighting=weighting,  # type: ignore[arg-type]
+            overrides=assignments,
+            on_start=start,
+            on_case=lambda cid, _s: advance(cid),
+        ),
+    )
 
 
 @analyze_app.command("features")
@@ -133,24 +149,21 @@ def mcsa(
     """How large MCSA's attention terms are against the features they are added to, per level."""
     from h2aseg.analysis.mcsa_scale import analyze_mcsa
 
-    try:
-        with progress_bar("MCSA scale", progress) as bar:
-            task = bar.add_task("", total=None)
-            paths = analyze_mcsa(
-                checkpoint,
-                data,
-                out,
-                part=split,
-                limit=cases,
-                init=init,
-                overrides=assignments,
-                on_start=lambda n: bar.update(task, total=n),
-                on_case=lambda cid: bar.update(task, advance=1, description=cid),
-            )
-    except _errors() as e:
-        raise fail(str(e)) from None
-    for p in paths:
-        err_console.print(f"wrote {p}", highlight=False)
+    _over_cases(
+        "MCSA scale",
+        progress,
+        lambda start, advance: analyze_mcsa(
+            checkpoint,
+            data,
+            out,
+            part=split,
+            limit=cases,
+            init=init,
+            overrides=assignments,
+            on_start=start,
+            on_case=advance,
+        ),
+    )
 
 
 def parse_pred(text: str) -> tuple[str, Path]:
