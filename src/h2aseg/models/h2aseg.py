@@ -197,6 +197,9 @@ class H2ASeg(nn.Module):
         gradient_checkpointing: recompute block activations in backward (less memory, more compute):
             ``True`` for every level, or the levels to checkpoint, e.g. ``(1,)`` for the full-resolution
             level alone, which holds most of the activations.
+        mcsa_term_norm: (ours, off by default) MCSA's attention terms normalised and scaled by learned
+            gains that start at zero (:class:`~h2aseg.models.mcsa.MCSA` ``term_norm``);
+            ``--set model.extra.mcsa_term_norm=true``.
     """
 
     def __init__(
@@ -214,6 +217,7 @@ class H2ASeg(nn.Module):
         qk_reduction: int | None = None,
         attention: str = "sdpa",
         gradient_checkpointing: bool | Sequence[int] = False,
+        mcsa_term_norm: bool = False,
     ) -> None:
         super().__init__()
         released = variant == "released"
@@ -251,6 +255,7 @@ class H2ASeg(nn.Module):
                     align_corners=released,
                     attn_dropout=attn_dropout,
                     dropout=attn_dropout if released else 0.0,
+                    term_norm=mcsa_term_norm,
                 )
             if released:  # plain global bi-directional attention with a residual after levels 4 and 5
                 for k in (4, 5):

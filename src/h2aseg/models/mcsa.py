@@ -23,6 +23,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from h2aseg.models.attention import (
     BiDirectionalSpatialAttention,
@@ -58,9 +59,15 @@ class MCSA(nn.Module):
     width, ``combine`` the BDSA variant (:mod:`h2aseg.models.attention`), ``norm_act`` the released
     code's InstanceNorm -> PReLU after each stage (``IR_*``), ``align_corners`` the up-sampling.
 
+    ``term_norm`` (ours; neither the paper nor the released code): each of the four attention terms is
+    normalised (group norm with one group, no affine) and multiplied by a learned per-channel gain that
+    starts at zero (``gain``: rows inter CT, inter PET, intra CT, intra PET) before it is added. MCSA then
+    starts as the identity and its terms stay within a learned multiple of unit scale, where the plain
+    terms outgrow the features they are added to (``docs/results.md``, ``h2aseg analyze mcsa``).
+
     ``probe`` (None by default; set per instance by :mod:`h2aseg.analysis.mcsa_scale`) is called on every
     forward with the stage inputs and attention terms: ``probe(self, (E_ct, E_pet), (inter_ct, inter_pet),
-    (Ê_ct, Ê_pet), (intra_ct, intra_pet))``, the terms before they are added (and before any norm).
+    (Ê_ct, Ê_pet), (intra_ct, intra_pet))``, the terms as they are added (before any norm of the sum).
     """
 
     probe: Callable[..., None] | None = None
@@ -77,6 +84,7 @@ class MCSA(nn.Module):
         align_corners: bool = False,
         attn_dropout: float = 0.0,
         dropout: float = 0.0,
+        term_norm: bool = False,
     ) -> None:
         super().__init__()
         self.window = tuple(window)
@@ -92,6 +100,15 @@ class MCSA(nn.Module):
             self.IR_ct1, self.IR_pet1 = NormAct(channels), NormAct(channels)
             self.IR_ct2, self.IR_pet2 = NormAct(channels), NormAct(channels)
         self.align_corners = align_corners
+        self.term_norm = term_norm
+        if term_norm:
+            self.gain = nn.Parameter(torch.zeros(4, channels))
+
+    def _term(self, t: torch.Tensor, i: int) -> torch.Tensor:
+        """The attention term as it is added: itself, or normalised and scaled by ``gain[i]``."""
+        if not self.term_norm:
+            return t
+        return F.group_norm(t, 1) * self.gain[i].view(1, -1, 1, 1, 1)
 
     def forward(self, e_ct: torch.Tensor, e_pet: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``E_ct, E_pet``: ``(B, C, X, Y, Z)`` -> ``(F_ct, F_pet)`` of the same shape."""
@@ -101,13 +118,14 @@ class MCSA(nn.Module):
         e_pet_p = pad_to_multiple(e_pet, self.pool_window)  # type: ignore[arg-type]
         tok_ct, tok_pet = self.inter_window_attention(self.win_merge_ct(e_ct_p), self.win_merge_pet(e_pet_p))
         size = tuple(e_ct_p.shape[2:])
-        up_ct = upsample(tok_ct, size, self.align_corners)[..., :sx, :sy, :sz]
-        up_pet = upsample(tok_pet, size, self.align_corners)[..., :sx, :sy, :sz]
+        up_ct = self._term(upsample(tok_ct, size, self.align_corners)[..., :sx, :sy, :sz], 0)
+        up_pet = self._term(upsample(tok_pet, size, self.align_corners)[..., :sx, :sy, :sz], 1)
         e_hat_ct, e_hat_pet = e_ct + up_ct, e_pet + up_pet
         if self.norm_act:
             e_hat_ct, e_hat_pet = self.IR_ct1(e_hat_ct), self.IR_pet1(e_hat_pet)
         # intra-window: window partition, BDSA inside each window, window reconstruction
         loc_ct, loc_pet = self.intra_window_attention(e_hat_ct, e_hat_pet)
+        loc_ct, loc_pet = self._term(loc_ct, 2), self._term(loc_pet, 3)
         if self.probe is not None:
             self.probe(self, (e_ct, e_pet), (up_ct, up_pet), (e_hat_ct, e_hat_pet), (loc_ct, loc_pet))
         f_ct, f_pet = e_hat_ct + loc_ct, e_hat_pet + loc_pet

@@ -1,0 +1,51 @@
+"""MCSA's ``term_norm`` option (ours): identity at initialisation, terms at a learned multiple of unit
+scale, gradients reach the gains; off by default, so the paper and released networks are unchanged."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from h2aseg.config import load_config
+from h2aseg.models.factory import build_from_config
+from h2aseg.models.mcsa import MCSA
+
+TINY = ["model.channels=[4,8,8,8,8]", "model.window_size=[4,4,2]"]
+
+
+def test_starts_as_the_identity_and_gains_get_gradients() -> None:
+    torch.manual_seed(0)
+    mcsa = MCSA(6, (4, 4, 2), term_norm=True)
+    ct, pet = torch.randn(2, 6, 8, 8, 4), torch.randn(2, 6, 8, 8, 4)
+    f_ct, f_pet = mcsa(ct, pet)
+    torch.testing.assert_close(f_ct, ct, rtol=0, atol=0)
+    torch.testing.assert_close(f_pet, pet, rtol=0, atol=0)
+    (f_ct.square().sum() + (f_pet * torch.randn_like(f_pet)).sum()).backward()
+    assert mcsa.gain.grad is not None and bool((mcsa.gain.grad != 0).all())
+
+
+def test_added_terms_are_the_gain_times_unit_scale() -> None:
+    torch.manual_seed(1)
+    mcsa = MCSA(6, (4, 4, 2), term_norm=True)
+    with torch.no_grad():
+        mcsa.gain.fill_(2.0)
+        for direction in (mcsa.inter_window_attention.sa_ct, mcsa.intra_window_attention.sa.sa_pet):
+            direction.out.weight.mul_(1000.0)  # a term that would otherwise be 1000 times larger
+    terms: list[torch.Tensor] = []
+    mcsa.probe = lambda _m, _e, inter, _h, intra: terms.extend([*inter, *intra])
+    with torch.no_grad():
+        mcsa(torch.randn(1, 6, 8, 8, 4), torch.randn(1, 6, 8, 8, 4))
+    for t in terms:  # group norm (one group) then x 2: root mean square 2 (up to eps), whatever the raw scale
+        assert math.isclose(float(t.square().mean().sqrt()), 2.0, rel_tol=1e-2)
+
+
+def test_off_by_default_and_reachable_from_the_config() -> None:
+    plain = build_from_config(load_config("synthetic", TINY).model)
+    assert not any("gain" in k for k in plain.state_dict())
+    cfg = load_config("synthetic", [*TINY, "model.extra.mcsa_term_norm=true"])
+    model = build_from_config(cfg.model)
+    gains = [k for k in model.state_dict() if k.endswith(".gain")]
+    assert gains == [f"encoder.sa{k}.gain" for k in (2, 3, 4, 5)]
+    out = model(torch.rand(1, 2, 32, 32, 32))
+    assert out[0].shape == (1, 1, 32, 32, 32) and bool(torch.isfinite(out[0]).all())
