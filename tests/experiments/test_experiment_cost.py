@@ -19,3 +19,26 @@ def test_cpu_probe_runs_in_a_fresh_process_and_sees_the_memory() -> None:
     here = measure_cost(cfg, fresh_process=False)
     assert "fresh" not in here["memory_kind"] and here["params"] == fresh["params"]
     assert here["gflop"] == fresh["gflop"]
+
+
+def _probe_nothing() -> float:
+    from h2aseg.experiments.cost import MemoryProbe
+
+    probe = MemoryProbe(torch.device("cpu"))
+    probe.start()
+    return probe.stop()
+
+
+def test_spawned_probe_does_not_count_the_parents_memory() -> None:
+    """getrusage's max RSS of a spawned process starts at its forked parent's RSS; the probe must not
+    report that as the network's memory."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    import numpy as np
+
+    ballast = np.ones(400 * 2**20 // 8)  # 400 MiB resident in this (the parent) process
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        rise = pool.submit(_probe_nothing).result()
+    assert ballast.sum() > 0
+    assert rise < 50, f"{rise:.0f} MiB for a probe that allocated nothing"

@@ -9,10 +9,10 @@
   schedule's batch (``train.batch_size`` x ``data.crops_per_case`` patches) and precision
   (``train.amp``); the second of two steps (the first warms up allocators and the optimizer state);
 * **peak memory** of those steps over what was allocated before the network was built: on CUDA
-  ``torch.cuda.max_memory_allocated``; on a CPU the rise of the process's max RSS
-  (``resource.getrusage``), with the peak first reset through ``/proc/self/clear_refs`` where Linux
-  allows it (otherwise the figure is a lower bound, and says so). On a CPU the probe runs in a freshly
-  spawned process: in a process that has already trained or probed another network, the allocator
+  ``torch.cuda.max_memory_allocated``; on a CPU the rise of the process's peak RSS (``VmHWM``), with
+  the peak first reset through ``/proc/self/clear_refs`` where Linux allows it (otherwise the rise of
+  ``resource.getrusage``'s max RSS, a lower bound, and the figure says so). On a CPU the probe runs in a
+  freshly spawned process: in a process that has already trained or probed another network, the allocator
   reuses pages it kept, the RSS does not rise, and the figure would be too low (down to 0).
 
 The whole-case prediction time comes from the runs' predict step (``timing.json``), not from here.
@@ -38,6 +38,7 @@ class MemoryProbe:
         self.device = device
         self.kind = ""
         self.base = 0.0
+        self.hwm = False
 
     def start(self) -> None:
         if self.device.type == "cuda":
@@ -48,9 +49,10 @@ class MemoryProbe:
             return
         reset = _reset_peak_rss()
         current = _current_rss_mib()
-        if reset and current is not None:
+        self.hwm = reset and current is not None and _peak_rss_mib() is not None
+        if self.hwm and current is not None:
             self.base = current
-            self.kind = "CPU: rise of the process's max RSS (getrusage; peak reset via /proc/self/clear_refs)"
+            self.kind = "CPU: rise of the process's peak RSS (VmHWM, reset via /proc/self/clear_refs)"
         else:
             self.base = _max_rss_mib()
             self.kind = "CPU: rise of the process's max RSS (getrusage; a lower bound: peak not reset)"
@@ -59,7 +61,21 @@ class MemoryProbe:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             return torch.cuda.max_memory_allocated(self.device) / 2**20 - self.base
-        return max(0.0, _max_rss_mib() - self.base)
+        peak = _peak_rss_mib() if self.hwm else None
+        return max(0.0, (peak if peak is not None else _max_rss_mib()) - self.base)
+
+
+def _peak_rss_mib() -> float | None:
+    """The process's peak RSS since the last reset (``VmHWM`` of ``/proc/self/status``, MiB); None where
+    there is none. Not ``getrusage``: its ``ru_maxrss`` keeps the peak of the process image replaced by
+    ``exec``, so in a spawned process it starts at the RSS of the (forked copy of the) parent."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**10  # kB
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def _max_rss_mib() -> float:
