@@ -170,7 +170,7 @@ def test_cost_table_has_a_row_per_network_method(story: Story) -> None:
     for row in rows:
         cells = [c.strip() for c in row.split("|")[3:-1]]
         assert len(cells) == 6 and "–" not in cells and "(n=4)" in cells[4]  # 2 runs x 2 test cases
-    assert "FlopCounterMode" in text and "max RSS" in text
+    assert "FlopCounterMode" in text and "peak RSS (VmHWM" in text
     cost = json.loads((story.out / "cost" / "full.json").read_text())
     assert cost["params"] > 0 and cost["gflop"] > 0 and cost["patch"] == [32, 32, 32]
 
