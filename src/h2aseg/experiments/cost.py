@@ -23,6 +23,7 @@ from __future__ import annotations
 import resource
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ class MemoryProbe:
         self.device = device
         self.kind = ""
         self.base = 0.0
-        self.hwm = False
+        self.peak: Callable[[], float | None] = _max_rss_mib  # the CPU reading stop() compares with base
 
     def start(self) -> None:
         if self.device.type == "cuda":
@@ -47,22 +48,19 @@ class MemoryProbe:
             self.base = torch.cuda.memory_allocated(self.device) / 2**20
             self.kind = "CUDA max_memory_allocated, over what was allocated before"
             return
-        reset = _reset_peak_rss()
-        current = _current_rss_mib()
-        self.hwm = reset and current is not None and _peak_rss_mib() is not None
-        if self.hwm and current is not None:
-            self.base = current
+        peak = _peak_rss_mib() if _reset_peak_rss() else None  # right after the reset: the current RSS
+        if peak is not None:
+            self.base, self.peak = peak, _peak_rss_mib
             self.kind = "CPU: rise of the process's peak RSS (VmHWM, reset via /proc/self/clear_refs)"
         else:
-            self.base = _max_rss_mib()
+            self.base, self.peak = _max_rss_mib(), _max_rss_mib
             self.kind = "CPU: rise of the process's max RSS (getrusage; a lower bound: peak not reset)"
 
     def stop(self) -> float:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             return torch.cuda.max_memory_allocated(self.device) / 2**20 - self.base
-        peak = _peak_rss_mib() if self.hwm else None
-        return max(0.0, (peak if peak is not None else _max_rss_mib()) - self.base)
+        return max(0.0, (self.peak() or 0.0) - self.base)
 
 
 def _peak_rss_mib() -> float | None:
@@ -81,14 +79,6 @@ def _peak_rss_mib() -> float | None:
 def _max_rss_mib() -> float:
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 2**20 if sys.platform == "darwin" else rss / 2**10  # bytes on macOS, KiB on Linux
-
-
-def _current_rss_mib() -> float | None:
-    try:
-        pages = int(Path("/proc/self/statm").read_text().split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return pages * resource.getpagesize() / 2**20
 
 
 def _reset_peak_rss() -> bool:
