@@ -236,4 +236,11 @@ def test_tables_only_without_a_done_run_is_an_error(story: Story, tmp_path: Path
     args = ["experiment", "--config", str(story.config), "--out", str(tmp_path / "empty"), "--tables-only"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code != 0
-    assert "no run of" in result.output and "is done yet" in result.output
+    assert "no split.json, so no run of this experiment has been done there" in result.output
+    assert not (tmp_path / "empty").exists()  # read-only: a mistyped --out is not created
+    split_only = tmp_path / "split_only"  # a split but no run: nothing to tabulate
+    split_only.mkdir()
+    shutil.copy(story.out / "split.json", split_only / "split.json")
+    result = CliRunner().invoke(app, [*args[:4], str(split_only), "--tables-only"])
+    assert result.exit_code != 0 and "no run of" in result.output and "is done yet" in result.output
+    assert sorted(p.name for p in split_only.iterdir()) == ["split.json", "test_cases.csv"]

@@ -83,7 +83,7 @@ class ScaleRecorder:
 
     def __exit__(self, *exc: object) -> None:
         for m in self.modules.values():
-            m.__dict__.pop("probe", None)  # back to the class default (None)
+            m.probe = None
 
     def _probe(self, name: str) -> Callable[..., None]:
         def probe(_m: MCSA, inputs: Any, inter: Any, hat: Any, intra: Any) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from h2aseg.config import Config
 from h2aseg.data.layouts import Case
+from h2aseg.errors import InputError
 from h2aseg.experiments import nnunet, steps
 from h2aseg.experiments.locks import Heartbeat, RunLock
 from h2aseg.experiments.plan import (
@@ -78,8 +79,11 @@ def run_experiment(
     ``tables_only``: run nothing, only rewrite the tables and redraw the figures from the runs done (after
     shards on other machines were copied together, or after processes were stopped at a deadline)."""
     layout = Layout(Path(out))
+    if tables_only and not layout.split.is_file():  # read-only: nothing is written where nothing ran
+        raise InputError(f"{layout.out}: no split.json, so no run of this experiment has been done there")
     test_cases = steps.prepare_data(spec, layout)  # checks the dataset before writing anything
-    atomic_write_text(layout.out / "experiment.yaml", spec.source.read_text(encoding="utf-8"))
+    if not tables_only:
+        atomic_write_text(layout.out / "experiment.yaml", spec.source.read_text(encoding="utf-8"))
     runs = plan_runs(spec)
     selected = select_shard(runs, shard)
     ctx = _Context(spec, layout, test_cases, len(runs), progress, log, callbacks)
