@@ -49,3 +49,21 @@ def test_off_by_default_and_reachable_from_the_config() -> None:
     assert gains == [f"encoder.sa{k}.gain" for k in (2, 3, 4, 5)]
     out = model(torch.rand(1, 2, 32, 32, 32))
     assert out[0].shape == (1, 1, 32, 32, 32) and bool(torch.isfinite(out[0]).all())
+
+
+def test_norm_act_follows_the_variant_unless_set() -> None:
+    """``mcsa_norm_act``: off for the paper variant, on for the released one, settable for either."""
+
+    def norm_keys(overrides: list[str]) -> list[str]:
+        model = build_from_config(load_config("synthetic", [*TINY, *overrides]).model)
+        return sorted({k.split(".")[1] for k in model.state_dict() if ".IR_ct1." in k or ".IR_pet2." in k})
+
+    assert norm_keys([]) == []  # the paper variant: identity residuals only
+    assert norm_keys(["model.extra.mcsa_norm_act=true"]) == ["sa2", "sa3", "sa4", "sa5"]
+    cfg = load_config("synthetic", [*TINY, "model.extra.mcsa_norm_act=true"])
+    model = build_from_config(cfg.model).eval()
+    mcsa = model.encoder.sa2
+    assert mcsa.norm_act and all(hasattr(mcsa, n) for n in ("IR_ct1", "IR_pet1", "IR_ct2", "IR_pet2"))
+    with torch.no_grad():
+        out = model(torch.rand(1, 2, 32, 32, 32))
+    assert bool(torch.isfinite(out).all())

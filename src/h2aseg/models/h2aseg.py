@@ -200,6 +200,10 @@ class H2ASeg(nn.Module):
         mcsa_term_norm: (ours, off by default) MCSA's attention terms normalised and scaled by learned
             gains that start at zero (:class:`~h2aseg.models.mcsa.MCSA` ``term_norm``);
             ``--set model.extra.mcsa_term_norm=true``.
+        mcsa_norm_act: InstanceNorm -> PReLU after each MCSA stage (:class:`~h2aseg.models.mcsa.MCSA`
+            ``norm_act``). Default: the variant's (released: on, as in the authors' code; paper: off, the
+            paper names no normalisation there). ``--set model.extra.mcsa_norm_act=true`` gives the paper
+            variant the released code's normalisation (the controlled study of ``docs/results.md``).
     """
 
     def __init__(
@@ -218,6 +222,7 @@ class H2ASeg(nn.Module):
         attention: str = "sdpa",
         gradient_checkpointing: bool | Sequence[int] = False,
         mcsa_term_norm: bool = False,
+        mcsa_norm_act: bool | None = None,
     ) -> None:
         super().__init__()
         released = variant == "released"
@@ -239,6 +244,7 @@ class H2ASeg(nn.Module):
             attention,
         )
         qk_reduction = qk_reduction or (4 if released else 1)
+        mcsa_norm_act = released if mcsa_norm_act is None else bool(mcsa_norm_act)
         channels = [int(c) for c in channels]
 
         attn: dict[int, nn.Module] = {}
@@ -251,7 +257,7 @@ class H2ASeg(nn.Module):
                     pool_window=(min(windows[k]),) * 3 if released else None,
                     qk_channels=max(1, c // qk_reduction),
                     combine="mean" if released else "concat",
-                    norm_act=released,
+                    norm_act=mcsa_norm_act,
                     align_corners=released,
                     attn_dropout=attn_dropout,
                     dropout=attn_dropout if released else 0.0,
