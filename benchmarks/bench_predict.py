@@ -41,8 +41,8 @@ def main() -> None:
 
     from h2aseg.config import load_config
     from h2aseg.data.io import write_volume
+    from h2aseg.hardware import resolve_device
     from h2aseg.inference.predictor import Predictor
-    from h2aseg.inference.sliding import resolve_device
     from h2aseg.models.factory import build_from_config
     from h2aseg.synth import synth_case
 

@@ -1,5 +1,5 @@
 """h2aseg.hardware: bf16 detection (PyTorch's answer and the /proc/cpuinfo fallback), the float32 fallback of
-bf16 autocast on CPUs without it, and the allocator settings."""
+bf16 autocast on CPUs without it, the device setting, and the allocator settings."""
 
 from __future__ import annotations
 
@@ -10,16 +10,15 @@ import pytest
 import torch
 
 from h2aseg import hardware
-from h2aseg.inference import sliding
 
 
 @pytest.fixture(autouse=True)
 def _fresh_cache():
     hardware.cpu_has_bf16.cache_clear()
-    sliding._warn_no_bf16.cache_clear()
+    hardware._warn_no_bf16.cache_clear()
     yield
     hardware.cpu_has_bf16.cache_clear()
-    sliding._warn_no_bf16.cache_clear()
+    hardware._warn_no_bf16.cache_clear()
 
 
 def test_cpuinfo_flags_are_parsed(tmp_path: Path) -> None:
@@ -51,25 +50,25 @@ def test_torch_answer_is_a_bool_or_none() -> None:
 
 
 def test_bf16_autocast_falls_back_to_float32_without_native_bf16(monkeypatch) -> None:
-    monkeypatch.setattr(sliding, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: False)
     conv = torch.nn.Conv3d(1, 2, 3, padding=1)
     x = torch.randn(1, 1, 4, 4, 4)
     with (
         pytest.warns(RuntimeWarning, match="no native bf16"),
-        sliding.autocast_context("bf16", torch.device("cpu")),
+        hardware.autocast_context("bf16", torch.device("cpu")),
     ):
         y = conv(x)
     assert y.dtype == torch.float32
     with warnings.catch_warnings():  # warned once per process, not at every step
         warnings.simplefilter("error")
-        with sliding.autocast_context("bf16", torch.device("cpu")):
+        with hardware.autocast_context("bf16", torch.device("cpu")):
             conv(x)
 
 
 def test_bf16_autocast_is_used_where_native(monkeypatch) -> None:
-    monkeypatch.setattr(sliding, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: True)
     conv = torch.nn.Conv3d(1, 2, 3, padding=1)
-    with sliding.autocast_context("bf16", torch.device("cpu")):
+    with hardware.autocast_context("bf16", torch.device("cpu")):
         y = conv(torch.randn(1, 1, 4, 4, 4))
     assert y.dtype == torch.bfloat16
 

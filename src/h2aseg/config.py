@@ -3,11 +3,18 @@
 A run is described by :class:`Config` (``data``, ``model``, ``train``, ``infer``). Presets live in
 ``h2aseg/presets/*.yaml`` and hold only the fields that differ from the defaults below. Every CLI flag
 maps to one dotted field (``--set train.epochs=5`` sets ``Config.train.epochs``).
+
+Every field is checked where a config is built, before any case is read: its type, the choices of an
+option (``Literal``), the range of a number (:class:`Bounds`, declared in the field's metadata). Other
+strings (``model.name``, ``*.device``, paths) are checked where they are used; ``model.extra`` is passed
+to the network, which checks it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -41,6 +48,78 @@ class ConfigError(H2ASegError):
     """A configuration value, file or override is invalid; the message names it."""
 
 
+BOUNDS = "bounds"  # the field metadata key of a numeric field's Bounds
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The allowed values of a numeric field, or of each number of a tuple field; always finite.
+
+    Declared next to the field (``overlap: float = field(default=0.5, metadata=BELOW_1.meta)``) and checked
+    wherever a config is built (:meth:`Config.from_dict`, so also :func:`load_config` and
+    :meth:`Config.override`) or handed over (:func:`check_section`). ``None`` and ``true``/``false`` stay
+    allowed where the field's type allows them.
+    """
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    increasing: bool = False  # a (low, high) pair: high > low
+    total: float | None = None  # the numbers sum to this (within 1e-6)
+
+    @property
+    def meta(self) -> dict[str, Bounds]:
+        """The field metadata that declares these bounds."""
+        return {BOUNDS: self}
+
+    def admits(self, values: tuple[float, ...]) -> bool:
+        in_range = all(self._admits_one(v) for v in values)
+        ordered = not self.increasing or all(b > a for a, b in itertools.pairwise(values))
+        summed = self.total is None or math.isclose(sum(values), self.total, abs_tol=1e-6)
+        return in_range and ordered and summed
+
+    def _admits_one(self, v: float) -> bool:
+        return (
+            math.isfinite(v)
+            and (self.ge is None or v >= self.ge)
+            and (self.gt is None or v > self.gt)
+            and (self.le is None or v <= self.le)
+            and (self.lt is None or v < self.lt)
+        )
+
+    def interval(self) -> str:
+        """``in [0, 1)``, ``> 0``, ``>= 1``, ... (empty when each number may be any finite one)."""
+        lo, lo_closed = (self.ge, True) if self.ge is not None else (self.gt, False)
+        hi, hi_closed = (self.le, True) if self.le is not None else (self.lt, False)
+        if lo is not None and hi is not None:
+            return f"in {'[' if lo_closed else '('}{lo:g}, {hi:g}{']' if hi_closed else ')'}"
+        if lo is not None:
+            return f"{'>=' if lo_closed else '>'} {lo:g}"
+        if hi is not None:
+            return f"{'<=' if hi_closed else '<'} {hi:g}"
+        return ""
+
+    def describe(self, many: bool) -> str:
+        """What a value must be: ``> 0``; for a tuple e.g. ``values in [0, 1] summing to 1``."""
+        interval = self.interval()
+        parts = [f"values {interval}" if many else interval] if interval else []
+        if self.increasing:
+            parts.append("(low, high) with high > low")
+        if self.total is not None:
+            parts.append(f"summing to {self.total:g}")
+        return " ".join(parts)
+
+
+POSITIVE = Bounds(gt=0)
+NON_NEGATIVE = Bounds(ge=0)
+AT_LEAST_1 = Bounds(ge=1)
+UNIT = Bounds(ge=0, le=1)  # a probability or a share
+BELOW_1 = Bounds(ge=0, lt=1)  # a share that must leave something (dropout, window overlap)
+LEVEL = Bounds(ge=1, le=5)  # an H2ASeg resolution level
+WINDOW = Bounds(increasing=True)  # an intensity window (low, high)
+
+
 @dataclass
 class DataConfig:
     """Where the cases are and how they become tensors (layout, geometry, intensities, patches)."""
@@ -48,35 +127,43 @@ class DataConfig:
     root: str | None = None
     layout: Layout = "auto"
     swap_channels: bool = False  # nnU-Net layout with _0000 = PET, _0001 = CT (autoPET I baseline order)
-    target_spacing: FloatTriple | None = None  # mm; None keeps the CT grid
-    ct_window: tuple[float, float] = (-1000.0, 1000.0)  # HU clipped, then scaled to [0, 1]
-    pet_window: tuple[float, float] = (0.0, 20.0)  # SUV clipped, then scaled to [0, 1]
+    target_spacing: FloatTriple | None = field(default=None, metadata=POSITIVE.meta)  # mm; None: the CT grid
+    # HU, and SUV, clipped to the window, then scaled to [0, 1]
+    ct_window: tuple[float, float] = field(default=(-1000.0, 1000.0), metadata=WINDOW.meta)
+    pet_window: tuple[float, float] = field(default=(0.0, 20.0), metadata=WINDOW.meta)
     label_mode: LabelMode = "binary"  # binary: GTVp + GTVn merged, as the paper
-    num_label_classes: int = 1  # foreground classes in the label files (HECKTOR: 2)
-    patch_size: Triple = (128, 128, 64)  # paper
-    crops_per_case: int = 2  # released code (2 cases x 2 crops per step)
-    pos_fraction: float = 0.5  # released code: positive : negative crops = 1 : 1
-    pos_jitter: float = 0.0  # 0: a positive crop is centred on a lesion voxel (released code); j > 0: on a
-    # lesion voxel moved by up to j x half the patch per axis, so lesions also appear near crop faces (ours)
+    # foreground classes in the label files (HECKTOR: 2)
+    num_label_classes: int = field(default=1, metadata=AT_LEAST_1.meta)
+    patch_size: Triple = field(default=(128, 128, 64), metadata=AT_LEAST_1.meta)  # paper
+    # released code (2 cases x 2 crops per step)
+    crops_per_case: int = field(default=2, metadata=AT_LEAST_1.meta)
+    # released code: positive : negative crops = 1 : 1
+    pos_fraction: float = field(default=0.5, metadata=UNIT.meta)
+    # 0: a positive crop is centred on a lesion voxel (released code); j > 0: on a lesion voxel moved by up
+    # to j x half the patch per axis, so lesions also appear near crop faces (ours)
+    pos_jitter: float = field(default=0.0, metadata=UNIT.meta)
     pos_balance: PosBalance = "voxel"  # voxel: a positive crop's lesion voxel is drawn from all lesion voxels
     # of the study, so large lesions get most crops (MONAI, released code); lesion: a lesion first, each
     # lesion of the study equally often, then a voxel of it, so small lesions get as many crops (ours)
-    lesion_case_fraction: float | None = None  # None: cases drawn uniformly (paper); f: a share f of draws
-    # are studies with lesions (ours; needs train.steps_per_epoch)
+    # None: cases drawn uniformly (paper); f: a share f of draws are studies with lesions (ours; needs
+    # train.steps_per_epoch)
+    lesion_case_fraction: float | None = field(default=None, metadata=UNIT.meta)
     negative_centres: NegativeCentres = "any"  # any: negative crops centred on any lesion-free voxel
     # (released code); hot: on lesion-free voxels with SUV >= hot_suv (kidneys, bladder, brain, heart; ours)
-    hot_suv: float = 2.5  # SUV above which a lesion-free voxel is a hard-negative crop centre
+    # SUV above which a lesion-free voxel is a hard-negative crop centre
+    hot_suv: float = field(default=2.5, metadata=POSITIVE.meta)
     augment: Augment = "configured"  # configured: the five fields below; paper | released (augmentation())
     crop_to_body: bool = True  # ours (the released code crops to the PET foreground)
-    rotate_prob: float = 0.8  # released code (about the axial axis)
-    rotate_range_deg: float = 45.0  # released code
-    flip_prob: float = 0.5  # ours
-    intensity_jitter: float = 0.1  # ours
+    rotate_prob: float = field(default=0.8, metadata=UNIT.meta)  # released code (about the axial axis)
+    rotate_range_deg: float = field(default=45.0, metadata=Bounds(ge=0, le=180).meta)  # released code
+    flip_prob: float = field(default=0.5, metadata=UNIT.meta)  # ours
+    intensity_jitter: float = field(default=0.1, metadata=UNIT.meta)  # ours: x (1 +- j), then + (+- j/2)
     cache_dir: str | None = None  # default: <run>/cache
-    split_ratios: FloatTriple = (0.6, 0.2, 0.2)
-    split_seed: int = 12345
+    # train, val, test shares
+    split_ratios: FloatTriple = field(default=(0.6, 0.2, 0.2), metadata=Bounds(ge=0, le=1, total=1).meta)
+    split_seed: int = field(default=12345, metadata=NON_NEGATIVE.meta)
     split_file: str | None = None  # reuse a saved split
-    num_workers: int = 0
+    num_workers: int = field(default=0, metadata=NON_NEGATIVE.meta)
 
 
 @dataclass
@@ -85,37 +172,43 @@ class ModelConfig:
 
     name: str = "h2aseg"
     variant: Variant = "paper"
-    channels: tuple[int, ...] = (8, 16, 32, 64, 128)
-    window_size: Triple = (8, 8, 4)
-    mcsa_levels: tuple[int, ...] | None = None  # None: the variant's (paper 1-5, released 2-3)
+    channels: tuple[int, ...] = field(default=(8, 16, 32, 64, 128), metadata=AT_LEAST_1.meta)
+    window_size: Triple = field(default=(8, 8, 4), metadata=AT_LEAST_1.meta)
+    # None: the variant's (paper 1-5, released 2-3)
+    mcsa_levels: tuple[int, ...] | None = field(default=None, metadata=LEVEL.meta)
     use_mcsa: bool = True
     use_tamw: bool = True
-    out_channels: int | None = None  # None: the network's default (H2ASeg: paper 1, released 2; baselines 2);
-    # 1: sigmoid + BCE (paper); 2: softmax + CE (released); >2: multi-class
-    attn_dropout: float | None = None  # None: the variant's (paper 0, released 0.5)
-    dropout: float | None = None  # None: the variant's (paper 0, released 0.5)
-    gradient_checkpointing: bool | tuple[int, ...] = False  # recompute in backward: all levels, or e.g. [1]
-    extra: dict[str, Any] = field(default_factory=dict)  # any further keyword of the network
+    # None: the network's default (H2ASeg: paper 1, released 2; baselines 2); 1: sigmoid + BCE (paper);
+    # 2: softmax + CE (released); >2: multi-class
+    out_channels: int | None = field(default=None, metadata=AT_LEAST_1.meta)
+    # None: the variant's (paper 0, released 0.5)
+    attn_dropout: float | None = field(default=None, metadata=BELOW_1.meta)
+    dropout: float | None = field(default=None, metadata=BELOW_1.meta)
+    # recompute in backward: all levels, or e.g. [1]
+    gradient_checkpointing: bool | tuple[int, ...] = field(default=False, metadata=LEVEL.meta)
+    extra: dict[str, Any] = field(default_factory=dict)  # any further keyword of the network (free-form)
 
 
 @dataclass
 class TrainConfig:
     """The optimisation recipe (paper: Adam, lr 1e-4, wd 1e-5, 200 epochs, 2 cases x 2 crops)."""
 
-    epochs: int = 200
-    batch_size: int = 2  # cases per step; each gives data.crops_per_case crops
-    steps_per_epoch: int | None = None  # None: one pass over the training cases
-    lr: float = 1e-4
-    weight_decay: float = 1e-5
+    epochs: int = field(default=200, metadata=AT_LEAST_1.meta)
+    # cases per step; each gives data.crops_per_case crops
+    batch_size: int = field(default=2, metadata=AT_LEAST_1.meta)
+    # None: one pass over the training cases
+    steps_per_epoch: int | None = field(default=None, metadata=AT_LEAST_1.meta)
+    lr: float = field(default=1e-4, metadata=NON_NEGATIVE.meta)  # 0: the weights stay as they are
+    weight_decay: float = field(default=1e-5, metadata=NON_NEGATIVE.meta)
     optimizer: Optimizer = "adam"
     lr_schedule: Schedule = "constant"  # exponential: the released x0.99 per epoch
-    lr_decay: float = 0.99
-    warmup_steps: int = 0
-    grad_clip: float | None = None
+    lr_decay: float = field(default=0.99, metadata=Bounds(gt=0, le=1).meta)  # x per epoch (exponential)
+    warmup_steps: int = field(default=0, metadata=NON_NEGATIVE.meta)
+    grad_clip: float | None = field(default=None, metadata=POSITIVE.meta)  # None: no clipping
     deep_supervision: bool = True
-    val_every: int = 10
-    val_max_cases: int | None = None
-    seed: int = 12345
+    val_every: int = field(default=10, metadata=NON_NEGATIVE.meta)  # epochs; 0: no validation
+    val_max_cases: int | None = field(default=None, metadata=AT_LEAST_1.meta)  # None: every validation case
+    seed: int = field(default=12345, metadata=NON_NEGATIVE.meta)
     amp: Amp = "auto"  # auto: fp16 on CUDA, off on CPU
     device: str = "auto"
     deterministic: bool = True
@@ -126,15 +219,16 @@ class TrainConfig:
 class InferConfig:
     """Sliding-window prediction."""
 
-    roi_size: Triple | None = None  # None: data.patch_size
-    overlap: float = 0.5
-    sw_batch_size: int = 2
+    roi_size: Triple | None = field(default=None, metadata=AT_LEAST_1.meta)  # None: data.patch_size
+    overlap: float = field(default=0.5, metadata=BELOW_1.meta)
+    sw_batch_size: int = field(default=2, metadata=AT_LEAST_1.meta)
     blend: Blend = "gaussian"
     tta_flips: bool = False
     body_box: bool = False  # True: windows slide over the body's bounding box only (CT above -500 HU, with
     # the margin of training's body crop), every voxel outside it is background (ours; the presets set it,
     # a checkpoint stored without the field predicts as it always did)
-    threshold: float = 0.5
+    # one output channel: foreground where the probability >= threshold (several: argmax)
+    threshold: float = field(default=0.5, metadata=Bounds(gt=0, lt=1).meta)
     save_probabilities: bool = False
     amp: Amp = "auto"
     device: str = "auto"
@@ -169,8 +263,17 @@ class Config:
                 node = node[p]
             if not isinstance(node, dict) or (parts[-1] not in node and parts[-2:-1] != ["extra"]):
                 raise ConfigError(f"override {item!r}: unknown config field {key!r}")
-            node[parts[-1]] = yaml.safe_load(value)
+            node[parts[-1]] = _parse_value(item, value)
         return Config.from_dict(raw, source="overrides")
+
+
+def _parse_value(item: str, value: str) -> Any:
+    """The value of the override ``item`` read as YAML (a ConfigError when it is not YAML)."""
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"override {item!r}: the value is not valid YAML ({problem})") from None
 
 
 def _to_plain(obj: Any) -> Any:
@@ -257,12 +360,40 @@ def _build(cls: type, raw: Any, source: str, prefix: str) -> Any:
         if f.name not in raw:
             continue
         tp = hints[f.name]
-        where = f"{source}: {prefix}{f.name}"
         if dataclasses.is_dataclass(tp):
             kwargs[f.name] = _build(tp, raw[f.name], source, prefix=f"{prefix}{f.name}.")
         else:
-            kwargs[f.name] = _coerce(tp, raw[f.name], where)
+            kwargs[f.name] = _field_value(f, tp, raw[f.name], f"{source}: {prefix}{f.name}")
     return cls(**kwargs)
+
+
+def _field_value(f: dataclasses.Field[Any], tp: Any, value: Any, where: str) -> Any:
+    """``value`` as the field's type ``tp``, checked against the field's :class:`Bounds` (the one check of
+    a field's value: a :class:`ConfigError` naming ``where``, the allowed values and ``value``)."""
+    value = _coerce(tp, value, where)
+    bounds = f.metadata.get(BOUNDS)
+    if bounds is None or value is None or isinstance(value, bool):
+        return value
+    many = isinstance(value, tuple)
+    if not bounds.admits(value if many else (value,)):
+        others = " or ".join(_others(tp))
+        also = f" (or {others})" if others else ""
+        raise ConfigError(f"{where} must be {bounds.describe(many)}{also}, got {_to_plain(value)!r}")
+    return value
+
+
+def _others(tp: Any) -> list[str]:
+    """The values besides numbers a field of type ``tp`` may hold: ``null``, ``true/false``."""
+    args = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+    return [text for t, text in ((type(None), "null"), (bool, "true/false")) if t in args]
+
+
+def check_section(section: Any, name: str) -> None:
+    """Check a section built in code (e.g. an :class:`InferConfig` handed to prediction) as
+    :meth:`Config.from_dict` checks a loaded one: a :class:`ConfigError` naming ``name.field``."""
+    hints = typing.get_type_hints(type(section))
+    for f in dataclasses.fields(section):
+        _field_value(f, hints[f.name], getattr(section, f.name), f"{name}.{f.name}")
 
 
 PRESETS = ("autopet2", "hecktor2022", "synthetic")

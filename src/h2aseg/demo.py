@@ -29,16 +29,15 @@ import numpy as np
 
 from h2aseg.checkpoint import load_checkpoint
 from h2aseg.config import Config, load_config
-from h2aseg.data.io import write_volume
-from h2aseg.data.layouts import Case, discover
-from h2aseg.data.preprocess import CaseCache, restore_to_ct_grid
+from h2aseg.data.layouts import Case, discover, write_manifest
+from h2aseg.data.preprocess import CaseCache
 from h2aseg.data.splits import make_split
 from h2aseg.evaluation.detection import GtLesion, method_lesions, stratify, write_detection
 from h2aseg.evaluation.pipeline import evaluate_folders
 from h2aseg.evaluation.report import write_evaluation
 from h2aseg.files import atomic_write_text
 from h2aseg.inference.predictor import Predictor, predict_cases
-from h2aseg.inference.thresholding import relative_threshold, suv_threshold
+from h2aseg.inference.thresholding import write_threshold_mask
 from h2aseg.synth import lesion_sites, write_cohort
 
 SHIPPED_CHECKPOINT = "demo_checkpoint.pt"
@@ -119,13 +118,8 @@ def _threshold_masks(cases: list[Case], cfg: Config, out: Path) -> None:
     cache = CaseCache(out / "cache", cfg.data)
     for case in cases:
         pc = cache.get(case)
-        spacing = pc.geometry.spacing
-        for name, mask in (
-            ("suv_2.5", suv_threshold(pc.suv, 2.5)),
-            ("suv_41pct", relative_threshold(pc.suv, 0.41, 2.5, spacing=spacing)),
-        ):
-            on_ct = restore_to_ct_grid(mask.astype(np.uint8), pc.geometry, order=0)
-            write_volume(out / name / f"{case.case_id}.nii.gz", on_ct, pc.geometry.ct_affine)
+        for name in ("suv_2.5", "suv_41pct"):
+            write_threshold_mask(pc, name, out / name / f"{case.case_id}.nii.gz")
 
 
 def run_demo(opts: DemoOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -179,7 +173,7 @@ def run_demo(opts: DemoOptions, log: Callable[[str], None] = print) -> dict[str,
     _threshold_masks(test_cases, cfg, preds)
 
     log("[5/6] evaluating (the code behind `h2aseg evaluate`, paper protocol)")
-    test_manifest = _manifest(test_cases, out / "test_cases.csv")
+    test_manifest = write_manifest(test_cases, out / "test_cases.csv")
     summaries: dict[str, Any] = {}
     per_case: dict[str, list[dict[str, Any]]] = {}
     for method in METHODS:
@@ -261,15 +255,6 @@ def _by_suvmax(rows: list[GtLesion]) -> list[dict[str, Any]]:
         for t in stratify(rows, list(METHODS))
         if t.by in ("all", "SUVmax")
     ]
-
-
-def _manifest(cases: list[Case], path: Path) -> Path:
-    lines = ["case_id,patient_id,ct,pet,label"]
-    for c in cases:
-        paths = [Path(p).resolve() if p else "" for p in (c.ct, c.pet, c.label)]
-        lines.append(",".join(f'"{v}"' for v in (c.case_id, c.patient_id, *paths)))
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def _metric_table(summary: dict[str, Any]) -> dict[str, Any]:

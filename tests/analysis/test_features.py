@@ -11,8 +11,8 @@ import torch
 from analysis_fixtures import CHANNELS, is_png, write_checkpoint, write_small_cohort
 from typer.testing import CliRunner
 
+from h2aseg.analysis.common import load_model
 from h2aseg.analysis.features import capture_level2, case_features, crop_box, lesion_centre, top_channels
-from h2aseg.analysis.tamw_run import load_h2aseg
 from h2aseg.cli import app
 
 
@@ -45,7 +45,7 @@ def test_top_channels_order() -> None:
 
 
 def test_capture_level2_matches_the_encoder_and_tamw(tmp_path: Path) -> None:
-    loaded = load_h2aseg(write_checkpoint(tmp_path / "m.pt"))
+    loaded = load_model(write_checkpoint(tmp_path / "m.pt"))
     image = np.random.default_rng(0).random((2, 32, 32, 24), dtype=np.float32)
     f_ct, f_pet, w = capture_level2(loaded, image)
     with torch.no_grad():
@@ -69,7 +69,7 @@ def test_case_features_pick_pet_and_ct_weights(cohort: tuple[Path, list], tmp_pa
         ([], True),
         (["model.variant=released", "model.out_channels=2", "model.mcsa_levels=null"], False),
     ):
-        loaded = load_h2aseg(write_checkpoint(tmp_path / "m.pt", extra, mutate=mutate))
+        loaded = load_model(write_checkpoint(tmp_path / "m.pt", extra, mutate=mutate))
         row = case_features(loaded, case, "x")
         c = CHANNELS[1]
         first, second = np.tanh(np.arange(c) / 100.0), np.tanh(np.arange(c, 2 * c) / 100.0)

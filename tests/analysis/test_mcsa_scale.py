@@ -12,8 +12,8 @@ import torch.nn as nn
 from analysis_fixtures import RELEASED, write_checkpoint, write_small_cohort
 from typer.testing import CliRunner
 
-from h2aseg.analysis.mcsa_scale import ScaleRecorder, analyze_mcsa, load_model, measure_cases, summary_rows
-from h2aseg.analysis.tamw_weights import AnalysisError
+from h2aseg.analysis.common import AnalysisError, load_model, select_cases
+from h2aseg.analysis.mcsa_scale import ScaleRecorder, analyze_mcsa, measure_cases, summary_rows
 from h2aseg.cli import app
 from h2aseg.models.mcsa import MCSA
 
@@ -81,8 +81,6 @@ def test_a_larger_attention_term_gives_a_larger_ratio(cohort: Path, tmp_path: Pa
 
 
 def test_summary_is_mean_and_std_over_cases(cohort: Path, tmp_path: Path) -> None:
-    from h2aseg.analysis.tamw_run import select_cases
-
     loaded = load_model(write_checkpoint(tmp_path / "m.pt"))
     cases, _ = select_cases(loaded, cohort, "all", 3)
     results = measure_cases(loaded, cases)

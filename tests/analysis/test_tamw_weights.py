@@ -12,9 +12,9 @@ import torch
 from analysis_fixtures import RELEASED, close, set_tamw_weights, write_checkpoint, write_small_cohort
 from typer.testing import CliRunner
 
-from h2aseg.analysis.tamw_run import PredictionRecorder, analyze_cases, analyze_tamw, load_h2aseg
+from h2aseg.analysis.common import AnalysisError, load_model
+from h2aseg.analysis.tamw_run import PredictionRecorder, analyze_cases, analyze_tamw
 from h2aseg.analysis.tamw_weights import (
-    AnalysisError,
     TamwCall,
     TamwRecorder,
     aggregate_case,
@@ -139,7 +139,7 @@ def test_window_weighting() -> None:
 
 
 def test_recorder_leaves_the_model_as_it_was(tmp_path: Path) -> None:
-    loaded = load_h2aseg(write_checkpoint(tmp_path / "m.pt"))
+    loaded = load_model(write_checkpoint(tmp_path / "m.pt"))
     tamw = loaded.model.decoder.tamw2
     with TamwRecorder(loaded.model) as rec, torch.no_grad():
         loaded.model(torch.rand(2, 2, 32, 32, 32))
@@ -152,7 +152,7 @@ def test_prediction_recorder_fills_in_skipped_cases(cohort: Path, tmp_path: Path
     from h2aseg.data.layouts import discover
 
     cases = discover(cohort)[:2]
-    loaded = load_h2aseg(write_checkpoint(tmp_path / "m.pt"))
+    loaded = load_model(write_checkpoint(tmp_path / "m.pt"))
     predict_cases(loaded.predictor, cases[:1], tmp_path / "pred")  # predicted before: skipped below
     with PredictionRecorder(loaded.predictor, loaded.path) as rec:
         predict_cases(loaded.predictor, cases, tmp_path / "pred", on_case=rec.on_case)

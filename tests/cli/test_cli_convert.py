@@ -106,8 +106,9 @@ def test_a_failed_study_is_reported_and_the_others_go_on(headneck: dict[str, Any
 
 
 def test_one_line_errors(tmp_path: Path) -> None:
-    (tmp_path / "notes.txt").write_text("no DICOM here")
-    result = runner.invoke(app, ["convert", "--input", str(tmp_path), "--out", str(tmp_path / "o")])
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "notes.txt").write_text("no DICOM here")
+    result = runner.invoke(app, ["convert", "--input", str(tmp_path / "in"), "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "no DICOM files" in result.output and "Traceback" not in result.output
     bad_time = ["convert", "--input", str(tmp_path), "--out", str(tmp_path / "o"), "--injection-time", "9:15"]
     result = runner.invoke(app, bad_time)
@@ -172,3 +173,36 @@ def test_dicom_variants_to_mask_lesions_and_report(headneck: dict[str, Any], tmp
         assert case in page and "data:image/png;base64," in page
     index = (out / "report" / "index.html").read_text()
     assert all(f"P{name}_" in index for name in variants)
+
+
+def _snapshot(root: Path) -> list[tuple[str, int, int]]:
+    return sorted((str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*"))
+
+
+@pytest.mark.parametrize("where", ["inside", "same", "through a symlink"])
+def test_an_output_folder_inside_the_input_is_refused(
+    headneck: dict[str, Any], tmp_path: Path, where: str
+) -> None:
+    """Nothing is written into the user's DICOM export; the error names both folders (symlinks resolved)."""
+    dicom = tmp_path / "dicom"
+    write_study(dicom, headneck, Study())
+    (tmp_path / "link").symlink_to(dicom, target_is_directory=True)
+    out = {"inside": dicom / "nifti", "same": dicom, "through a symlink": tmp_path / "link" / "nifti"}[where]
+    before = _snapshot(dicom)
+    result = runner.invoke(app, ["convert", "--input", str(dicom), "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit) and "Traceback" not in result.output
+    (line,) = [x for x in result.output.splitlines() if x.startswith("error:")]
+    assert f"output folder {out}" in line and f"inside the DICOM input folder {dicom}" in line
+    if where == "through a symlink":
+        assert f"(= {(dicom / 'nifti').resolve()})" in line
+    assert _snapshot(dicom) == before and not (dicom / "nifti").exists()
+
+
+def test_an_output_folder_beside_the_input_is_fine(headneck: dict[str, Any], tmp_path: Path) -> None:
+    """Only inside is refused: a sibling whose name starts like the input's, or the input's parent."""
+    dicom = tmp_path / "dicom"
+    write_study(dicom, headneck, Study())
+    for out in (tmp_path / "dicom-nifti", tmp_path):
+        result = runner.invoke(app, ["convert", "--input", str(dicom), "--out", str(out)])
+        assert result.exit_code == 0, result.output

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from h2aseg.cli import app
-from h2aseg.data.io import write_volume
+from h2aseg.data.io import read_volume, write_volume
 from h2aseg.synth import write_cohort
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "training"))
@@ -140,3 +140,65 @@ def test_predict_quantify_writes_csvs_beside_each_mask(checkpoint: Path, tmp_pat
     )
     assert result.exit_code == 0, result.output
     assert (single.parent / "mask_lesions.csv").is_file() and (single.parent / "mask_patient.csv").is_file()
+
+
+def _array(path: Path) -> np.ndarray:
+    return read_volume(path, dtype=None).array
+
+
+def _quantify(images: dict[str, Path], mask: Path, out: Path, *extra: str) -> Result:
+    return runner.invoke(
+        app, ["quantify", "--pet", str(images["suv"]), "--mask", str(mask), "--out", str(out), *extra]
+    )
+
+
+def _one_error_line(result: Result) -> str:
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit) and "Traceback" not in result.output
+    (line,) = [x for x in result.output.splitlines() if x.startswith("error:")]
+    return line
+
+
+def test_a_probability_map_is_refused_unless_binarised(images: dict[str, Path], tmp_path: Path) -> None:
+    mask = _array(images["mask"]).astype(np.float32) * 0.9
+    mask[0, 0, 0] = 0.2  # a stray voxel below the threshold
+    write_volume(tmp_path / "prob.nii.gz", mask, AFFINE)
+    out = tmp_path / "q"
+    line = _one_error_line(_quantify(images, tmp_path / "prob.nii.gz", out))
+    assert "prob.nii.gz" in line and "values in (0, 1)" in line and "--threshold 0.5" in line
+    assert not out.exists()
+    result = _quantify(images, tmp_path / "prob.nii.gz", out, "--threshold", "0.5")
+    assert result.exit_code == 0, result.output
+    assert "mask binarised at >= 0.5: 66 of 4800 voxel(s)" in result.output and "2 lesion(s)" in result.output
+    (patient,) = csv.DictReader((out / "patient.csv").open())
+    assert float(patient["mtv_ml"]) == pytest.approx(66 * 12 / 1000)
+
+
+@pytest.mark.parametrize(
+    ("values", "needle"),
+    [(1.5, "non-integer values (e.g. 1.5; range 0 to 1.5)"), (-1.0, "negative values (minimum -1)")],
+)
+def test_an_image_passed_as_mask_is_refused(
+    images: dict[str, Path], tmp_path: Path, values: float, needle: str
+) -> None:
+    write_volume(tmp_path / "image.nii.gz", _array(images["mask"]).astype(np.float32) * values, AFFINE)
+    line = _one_error_line(_quantify(images, tmp_path / "image.nii.gz", tmp_path / "q"))
+    assert "image.nii.gz" in line and needle in line and "--threshold T" in line
+    assert not (tmp_path / "q").exists()
+
+
+def test_integer_label_maps_stay_valid(images: dict[str, Path], tmp_path: Path) -> None:
+    """HECKTOR masks: GTVp = 1, GTVn = 2, both lesion (as before)."""
+    labels = _array(images["mask"]).astype(np.float32)  # whole numbers stored as floats are labels too
+    labels[12:15, 12:15, 7:9] *= 2
+    write_volume(tmp_path / "labels.nii.gz", labels, AFFINE)
+    result = _quantify(images, tmp_path / "labels.nii.gz", tmp_path / "q")
+    assert result.exit_code == 0, result.output
+    assert "2 lesion(s)" in result.output and "binarised" not in result.output
+
+
+@pytest.mark.parametrize("threshold", ["0", "-0.5", "nan"])
+def test_threshold_must_be_positive(images: dict[str, Path], tmp_path: Path, threshold: str) -> None:
+    line = _one_error_line(_quantify(images, images["mask"], tmp_path / "q", "--threshold", threshold))
+    assert "--threshold must be a number > 0" in line
+    assert not (tmp_path / "q").exists()

@@ -504,6 +504,7 @@ def test_study_name_collisions_use_the_whole_uid(tmp_path: Path) -> None:
 
 
 def test_convert_folder_without_dicom_is_an_error(tmp_path: Path) -> None:
-    (tmp_path / "x.txt").write_text("hello")
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "x.txt").write_text("hello")
     with pytest.raises(DicomError, match="no DICOM files"):
-        convert_folder(tmp_path, tmp_path / "out")
+        convert_folder(tmp_path / "in", tmp_path / "out")

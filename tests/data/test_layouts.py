@@ -22,6 +22,7 @@ from h2aseg.data.layouts import (
     nnunet_case_id,
     nnunet_case_paths,
     nnunet_patient_id,
+    write_manifest,
 )
 from h2aseg.synth import write_cohort
 
@@ -230,3 +231,20 @@ def test_name_builders_round_trip(tmp_path: Path) -> None:
     assert expected["hecktor"][0].case_id == "CHUM-001"
     tcia, nnu = expected["autopet"], expected["autopet-nnunet"]
     assert [c.case_id for c in tcia] == [f"PETCT_{c.case_id[4:]}" for c in nnu]
+
+
+def test_write_manifest_has_absolute_paths_and_reads_back(tmp_path: Path, monkeypatch) -> None:
+    """Without a base the manifest lists absolute paths (a label may be missing), is written atomically (no
+    temporary file left) and ``discover`` reads the same cases back from anywhere."""
+    root = tmp_path / "data"
+    a = Case("a, 1", "p1", *_touch(root, csv_case_paths("a")))
+    ct, pet, _ = _touch(root, csv_case_paths("b"))
+    b = Case("b", "p2", ct, pet, None)
+    monkeypatch.chdir(root)
+    relative = Case("b", "p2", ct.relative_to(root), pet.relative_to(root), None)
+    out = write_manifest([a, relative], tmp_path / "lists" / "cases.csv")
+    assert out == tmp_path / "lists" / "cases.csv" and [p.name for p in out.parent.iterdir()] == ["cases.csv"]
+    lines = out.read_text().splitlines()
+    assert lines[0] == "case_id,patient_id,ct,pet,label"
+    assert lines[2] == f"b,p2,{ct},{pet}," and lines[1].startswith('"a, 1",p1,/')
+    assert discover(out, "csv") == [a, b]

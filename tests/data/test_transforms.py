@@ -12,7 +12,7 @@ from monai.transforms import Rotate
 from torch.utils.data import default_collate
 
 from h2aseg.config import DataConfig
-from h2aseg.data.preprocess import Geometry, PreprocessedCase
+from h2aseg.data.preprocess import CaseGeometry, PreprocessedCase
 from h2aseg.data.transforms import (
     CropCentresd,
     RandAxialRotated,
@@ -38,7 +38,7 @@ def _case(shape=(48, 44, 30), lesion=True, body=None) -> PreprocessedCase:
         c = [n // 2 for n in shape]
         lab[c[0] - 2 : c[0] + 2, c[1] - 2 : c[1] + 2, c[2] - 1 : c[2] + 2] = 1
         img[1][lab > 0] = 0.5
-    g = Geometry(np.eye(4), shape, np.array([[0, 1], [1, 1], [2, 1]]), np.eye(4), shape, np.eye(4), shape)
+    g = CaseGeometry(np.eye(4), shape, np.array([[0, 1], [1, 1], [2, 1]]), np.eye(4), shape, np.eye(4), shape)
     return PreprocessedCase("c0", img, lab, img[1] * 20, g)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from h2aseg.inference.thresholding import relative_threshold, suv_threshold
+from h2aseg.inference.thresholding import relative_threshold, suv_threshold, threshold_mask
 
 
 def test_suv_threshold_inclusive_and_nan():
@@ -66,3 +66,14 @@ def test_relative_threshold_on_128_cube():
         suv += a * np.exp(-((x - c[0]) ** 2 + (y - c[1]) ** 2 + (z - c[2]) ** 2) / 32.0).astype(np.float32)
     m = relative_threshold(suv, spacing=(2.0, 2.0, 3.0), margin=6.0)
     assert m[30, 40, 50] and m[90, 80, 60] and m[64, 64, 100]
+
+
+def test_threshold_mask_by_name():
+    suv = _two_lesions()
+    np.testing.assert_array_equal(threshold_mask(suv, "suv_2.5"), suv_threshold(suv, 2.5))
+    spacing = (2.0, 2.0, 3.0)
+    np.testing.assert_array_equal(
+        threshold_mask(suv, "suv_41pct", spacing=spacing), relative_threshold(suv, 0.41, 2.5, spacing=spacing)
+    )
+    with pytest.raises(ValueError, match="unknown threshold method 'suv_3'"):
+        threshold_mask(suv, "suv_3")

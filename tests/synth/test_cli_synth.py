@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
@@ -73,4 +74,40 @@ def test_synth_errors_are_one_line(tmp_path: Path) -> None:
     ):
         res = runner.invoke(_app(), ["synth", "--out", str(tmp_path / "new"), *args])
         assert res.exit_code == 2 and "Traceback" not in res.output, args
+    assert not (tmp_path / "new").exists()
+
+
+def test_synth_variability_levels_and_file(tmp_path: Path) -> None:
+    args = ["synth", "--cases", "2", "--shape", "16", "16", "20", "--no-progress", "--seed", "2626"]
+    res = CliRunner().invoke(_app(), [*args, "--out", str(tmp_path / "ood"), "--variability", "out-of-range"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads((tmp_path / "ood" / "phantom.json").read_text())
+    assert doc["variability"]["level"] == "out-of-range" and "variability out-of-range" in res.output
+    assert all(c["variability"]["level"] == "out-of-range" for c in doc["cases"])
+    ranges = tmp_path / "mine.yaml"
+    ranges.write_text("base: wide\nuptake: {myocardium: [10, 12]}\n")
+    res = CliRunner().invoke(_app(), [*args, "--out", str(tmp_path / "f"), "--variability-file", str(ranges)])
+    assert res.exit_code == 0, res.output
+    doc = json.loads((tmp_path / "f" / "phantom.json").read_text())
+    assert doc["variability"]["level"] == "mine" and doc["variability"]["uptake"]["myocardium"] == [[10, 12]]
+    assert all(10 <= c["suv"]["myocardium"] <= 12 for c in doc["cases"])
+    plain = CliRunner().invoke(_app(), [*args, "--out", str(tmp_path / "d"), "--variability", "default"])
+    assert plain.exit_code == 0 and "variability" not in json.loads(
+        (tmp_path / "d" / "phantom.json").read_text()
+    )
+
+
+def test_synth_bad_variability_is_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("organs: {kidneys: {scale: [1.3, 0.9]}}\n")
+    runner = CliRunner()
+    for extra, expect in (
+        (["--variability-file", str(bad)], [str(bad), "organs.kidneys.scale", "lo > hi"]),
+        (["--variability", "wide", "--variability-file", str(bad)], ["not both"]),
+        (["--variability", "huge"], ["huge"]),
+    ):
+        res = runner.invoke(_app(), ["synth", "--out", str(tmp_path / "new"), "--cases", "1", *extra])
+        assert res.exit_code == 2 and "Traceback" not in res.output, extra
+        flat = "".join(res.output.split())  # rich wraps long lines (and paths) at the terminal's width
+        assert all("".join(e.split()) in flat for e in expect), (extra, res.output)
     assert not (tmp_path / "new").exists()

@@ -74,7 +74,7 @@ def plot_training_curves(metrics_csv: str | Path, out_png: str | Path, *, title:
     matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
 
-    from h2aseg.analysis.overlays import _save
+    from h2aseg.analysis.plotting import save_png
 
     data = read_metrics_csv(metrics_csv)
     has_lr = bool(data["lr"])
@@ -133,4 +133,4 @@ def plot_training_curves(metrics_csv: str | Path, out_png: str | Path, *, title:
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    return _save(fig, out_png)
+    return save_png(fig, out_png)

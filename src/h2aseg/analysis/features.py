@@ -21,18 +21,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from h2aseg.analysis.overlays import (
+from h2aseg.analysis.common import AnalysisError, LoadedModel, load_model
+from h2aseg.analysis.plotting import (
+    VIEW_AXIS,
     View,
-    _check_view,
-    _display,
-    _plane,
-    _robust_max,
-    _save,
-    _show,
+    check_view,
     default_slice,
+    robust_max,
+    save_png,
+    show_plane,
+    take_plane,
+    to_display,
 )
-from h2aseg.analysis.tamw_run import LoadedModel, load_h2aseg
-from h2aseg.analysis.tamw_weights import AnalysisError, TamwRecorder, tamw_modules
+from h2aseg.analysis.tamw_weights import TamwRecorder, modality_slices, tamw_modules
+from h2aseg.hardware import autocast_context
 
 FEATURE_DEPTH = 2
 CT_DISPLAY_HU = (-160.0, 240.0)
@@ -79,8 +81,6 @@ def crop_box(shape: Sequence[int], centre: Sequence[int], size: Sequence[int]) -
 
 def capture_level2(loaded: LoadedModel, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``F_ct^2, F_pet^2`` (each ``(C, x, y, z)``) and depth-2 ``W_fore`` for one window ``(2, X, Y, Z)``."""
-    from h2aseg.inference.sliding import autocast_context
-
     tamw2 = tamw_modules(loaded.model, str(loaded.path))[FEATURE_DEPTH]
     kept: list[torch.Tensor] = []
     handle = tamw2.register_forward_hook(lambda _m, args, _out: kept.extend(a.detach() for a in args[:2]))
@@ -99,7 +99,6 @@ def capture_level2(loaded: LoadedModel, image: np.ndarray) -> tuple[np.ndarray, 
 
 def case_features(loaded: LoadedModel, case: Any, title: str) -> LevelTwoFeatures:
     """Preprocess ``case`` with the model's settings, crop the window around its lesion, capture."""
-    from h2aseg.analysis.tamw_weights import modality_slices
     from h2aseg.data.preprocess import preprocess_case
 
     data = loaded.predictor.cfg.data
@@ -133,7 +132,7 @@ def top_channels(weights: np.ndarray, k: int) -> list[int]:
 
 def _contour(ax, mask_plane: np.ndarray | None) -> None:  # type: ignore[no-untyped-def]
     if mask_plane is not None and np.any(mask_plane) and not np.all(mask_plane):
-        ax.contour(_display(mask_plane.astype(np.float32)), levels=[0.5], colors="lime", linewidths=0.8)
+        ax.contour(to_display(mask_plane.astype(np.float32)), levels=[0.5], colors="lime", linewidths=0.8)
 
 
 def _feature_range(plane: np.ndarray) -> tuple[float, float]:
@@ -142,13 +141,13 @@ def _feature_range(plane: np.ndarray) -> tuple[float, float]:
 
 
 def _draw_row(axes, row: LevelTwoFeatures, view: View, top_k: int, idx: int) -> None:  # type: ignore[no-untyped-def]
-    axis = {"coronal": 1, "axial": 2}[view]
-    gt_plane = None if row.gt is None else _plane(row.gt, view, idx) > 0
+    axis = VIEW_AXIS[view]
+    gt_plane = None if row.gt is None else take_plane(row.gt, view, idx) > 0
     half = tuple(2.0 * s for s in row.spacing)
     small_gt = None if gt_plane is None else gt_plane[::2, ::2]
-    _show(
+    show_plane(
         axes[0],
-        _plane(row.ct, view, idx),
+        take_plane(row.ct, view, idx),
         row.spacing,
         view,
         cmap="gray",
@@ -156,8 +155,8 @@ def _draw_row(axes, row: LevelTwoFeatures, view: View, top_k: int, idx: int) -> 
         vmax=row.ct_range[1],
     )
     axes[0].set_title(f"CT\n{view} slice {idx}", fontsize=8)
-    pet = _plane(row.suv, view, idx)
-    _show(axes[1], pet, row.spacing, view, cmap="gray_r", vmin=0.0, vmax=_robust_max(pet))
+    pet = take_plane(row.suv, view, idx)
+    show_plane(axes[1], pet, row.spacing, view, cmap="gray_r", vmin=0.0, vmax=robust_max(pet))
     axes[1].set_title("PET (SUV)", fontsize=8)
     for ax in axes[:2]:
         _contour(ax, gt_plane)
@@ -166,9 +165,9 @@ def _draw_row(axes, row: LevelTwoFeatures, view: View, top_k: int, idx: int) -> 
     panels = [("PET", row.f_pet, row.w_pet, c) for c in top_channels(row.w_pet, top_k)]
     panels += [("CT", row.f_ct, row.w_ct, c) for c in top_channels(row.w_ct, top_k)]
     for ax, (name, feats, weights, c) in zip(axes[2:], panels, strict=False):
-        plane = _plane(feats[c], view, f_idx)
+        plane = take_plane(feats[c], view, f_idx)
         lo, hi = _feature_range(plane)
-        _show(ax, plane, half, view, cmap="magma", vmin=lo, vmax=hi)
+        show_plane(ax, plane, half, view, cmap="magma", vmin=lo, vmax=hi)
         if small_gt is not None and small_gt.shape == plane.shape:
             _contour(ax, small_gt)
         ax.set_title(f"F_{name.lower()}^2 #{c}\nW_fore={weights[c]:+.2f}", fontsize=8)
@@ -188,7 +187,7 @@ def render_feature_figure(
     matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
 
-    view = _check_view(view)
+    view = check_view(view)
     if not rows:
         raise AnalysisError("no model rows to draw")
     if top_k < 1:
@@ -202,7 +201,7 @@ def render_feature_figure(
         _draw_row(ax_row, row, view, top_k, idx)
     title = f"{rows[0].case_id}: level-2 features TAMW weights most for foreground emphasis"
     fig.suptitle(title, fontsize=10)
-    return _save(fig, out_png)
+    return save_png(fig, out_png)
 
 
 def feature_figures(
@@ -221,7 +220,7 @@ def feature_figures(
 
     if not checkpoints:
         raise AnalysisError("no checkpoint given")
-    models = [load_h2aseg(c) for c in checkpoints]
+    models = [load_model(c, h2aseg_for="the TAMW analysis", check=tamw_modules) for c in checkpoints]
     cfg = models[0].predictor.cfg.data
     by_id = {c.case_id: c for c in discover(data, cfg.layout, swap_channels=cfg.swap_channels)}
     missing = [i for i in case_ids if i not in by_id]

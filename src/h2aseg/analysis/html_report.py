@@ -13,7 +13,7 @@ system's, and a Content-Security-Policy forbids every request that is not inline
 (:func:`html.escape`). One inline script sets ``data-images-loaded="true"`` on ``<body>`` once every image
 has decoded (``"false"`` if one has not), which the browser test reads.
 
-Images are drawn in RAS+ orientation whatever the file's axis order (:func:`h2aseg.analysis.overlays._to_ras`)
+Images are drawn in RAS+ orientation whatever the file's axis order (:func:`h2aseg.analysis.plotting.to_ras`)
 and in the radiological convention: coronal with the patient's right on the viewer's left, sagittal with
 anterior on the left; head up in both.
 """
@@ -34,12 +34,12 @@ import numpy as np
 from scipy import ndimage
 
 from h2aseg import __version__
-from h2aseg.analysis.overlays import _display, _to_ras
+from h2aseg.analysis.plotting import to_display, to_ras
 from h2aseg.evaluation.quantify import (
     Patient,
     Quantification,
-    _cell,
     beside_paths,
+    csv_cell,
     label_lesions,
     mask_on_suv_grid,
     quantify_volumes,
@@ -150,7 +150,7 @@ _INDEX_COLUMNS = (
 
 def _td(column: str, value: object, text: str) -> str:
     """A numeric cell: the shown text, the CSV's exact value in ``data-value``."""
-    return f'<td data-col="{column}" data-value="{_esc(_cell(value))}">{_esc(text)}</td>'
+    return f'<td data-col="{column}" data-value="{_esc(csv_cell(value))}">{_esc(text)}</td>'
 
 
 def lesion_colour(lesion_id: int) -> str:
@@ -175,7 +175,7 @@ def _projection_png(
 
     axis = _PROJECTION_AXIS[view]
     proj = np.nanmax(suv, axis=axis) if np.isnan(suv).any() else suv.max(axis=axis)
-    image = _display(proj)  # rows: z reversed (head up); columns: the horizontal axis reversed
+    image = to_display(proj)  # rows: z reversed (head up); columns: the horizontal axis reversed
     h_axis = 1 - axis
     w_mm, h_mm = image.shape[1] * spacing[h_axis], image.shape[0] * spacing[2]
     width_px = max(round(height_px * w_mm / h_mm), 1)
@@ -209,7 +209,7 @@ def _outline(
     sub = np.pad((labels[box] == lesion_id).any(axis=axis), 1)  # (h, v), a zero border closes the contour
     hs = np.arange(box[h_axis].start - 1, box[h_axis].start - 1 + sub.shape[0])
     vs = np.arange(box[2].start - 1, box[2].start - 1 + sub.shape[1])
-    cols, rows = shape[1] - 1 - hs, shape[0] - 1 - vs  # _display reverses both axes
+    cols, rows = shape[1] - 1 - hs, shape[0] - 1 - vs  # to_display reverses both axes
     colour = lesion_colour(lesion_id)
     ax.contour(
         cols[::-1],
@@ -251,7 +251,7 @@ def mip_images(
     if suv.ndim != 3 or np.shape(mask) != suv.shape:
         raise ValueError(f"SUV and mask must be 3D arrays of one shape, got {suv.shape} and {np.shape(mask)}")
     labels, n = label_lesions(mask) if lesions is None else lesions
-    (suv_ras, labels_ras), spacing = _to_ras([suv, labels], np.asarray(affine, dtype=np.float64))
+    (suv_ras, labels_ras), spacing = to_ras([suv, labels], np.asarray(affine, dtype=np.float64))
     assert suv_ras is not None and labels_ras is not None
     return {
         view: _projection_png(suv_ras, labels_ras, n, spacing, view, suv_window, height_px)

@@ -20,11 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 import torch.nn as nn
 
-from h2aseg.analysis.tamw_run import LoadedModel, select_cases
-from h2aseg.analysis.tamw_weights import AnalysisError, rows_csv
+from h2aseg.analysis.common import AnalysisError, LoadedModel, load_model, rows_csv, run_case, select_cases
 from h2aseg.files import atomic_write_text
 from h2aseg.models.mcsa import MCSA
 
@@ -105,35 +103,15 @@ def ratios(sums: np.ndarray) -> dict[str, float]:
     return {t: float(norms[t] / norms[_OF[t]]) if norms[_OF[t]] > 0 else float("nan") for t in TERMS}
 
 
-def load_model(checkpoint: str | Path, overrides: Sequence[str] = (), *, init: bool = False) -> LoadedModel:
-    """The checkpoint as ``h2aseg predict`` loads it; with ``init``, its weights replaced by a freshly
-    initialised network of the same config (``torch.manual_seed(train.seed)``)."""
-    from h2aseg.inference.predictor import Predictor
-    from h2aseg.models.factory import build_from_config
-
-    path = Path(checkpoint)
-    predictor = Predictor.from_checkpoint(path, list(overrides))
-    mcsa_modules(predictor.model, str(path))
-    if init:
-        cfg = predictor.cfg
-        torch.manual_seed(cfg.train.seed)
-        fresh = build_from_config(cfg.model, patch_size=cfg.data.patch_size)
-        predictor.model.load_state_dict(fresh.state_dict())
-    return LoadedModel(path, predictor)
-
-
 def measure_cases(
     loaded: LoadedModel, cases: Sequence[Any], on_case: Callable[[str], None] | None = None
 ) -> list[CaseScale]:
     """:class:`CaseScale` of every case (sliding windows as ``h2aseg predict``)."""
-    from h2aseg.data.preprocess import preprocess_images
-
     out = []
     with ScaleRecorder(loaded.model, str(loaded.path)) as rec:
         for case in cases:
             rec.take()
-            pc = preprocess_images(case.ct, case.pet, loaded.predictor.cfg.data, case_id=case.case_id)
-            loaded.predictor.probabilities(pc)
+            run_case(loaded, case)
             sums = rec.take()
             out.append(CaseScale(case.case_id, {n: ratios(s) for n, s in sums.items()}, dict(rec.shapes)))
             if on_case:
@@ -229,7 +207,7 @@ def analyze_mcsa(
     on_case: Callable[[str], None] | None = None,
 ) -> list[Path]:
     """``h2aseg analyze mcsa``: load (or re-initialise), choose the cases, measure, write the table."""
-    loaded = load_model(checkpoint, overrides, init=init)
+    loaded = load_model(checkpoint, overrides, check=mcsa_modules, init=init)
     cases, where = select_cases(loaded, data, part, limit)
     if on_start:
         on_start(len(cases))

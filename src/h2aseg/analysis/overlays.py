@@ -3,10 +3,8 @@
 Arrays are indexed ``[x, y, z]`` as :class:`h2aseg.data.io.Volume` holds them and assumed to be in RAS+
 orientation (+x = Right, +y = Anterior, +z = Superior, nibabel's convention); pass
 ``affine`` to :func:`render_overlay` to reorient any input to RAS+ first. Images are shown in the
-radiological convention (patient's right on the viewer's left). Views:
-
-* ``"coronal"``: a slice at fixed y (or a projection along y); x horizontal, z vertical, head up.
-* ``"axial"``: a slice at fixed z; x horizontal, y vertical, anterior up.
+radiological convention (patient's right on the viewer's left); views, slices and the display orientation
+are :mod:`h2aseg.analysis.plotting`'s.
 
 Comparison colours (:func:`comparison_rgba`): true positive red, false negative (missed) blue, false
 positive yellow, true negative transparent.
@@ -25,11 +23,21 @@ from typing import Any, Literal
 
 import numpy as np
 
+from h2aseg.analysis.plotting import (
+    VIEW_AXIS,
+    View,
+    check_view,
+    default_slice,
+    display_aspect,
+    figure_size,
+    robust_max,
+    save_png,
+    show_plane,
+    take_plane,
+    to_display,
+    to_ras,
+)
 from h2aseg.errors import H2ASegError
-from h2aseg.files import atomic_write
-
-View = Literal["coronal", "axial"]
-_AXIS = {"coronal": 1, "axial": 2}
 
 TP_COLOUR = (255, 0, 0)  # red
 FN_COLOUR = (0, 0, 255)  # blue
@@ -52,7 +60,7 @@ def mip(volume: np.ndarray, view: View = "coronal") -> np.ndarray:
     vol = np.asarray(volume)
     if vol.ndim != 3:
         raise ValueError(f"expected a 3D volume, got shape {vol.shape}")
-    axis = _AXIS[_check_view(view)]
+    axis = VIEW_AXIS[check_view(view)]
     if vol.dtype.kind == "f" and np.isnan(vol).any():
         return np.nanmax(vol, axis=axis)
     return vol.max(axis=axis)
@@ -78,48 +86,12 @@ def coronal_pet_mip(
         from matplotlib.figure import Figure
 
         h_mm, w_mm = proj.shape[1] * spacing[2], proj.shape[0] * spacing[0]
-        fig = Figure(figsize=_figsize(w_mm, h_mm, 4.0), dpi=100)
+        fig = Figure(figsize=figure_size(w_mm, h_mm, 4.0), dpi=100)
         ax = fig.add_subplot()
-        _show(ax, proj, spacing, "coronal", cmap="gray_r", vmin=0.0, vmax=vmax or _robust_max(proj))
+        show_plane(ax, proj, spacing, "coronal", cmap="gray_r", vmin=0.0, vmax=vmax or robust_max(proj))
         ax.set_title(title or "PET coronal MIP")
-        _save(fig, out_png)
+        save_png(fig, out_png)
     return proj
-
-
-def _check_view(view: str) -> View:
-    if view not in _AXIS:
-        raise H2ASegError(f"unknown view {view!r} (coronal, axial)")
-    return view  # type: ignore[return-value]
-
-
-def _robust_max(a: np.ndarray) -> float:
-    finite = a[np.isfinite(a)]
-    return float(np.percentile(finite, 99.9)) if finite.size and np.percentile(finite, 99.9) > 0 else 1.0
-
-
-def _plane(vol: np.ndarray, view: View, index: int) -> np.ndarray:
-    return np.take(vol, index, axis=_AXIS[view])
-
-
-def _display(plane: np.ndarray) -> np.ndarray:
-    """``plane[h, v]`` -> image: rows = v reversed (superior/anterior on top), columns = h reversed (patient's
-    right on the viewer's left, the radiological convention)."""
-    return np.swapaxes(plane, 0, 1)[::-1, ::-1]
-
-
-def _aspect(spacing: Sequence[float], view: View) -> float:
-    horiz, vert = (0, 2) if view == "coronal" else (0, 1)
-    return float(spacing[vert]) / float(spacing[horiz])
-
-
-def _show(ax, plane: np.ndarray, spacing: Sequence[float], view: View, **kw) -> None:  # type: ignore[no-untyped-def]
-    ax.imshow(_display(plane), aspect=_aspect(spacing, view), interpolation="nearest", **kw)
-    ax.set_xticks([])
-    ax.set_yticks([])
-
-
-def _figsize(w_mm: float, h_mm: float, height_in: float) -> tuple[float, float]:
-    return (max(height_in * w_mm / max(h_mm, 1e-6), 1.5), height_in)
 
 
 def _finish(fig, title: str | None, out_png: str | Path) -> Path:  # type: ignore[no-untyped-def]
@@ -136,40 +108,7 @@ def _finish(fig, title: str | None, out_png: str | Path) -> Path:  # type: ignor
     )
     if title:
         fig.suptitle(title)
-    return _save(fig, out_png)
-
-
-def _save(fig, out_png: str | Path) -> Path:  # type: ignore[no-untyped-def]
-    return atomic_write(out_png, lambda t: fig.savefig(t, format="png", bbox_inches="tight"), suffix=".png")
-
-
-def default_slice(
-    gt: np.ndarray | None, pred: np.ndarray | None, view: View, fallback: np.ndarray | None = None
-) -> int:
-    """Index along the view axis with the most GT foreground (middle one among ties), else prediction,
-    else the slice of ``fallback``'s maximum, else the middle slice."""
-    axis = _AXIS[view]
-    for m in (gt, pred):
-        if m is not None and np.any(m):
-            other = tuple(a for a in range(3) if a != axis)
-            counts = np.count_nonzero(np.asarray(m) > 0, axis=other)
-            best = np.flatnonzero(counts == counts.max())
-            return int(best[len(best) // 2])  # the middle one among ties
-    shape_src = next(a for a in (gt, pred, fallback) if a is not None)
-    if fallback is not None and np.isfinite(fallback).any():
-        return int(np.unravel_index(np.nanargmax(fallback), fallback.shape)[axis])
-    return shape_src.shape[axis] // 2
-
-
-def _to_ras(arrays: list[np.ndarray | None], affine: np.ndarray) -> tuple[list[np.ndarray | None], tuple]:
-    import nibabel as nib
-
-    ornt = nib.orientations.io_orientation(affine)
-    out = [None if a is None else nib.orientations.apply_orientation(np.asarray(a), ornt) for a in arrays]
-    zooms = np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)
-    # ornt[i, 0] is the output axis of input axis i: output axis j has the spacing of that input axis
-    spacing = tuple(float(zooms[list(ornt[:, 0].astype(int)).index(j)]) for j in range(3))
-    return out, spacing
+    return save_png(fig, out_png)
 
 
 def render_overlay(
@@ -203,7 +142,7 @@ def render_overlay(
     matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
 
-    view = _check_view(axis)
+    view = check_view(axis)
     pet = np.asarray(pet, dtype=np.float32)
     if pet.ndim != 3:
         raise ValueError(f"pet must be 3D, got shape {pet.shape}")
@@ -212,19 +151,23 @@ def render_overlay(
         if a is not None and np.shape(a) != pet.shape:
             raise ValueError(f"{name} shape {np.shape(a)} differs from pet shape {pet.shape}")
     if affine is not None:
-        arrays, spacing = _to_ras(arrays, affine)
+        arrays, spacing = to_ras(arrays, affine)
     ct, pet, pred, gt = arrays  # type: ignore[assignment]
     assert pet is not None
     sp = tuple(float(s) for s in (spacing if spacing is not None else (1.0, 1.0, 1.0)))
     p = np.zeros(pet.shape, bool) if pred is None else np.asarray(pred) > 0
     g = np.zeros(pet.shape, bool) if gt is None else np.asarray(gt) > 0
     idx = default_slice(gt, pred, view, fallback=pet) if slice_index is None else int(slice_index)
-    if not 0 <= idx < pet.shape[_AXIS[view]]:
-        raise ValueError(f"slice_index {idx} outside 0..{pet.shape[_AXIS[view]] - 1} for the {view} axis")
+    if not 0 <= idx < pet.shape[VIEW_AXIS[view]]:
+        raise ValueError(f"slice_index {idx} outside 0..{pet.shape[VIEW_AXIS[view]] - 1} for the {view} axis")
 
-    pet_img = mip(pet, view) if pet_mode == "mip" else _plane(pet, view, idx)
-    pet_vmax = pet_vmax or _robust_max(pet_img)
-    base = _plane(np.asarray(ct, dtype=np.float32), view, idx) if ct is not None else _plane(pet, view, idx)
+    pet_img = mip(pet, view) if pet_mode == "mip" else take_plane(pet, view, idx)
+    pet_vmax = pet_vmax or robust_max(pet_img)
+    base = (
+        take_plane(np.asarray(ct, dtype=np.float32), view, idx)
+        if ct is not None
+        else take_plane(pet, view, idx)
+    )
     base_kw = (
         dict(cmap="gray", vmin=ct_window[0], vmax=ct_window[1])
         if ct is not None
@@ -232,22 +175,22 @@ def render_overlay(
     )
     horiz, vert = (0, 2) if view == "coronal" else (0, 1)
     w_mm, h_mm = pet.shape[horiz] * sp[horiz], pet.shape[vert] * sp[vert]
-    panel_w, _ = _figsize(w_mm, h_mm, height_in)
+    panel_w, _ = figure_size(w_mm, h_mm, height_in)
     fig = Figure(figsize=(4 * max(panel_w, 2.2), height_in + 1.0), dpi=dpi, layout="constrained")
     axes = fig.subplots(1, 4)
     where = f"{view} slice {idx}"
-    _show(axes[0], base, sp, view, **base_kw)
+    show_plane(axes[0], base, sp, view, **base_kw)
     axes[0].set_title(f"CT\n{where}" if ct is not None else f"PET\n{where}", fontsize=9)
-    _show(axes[1], pet_img, sp, view, cmap="gray_r", vmin=0.0, vmax=pet_vmax)
+    show_plane(axes[1], pet_img, sp, view, cmap="gray_r", vmin=0.0, vmax=pet_vmax)
     axes[1].set_title(f"PET\n{view} MIP" if pet_mode == "mip" else f"PET\n{where}", fontsize=9)
-    _show(axes[2], base, sp, view, **base_kw)
+    show_plane(axes[2], base, sp, view, **base_kw)
     axes[2].imshow(
-        _display(comparison_rgba(_plane(p, view, idx), _plane(g, view, idx), alpha=200)),
-        aspect=_aspect(sp, view),
+        to_display(comparison_rgba(take_plane(p, view, idx), take_plane(g, view, idx), alpha=200)),
+        aspect=display_aspect(sp, view),
         interpolation="nearest",
     )
     axes[2].set_title(f"segmentation\n{where}", fontsize=9)
-    _show(
+    show_plane(
         axes[3],
         pet_img if pet_mode == "mip" else mip(pet, view),
         sp,
@@ -257,8 +200,8 @@ def render_overlay(
         vmax=pet_vmax,
     )
     axes[3].imshow(
-        _display(comparison_rgba(mip(p, view), mip(g, view), alpha=200)),
-        aspect=_aspect(sp, view),
+        to_display(comparison_rgba(mip(p, view), mip(g, view), alpha=200)),
+        aspect=display_aspect(sp, view),
         interpolation="nearest",
     )
     axes[3].set_title(f"segmentation\n{view} projection", fontsize=9)
@@ -299,14 +242,14 @@ def render_comparison(
     matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
 
-    view = _check_view(axis)
+    view = check_view(axis)
     if base not in ("ct", "pet"):
         raise H2ASegError(f"unknown base image {base!r} (ct, pet)")
     if not cases:
         raise ValueError("no cases to draw")
     horiz, vert = (0, 2) if view == "coronal" else (0, 1)
     widths = [
-        _figsize(c.pet.shape[horiz] * c.spacing[horiz], c.pet.shape[vert] * c.spacing[vert], height_in)[0]
+        figure_size(c.pet.shape[horiz] * c.spacing[horiz], c.pet.shape[vert] * c.spacing[vert], height_in)[0]
         for c in cases
     ]
     cols = 3 + len(methods)
@@ -333,24 +276,24 @@ def _comparison_row(
     gt = np.zeros(pet.shape, bool) if case.gt is None else np.asarray(case.gt) > 0
     idx = default_slice(case.gt, None, view, fallback=pet)
     sp = case.spacing
-    pet_plane = _plane(pet, view, idx)
-    pet_kw = dict(cmap="gray_r", vmin=0.0, vmax=_robust_max(pet_plane))
-    ct_plane = None if case.ct is None else _plane(np.asarray(case.ct, dtype=np.float32), view, idx)
+    pet_plane = take_plane(pet, view, idx)
+    pet_kw = dict(cmap="gray_r", vmin=0.0, vmax=robust_max(pet_plane))
+    ct_plane = None if case.ct is None else take_plane(np.asarray(case.ct, dtype=np.float32), view, idx)
     ct_kw = dict(cmap="gray", vmin=ct_window[0], vmax=ct_window[1])
     under, under_kw = (pet_plane, pet_kw) if base == "pet" or ct_plane is None else (ct_plane, ct_kw)
-    _show(axes[0], pet_plane, sp, view, **pet_kw)
+    show_plane(axes[0], pet_plane, sp, view, **pet_kw)
     axes[0].set_title("PET", fontsize=9)
     name = "\n".join(case.case_id[i : i + 24] for i in range(0, len(case.case_id), 24))
     axes[0].set_ylabel(f"{name}\n{view} slice {idx}", fontsize=8)
     if ct_plane is not None:
-        _show(axes[1], ct_plane, sp, view, **ct_kw)
+        show_plane(axes[1], ct_plane, sp, view, **ct_kw)
     else:
         _blank(axes[1], "no CT")
     axes[1].set_title("CT", fontsize=9)
-    g = _plane(gt, view, idx)
+    g = take_plane(gt, view, idx)
     panels: list[tuple[str, np.ndarray | None]] = [("ground truth", g)]
     panels += [
-        (m, None if case.preds.get(m) is None else _plane(np.asarray(case.preds[m]) > 0, view, idx))
+        (m, None if case.preds.get(m) is None else take_plane(np.asarray(case.preds[m]) > 0, view, idx))
         for m in methods
     ]
     for ax, (name, mask) in zip(axes[2:], panels, strict=True):
@@ -358,9 +301,11 @@ def _comparison_row(
         if mask is None:
             _blank(ax, "no prediction")
             continue
-        _show(ax, under, sp, view, **under_kw)
+        show_plane(ax, under, sp, view, **under_kw)
         ax.imshow(
-            _display(comparison_rgba(mask, g, alpha=200)), aspect=_aspect(sp, view), interpolation="nearest"
+            to_display(comparison_rgba(mask, g, alpha=200)),
+            aspect=display_aspect(sp, view),
+            interpolation="nearest",
         )
 
 

@@ -173,7 +173,7 @@ def _plot(curves: Sequence[RunCurve], out_png: Path, title: str | None) -> Path:
     matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
 
-    from h2aseg.analysis.overlays import _save
+    from h2aseg.analysis.plotting import save_png
 
     fig = Figure(figsize=(11, 4.2), dpi=100)
     ax_step, ax_time = fig.subplots(1, 2, sharey=True)
@@ -195,4 +195,4 @@ def _plot(curves: Sequence[RunCurve], out_png: Path, title: str | None) -> Path:
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    return _save(fig, out_png)
+    return save_png(fig, out_png)

@@ -1,20 +1,19 @@
-"""Running Table 3's analysis: load a trained H2ASeg as ``h2aseg predict`` does, choose the cases from its
-split, run it with the TAMW recorder of :mod:`h2aseg.analysis.tamw_weights`, and write the tables
-(``h2aseg analyze tamw``); and the recorder ``h2aseg experiment``'s predict step uses.
+"""Running Table 3's analysis: load a trained H2ASeg as ``h2aseg predict`` does and choose the cases from its
+split (:mod:`h2aseg.analysis.common`), run it with the TAMW recorder of :mod:`h2aseg.analysis.tamw_weights`,
+and write the tables (``h2aseg analyze tamw``); and the recorder ``h2aseg experiment``'s predict step uses.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch.nn as nn
 
+from h2aseg.analysis.common import AnalysisError, LoadedModel, load_model, run_case, select_cases
 from h2aseg.analysis.tamw_weights import (
     WEIGHTINGS,
-    AnalysisError,
     CaseWeights,
     OnCase,
     TamwRecorder,
@@ -25,85 +24,10 @@ from h2aseg.analysis.tamw_weights import (
 )
 
 
-@dataclass
-class LoadedModel:
-    """A trained H2ASeg as ``h2aseg predict`` loads it, with where its split is recorded."""
-
-    path: Path
-    predictor: Any  # h2aseg.inference.predictor.Predictor
-
-    @property
-    def stored_split(self) -> dict[str, Any] | None:
-        return self.predictor.stored_split  # type: ignore[no-any-return]
-
-    @property
-    def model(self) -> nn.Module:
-        return self.predictor.model
-
-    @property
-    def variant(self) -> str:
-        return str(getattr(self.model, "variant", "paper"))
-
-    def describe(self) -> str:
-        """``"MCSA + TAMW"`` or ``"TAMW only"`` (with the variant when not the paper's)."""
-        from h2aseg.models.mcsa import MCSA
-
-        mcsa = any(isinstance(m, MCSA) for m in self.model.modules())
-        name = "MCSA + TAMW" if mcsa else "TAMW only"
-        return name if self.variant == "paper" else f"{name} ({self.variant} variant)"
-
-
-def load_h2aseg(checkpoint: str | Path, overrides: Sequence[str] | None = None) -> LoadedModel:
-    """Load a checkpoint as ``h2aseg predict`` does (:meth:`Predictor.from_checkpoint`, ``overrides`` as its
-    ``--set``) and check that it is an H2ASeg with TAMW (:class:`AnalysisError` otherwise); the stored
-    config is checked before any network is built."""
-    from h2aseg.checkpoint import load_checkpoint
-    from h2aseg.config import Config
-    from h2aseg.inference.predictor import Predictor
-
-    path = Path(checkpoint)
-    payload = load_checkpoint(path)
-    name = Config.from_dict(payload["config"], source=f"{path} (stored config)").model.name
-    del payload
-    if name != "h2aseg":
-        raise AnalysisError(f"{path}: a {name!r} checkpoint; the TAMW analysis needs an H2ASeg checkpoint")
-    predictor = Predictor.from_checkpoint(path, list(overrides or []))
-    tamw_modules(predictor.model, str(path))
-    return LoadedModel(path, predictor)
-
-
-def select_cases(
-    loaded: LoadedModel, data: str | Path, part: str = "test", limit: int | None = None
-) -> tuple[list[Any], str]:
-    """The cases under ``data`` (the model's layout settings) in ``part`` (train, val, test or all) of its
-    split (:func:`h2aseg.inference.case_selection.cases_in_part`), in case-id order, at most ``limit``; and
-    a line saying which."""
-    from h2aseg.data.layouts import discover
-    from h2aseg.errors import InputError
-    from h2aseg.inference.case_selection import cases_in_part
-
-    cfg = loaded.predictor.cfg.data
-    cases = discover(data, cfg.layout, swap_channels=cfg.swap_channels)
-    try:
-        chosen, where = cases_in_part(
-            cases, part, checkpoint=loaded.path, data=cfg, stored=loaded.stored_split, root=data
-        )
-    except InputError as e:
-        raise AnalysisError(str(e)) from None
-    if limit is not None:
-        if limit < 1:
-            raise AnalysisError(f"--cases must be at least 1, got {limit}")
-        chosen = chosen[:limit]
-    return chosen, where
-
-
 def case_weights(loaded: LoadedModel, recorder: TamwRecorder, case: Any, weighting: Weighting) -> CaseWeights:
     """Run the predictor's sliding windows over one case (inside ``recorder``) and average its weights."""
-    from h2aseg.data.preprocess import preprocess_images
-
     recorder.take()
-    pc = preprocess_images(case.ct, case.pet, loaded.predictor.cfg.data, case_id=case.case_id)
-    loaded.predictor.probabilities(pc)
+    run_case(loaded, case)
     return aggregate_case(case.case_id, recorder.take(), loaded.variant, weighting)
 
 
@@ -159,7 +83,7 @@ def analyze_tamw(
     """``h2aseg analyze tamw``: load, choose the cases, record the weights, write Table 3 and the raw CSVs."""
     if weighting not in WEIGHTINGS:
         raise AnalysisError(f"window weighting must be one of {', '.join(WEIGHTINGS)}, got {weighting!r}")
-    loaded = load_h2aseg(checkpoint, overrides)
+    loaded = load_model(checkpoint, overrides, h2aseg_for="the TAMW analysis", check=tamw_modules)
     cases, where = select_cases(loaded, data, part, limit)
     if on_start:
         on_start(len(cases))

@@ -24,7 +24,6 @@ modality means x 100, windows, mean ``P~``) and ``tamw_weights_channels.csv`` (p
 from __future__ import annotations
 
 import csv
-import io
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from h2aseg.errors import H2ASegError
+from h2aseg.analysis.common import AnalysisError, rows_csv
 from h2aseg.evaluation.report import describe, format_cell
 from h2aseg.files import atomic_write_text
 from h2aseg.models.tamw import TAMW
@@ -54,10 +53,6 @@ PER_CASE_COLUMNS = (
     *(f"{m}_{b}" for b in BRANCHES for m in MODALITIES),
 )
 TABLE_COLUMNS = ("depth", "branch", "modality", "mean", "std", "std_channels", "n_cases", "n_channels")
-
-
-class AnalysisError(H2ASegError):
-    """A checkpoint, model or case selection the analysis cannot use; the message names it."""
 
 
 # ------------------------------------------------------------------------------------------- the model
@@ -328,21 +323,6 @@ def table3_markdown(rows: Sequence[dict[str, Any]], *, title: str, notes: Iterab
             "",
         ]
     )
-
-
-def rows_csv(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
-    """CSV text of ``rows`` (``columns`` in order; floats to 6 significant digits, None empty)."""
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow(
-            {
-                k: "" if r.get(k) is None else (f"{r[k]:.6g}" if isinstance(r[k], float) else r[k])
-                for k in columns
-            }
-        )
-    return buf.getvalue()
 
 
 def write_table3(

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import typer
 
-from h2aseg.cli.common import err_console, fail, progress_bar
+from h2aseg.cli.common import err_console, fail
+from h2aseg.progress import progress_bar
 
 analyze_app = typer.Typer(
     name="analyze",
@@ -43,7 +44,7 @@ def _over_cases(
     """Run a per-case analysis under a progress bar (``run(start, advance)``: ``start(n)`` once the cases
     are known, ``advance(case_id)`` after each); print what it wrote; its errors as one line."""
     try:
-        with progress_bar(title, progress) as bar:
+        with progress_bar(title, progress, console=err_console) as bar:
             task = bar.add_task("", total=None)
             paths = run(
                 lambda n: bar.update(task, total=n),
@@ -116,7 +117,7 @@ def features(
 
     ckpts = [checkpoint] if compare is None else [checkpoint, compare]
     try:
-        with progress_bar("Fig. 4", progress) as bar:
+        with progress_bar("Fig. 4", progress, console=err_console) as bar:
             task = bar.add_task("", total=len(case_ids))
             paths = feature_figures(
                 ckpts,
@@ -285,7 +286,7 @@ def detection(
         cases = predicted_cases(discover(data, layout), list(dirs.values()))
         sites = lesion_sites(data if sites_file is None else sites_file)
         rows = []
-        with progress_bar("Lesions", progress) as bar:
+        with progress_bar("Lesions", progress, console=err_console) as bar:
             for label, folder in dirs.items():
                 task = bar.add_task(label, total=sum(c.label is not None for c in cases))
                 rows += method_lesions(

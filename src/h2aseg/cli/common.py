@@ -7,14 +7,6 @@ from pathlib import Path
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
 from h2aseg.config import Config, ConfigError, load_config
 
@@ -46,18 +38,3 @@ def _yaml(value: object) -> str:
     if isinstance(value, Path):
         value = str(value)
     return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
-
-
-def progress_bar(
-    name: str, enabled: bool, *, elapsed: bool = False, console: Console | None = None
-) -> Progress:
-    """The commands' one progress-bar style: ``name`` and the task description, bar, ``done/total``, time
-    remaining (or, with ``elapsed``, time elapsed); ``enabled=False`` (``--no-progress``) draws nothing."""
-    return Progress(
-        TextColumn(f"[bold]{name}[/bold] {{task.description}}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn() if elapsed else TimeRemainingColumn(),
-        console=console or err_console,
-        disable=not enabled,
-    )

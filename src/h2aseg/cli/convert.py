@@ -95,7 +95,9 @@ def dicom_to_autopet(
 
 def convert(
     input_dir: Path = typer.Option(..., "--input", help="Folder of DICOM files (any names, nested folders)."),
-    out: Path = typer.Option(..., "--out", help="Output folder: <patient>/<study>/{SUV,CTres,CT}.nii.gz."),
+    out: Path = typer.Option(
+        ..., "--out", help="Output folder: <patient>/<study>/{SUV,CTres,CT}.nii.gz; not inside --input."
+    ),
     weight_kg: float | None = WEIGHT_OPTION,
     dose_mbq: float | None = DOSE_OPTION,
     injection_time: str | None = INJECTION_OPTION,

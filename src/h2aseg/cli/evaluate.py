@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
@@ -11,7 +12,11 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-_err = Console(stderr=True, soft_wrap=True)
+from h2aseg.cli.common import err_console, fail
+
+if TYPE_CHECKING:
+    from h2aseg.evaluation.matching import Matching
+    from h2aseg.evaluation.pipeline import EvaluationResult
 
 
 class Protocol(StrEnum):
@@ -32,11 +37,6 @@ class GTLayout(StrEnum):
     autopet_nnunet = "autopet-nnunet"
     hecktor = "hecktor"
     csv = "csv"
-
-
-def _fail(msg: str) -> typer.Exit:
-    _err.print(f"[red]error:[/red] {escape(msg)}")
-    return typer.Exit(code=2)
 
 
 def evaluate(
@@ -97,14 +97,54 @@ def evaluate(
     ),
 ) -> None:
     """Score predictions against ground truth by case id; writes per-case and summary tables."""
+    _check_flags(pred)
+    res, paths = _score(
+        pred,
+        gt,
+        out,
+        protocol=protocol.value,
+        gt_layout=gt_layout.value,
+        hd95_convention=hd95.value,
+        hd95_empty_penalty=hd95_empty_penalty,
+        resample=resample,
+        allow_missing=allow_missing,
+        label_map=label_map,
+        jobs=jobs,
+        nnunet_cases=nnunet_cases,
+    )
+    _warn_unmatched(res.matching)
+    _print_summary(res.summary, paths)
+
+
+def _check_flags(pred: Path) -> None:
+    """The flags that can be checked before anything is read (a one-line error)."""
+    if not pred.is_dir():
+        raise fail(f"{pred}: prediction folder not found")
+
+
+def _score(
+    pred: Path,
+    gt: Path,
+    out: Path,
+    *,
+    protocol: str,
+    gt_layout: str,
+    hd95_convention: str,
+    hd95_empty_penalty: float | None,
+    resample: bool,
+    allow_missing: bool,
+    label_map: list[str],
+    jobs: int,
+    nnunet_cases: Path | None,
+) -> tuple[EvaluationResult, dict[str, Path]]:
+    """Evaluate every case under a progress bar (:func:`~h2aseg.evaluation.pipeline.evaluate_folders`) and
+    write the tables; an input or file error is a one-line error."""
     from h2aseg.data.nnunet_export import load_case_map
     from h2aseg.errors import H2ASegError
     from h2aseg.evaluation.matching import parse_label_map
     from h2aseg.evaluation.pipeline import evaluate_folders
-    from h2aseg.evaluation.report import METRICS, format_cell, write_evaluation
+    from h2aseg.evaluation.report import write_evaluation
 
-    if not pred.is_dir():
-        raise _fail(f"{pred}: prediction folder not found")
     try:
         mapping = parse_label_map(label_map)
         case_ids = None if nnunet_cases is None else load_case_map(nnunet_cases)
@@ -113,7 +153,7 @@ def evaluate(
             BarColumn(),
             MofNCompleteColumn(),
             TimeRemainingColumn(),
-            console=_err,
+            console=err_console,
             transient=True,
         ) as prog:
             task = prog.add_task("evaluating", total=None)
@@ -124,9 +164,9 @@ def evaluate(
             res = evaluate_folders(
                 pred,
                 gt,
-                protocol=protocol.value,
-                gt_layout=gt_layout.value,
-                hd95_convention=hd95.value,
+                protocol=protocol,
+                gt_layout=gt_layout,
+                hd95_convention=hd95_convention,
                 hd95_empty_penalty=hd95_empty_penalty,
                 resample=resample,
                 allow_missing=allow_missing,
@@ -137,22 +177,30 @@ def evaluate(
             )
         paths = write_evaluation(out, res.rows, res.summary)
     except (H2ASegError, OSError) as e:
-        raise _fail(str(e)) from None
+        raise fail(str(e)) from None
+    return res, paths
 
-    con = Console()
-    if res.matching.extra:
-        _err.print(
-            f"[yellow]warning:[/yellow] {len(res.matching.extra)} prediction(s) without ground truth, "
-            f"not scored: {escape(', '.join(res.matching.extra[:8]))}"
-            + (" ..." if len(res.matching.extra) > 8 else "")
+
+def _warn_unmatched(matching: Matching) -> None:
+    """Warnings for predictions without ground truth and cases scored without a prediction."""
+    if matching.extra:
+        err_console.print(
+            f"[yellow]warning:[/yellow] {len(matching.extra)} prediction(s) without ground truth, "
+            f"not scored: {escape(', '.join(matching.extra[:8]))}"
+            + (" ..." if len(matching.extra) > 8 else "")
         )
-    if res.matching.missing:
-        _err.print(
-            f"[yellow]warning:[/yellow] {len(res.matching.missing)} case(s) without prediction scored "
-            f"as empty: {escape(', '.join(res.matching.missing[:8]))}"
-            + (" ..." if len(res.matching.missing) > 8 else "")
+    if matching.missing:
+        err_console.print(
+            f"[yellow]warning:[/yellow] {len(matching.missing)} case(s) without prediction scored "
+            f"as empty: {escape(', '.join(matching.missing[:8]))}"
+            + (" ..." if len(matching.missing) > 8 else "")
         )
-    s = res.summary
+
+
+def _print_summary(s: dict[str, Any], paths: dict[str, Path]) -> None:
+    """The summary table (mean ± std and n per metric) and the files written, on stdout."""
+    from h2aseg.evaluation.report import METRICS, format_cell
+
     table = Table(
         title=f"{s['protocol']} protocol: {s['n_cases']} cases "
         f"({s['n_lesion_cases']} with lesions), HD95 {s['hd95_convention']}"
@@ -168,6 +216,7 @@ def evaluate(
             format_cell(m["mean"], m["std"]),
             str(m["n"]),
         )
+    con = Console()
     con.print(table)
     for p in paths.values():
         con.print(f"wrote {escape(str(p))}")
@@ -197,7 +246,7 @@ def evaluate_table(
             runs.setdefault(method, {}).setdefault(group, []).append(load_summary(path))
         paths = write_runs_table(runs, out)
     except (H2ASegError, OSError) as e:
-        raise _fail(str(e)) from None
+        raise fail(str(e)) from None
     con = Console()
     con.print(paths["markdown"].read_text(encoding="utf-8"))
     for p in paths.values():

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from h2aseg.cli.common import build_config, err_console, fail, progress_bar
+from h2aseg.cli.common import build_config, err_console, fail
+from h2aseg.progress import progress_bar
 
 if TYPE_CHECKING:
     from h2aseg.data.nnunet_export import ExportResult
@@ -68,7 +69,7 @@ def export_nnunet(
         "data.label_mode": None if label_mode is None else label_mode.value,
     }
     cfg = build_config(preset, config, assignments, fields)
-    with progress_bar("export-nnunet", progress, elapsed=True) as bar:
+    with progress_bar("export-nnunet", progress, time="elapsed", console=err_console) as bar:
         task = bar.add_task("cases", total=None)
         try:
             res = export_dataset(

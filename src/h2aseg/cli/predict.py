@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import typer
 
-from h2aseg.cli.common import err_console, fail, progress_bar
+from h2aseg.cli.common import err_console, fail
 from h2aseg.cli.convert import DOSE_OPTION, INJECTION_OPTION, WEIGHT_OPTION, dicom_to_autopet, suv_overrides
+from h2aseg.progress import progress_bar
 
 if TYPE_CHECKING:
+    from h2aseg.data.suv import SuvOverrides
     from h2aseg.inference.predictor import Predictor
 
 
@@ -74,25 +76,10 @@ def predict(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
 ) -> None:
     """Sliding-window prediction; masks are uint8 NIfTI in the original CT geometry."""
-
-    from h2aseg.data.layouts import discover
     from h2aseg.errors import H2ASegError
-    from h2aseg.inference.predictor import Predictor, predict_cases, write_prediction
+    from h2aseg.inference.predictor import Predictor
 
-    single = ct is not None or pet is not None or out is not None
-    folder = input_dir is not None or out_dir is not None
-    if challenge_io is not None and (single or folder):
-        raise fail("--challenge-io takes no --ct/--pet/--out or --input/--out-dir")
-    if challenge_io is not None and report:
-        raise fail("--report is for --ct/--pet/--out or --input/--out-dir, not --challenge-io")
-    if single == folder and challenge_io is None:
-        raise fail("give either --ct, --pet and --out (one patient) or --input and --out-dir (a folder)")
-    if single and (ct is None or pet is None or out is None):
-        raise fail("--ct, --pet and --out must be given together")
-    if folder and (input_dir is None or out_dir is None):
-        raise fail("--input and --out-dir must be given together")
-    if split != "all" and not folder:
-        raise fail("--split chooses cases of an --input folder; it takes no --ct/--pet or --challenge-io")
+    mode = _check_flags(ct, pet, out, input_dir, out_dir, split=split, report=report, challenge=challenge_io)
     fields = {
         "infer.overlap": overlap,
         "infer.tta_flips": tta,
@@ -101,65 +88,146 @@ def predict(
         "infer.device": device,
         "infer.amp": amp,
     }
-    overrides = [
-        *assignments,
-        *[f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in fields.items() if v is not None],
-    ]
+    overrides = [*assignments, *(f"{k}={_set_value(v)}" for k, v in fields.items() if v is not None)]
     try:
         predictor = Predictor.from_checkpoint(checkpoint, overrides)
-        if challenge_io is not None:
-            from h2aseg.inference.challenge import run_challenge
-
-            masks = run_challenge(
-                predictor, *challenge_io, on_case=lambda p: err_console.print(f"wrote {p}", highlight=False)
-            )
-            err_console.print(f"wrote {len(masks)} mask(s) with their lesion CSVs", highlight=False)
-            return
-        if single:
+        if mode == "challenge":
+            assert challenge_io is not None
+            _predict_challenge(predictor, challenge_io)
+        elif mode == "one":
             assert ct is not None and pet is not None and out is not None
-            pred = predictor.predict_files(ct, pet, case_id=ct.name)
-            path = write_prediction(pred, out, inputs=(ct, pet))
-            err_console.print(f"wrote {path}", highlight=False)
-            if quantify or report:
-                settings = _report_settings(checkpoint, predictor) if report else None
-                _quantify([(path, pet, ct)], settings, index=False)
-            return
-        assert input_dir is not None and out_dir is not None
-        input_dir, layout, dicom_failed = dicom_to_autopet(  # DICOM: converted into out_dir/.dicom first
-            input_dir, out_dir, layout, suv_overrides(weight_kg, dose_mbq, injection_time), overwrite
-        )
-        cases = discover(
-            input_dir, layout or predictor.cfg.data.layout, swap_channels=predictor.cfg.data.swap_channels
-        )
-        if split != "all":
-            from h2aseg.inference.case_selection import cases_in_part
-
-            cases, where = cases_in_part(
-                cases,
-                split,
-                checkpoint=checkpoint,
-                data=predictor.cfg.data,
-                stored=predictor.stored_split,
-                root=input_dir,
-            )
-            err_console.print(f"predicting {where}", highlight=False)
-        with progress_bar("predict", progress) as bar:
-            task = bar.add_task("", total=len(cases))
-            paths = predict_cases(
+            _predict_one(predictor, checkpoint, ct, pet, out, quantify=quantify, report=report)
+        else:
+            assert input_dir is not None and out_dir is not None
+            dicom_failed = _predict_folder(
                 predictor,
-                cases,
+                checkpoint,
+                input_dir,
                 out_dir,
+                layout=layout,
+                split=split,
+                suv=suv_overrides(weight_kg, dose_mbq, injection_time),
                 overwrite=overwrite,
-                on_case=lambda cid, status: bar.update(task, advance=1, description=f"{cid} {status}"),
+                progress=progress,
+                quantify=quantify,
+                report=report,
             )
-        err_console.print(f"wrote {len(paths)} masks to {out_dir}", highlight=False)
-        if quantify or report:
-            settings = _report_settings(checkpoint, predictor) if report else None
-            _quantify([(p, c.pet, c.ct) for c, p in zip(cases, paths, strict=True)], settings, index=True)
-        if dicom_failed:
-            raise typer.Exit(code=1)  # the failed studies were reported above
+            if dicom_failed:
+                raise typer.Exit(code=1)  # the failed studies were reported above
     except H2ASegError as e:
         raise fail(str(e)) from None
+
+
+def _check_flags(
+    ct: Path | None,
+    pet: Path | None,
+    out: Path | None,
+    input_dir: Path | None,
+    out_dir: Path | None,
+    *,
+    split: str,
+    report: bool,
+    challenge: tuple[Path, Path] | None,
+) -> Literal["challenge", "one", "folder"]:
+    """Which mode the flags ask for (the challenge interface, one patient, a folder); a flag that does not
+    belong to it, or one missing, is a one-line error."""
+    single = ct is not None or pet is not None or out is not None
+    folder = input_dir is not None or out_dir is not None
+    if challenge is not None and (single or folder):
+        raise fail("--challenge-io takes no --ct/--pet/--out or --input/--out-dir")
+    if challenge is not None and report:
+        raise fail("--report is for --ct/--pet/--out or --input/--out-dir, not --challenge-io")
+    if single == folder and challenge is None:
+        raise fail("give either --ct, --pet and --out (one patient) or --input and --out-dir (a folder)")
+    if single and (ct is None or pet is None or out is None):
+        raise fail("--ct, --pet and --out must be given together")
+    if folder and (input_dir is None or out_dir is None):
+        raise fail("--input and --out-dir must be given together")
+    if split != "all" and not folder:
+        raise fail("--split chooses cases of an --input folder; it takes no --ct/--pet or --challenge-io")
+    return "challenge" if challenge is not None else "one" if single else "folder"
+
+
+def _set_value(value: object) -> str:
+    """A flag's value as a ``--set`` value (booleans lower case)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _predict_challenge(predictor: Predictor, challenge_io: tuple[Path, Path]) -> None:
+    """``--challenge-io INPUT OUTPUT``: the autoPET grand-challenge interface."""
+    from h2aseg.inference.challenge import run_challenge
+
+    masks = run_challenge(
+        predictor, *challenge_io, on_case=lambda p: err_console.print(f"wrote {p}", highlight=False)
+    )
+    err_console.print(f"wrote {len(masks)} mask(s) with their lesion CSVs", highlight=False)
+
+
+def _predict_one(
+    predictor: Predictor, checkpoint: Path, ct: Path, pet: Path, out: Path, *, quantify: bool, report: bool
+) -> None:
+    """``--ct --pet --out``: one patient's mask (and with ``--quantify``/``--report`` its measures)."""
+    from h2aseg.inference.predictor import write_prediction
+
+    pred = predictor.predict_files(ct, pet, case_id=ct.name)
+    path = write_prediction(pred, out, inputs=(ct, pet))
+    err_console.print(f"wrote {path}", highlight=False)
+    if quantify or report:
+        settings = _report_settings(checkpoint, predictor) if report else None
+        _quantify([(path, pet, ct)], settings, index=False)
+
+
+def _predict_folder(
+    predictor: Predictor,
+    checkpoint: Path,
+    input_dir: Path,
+    out_dir: Path,
+    *,
+    layout: str | None,
+    split: str,
+    suv: SuvOverrides,
+    overwrite: bool,
+    progress: bool,
+    quantify: bool,
+    report: bool,
+) -> int:
+    """``--input --out-dir``: a mask per case of the folder (DICOM studies converted first), of the model's
+    ``split`` part when not ``all``; returns the number of DICOM studies that could not be converted."""
+    from h2aseg.data.layouts import discover
+    from h2aseg.inference.predictor import predict_cases
+
+    input_dir, layout, dicom_failed = dicom_to_autopet(  # DICOM: converted into out_dir/.dicom first
+        input_dir, out_dir, layout, suv, overwrite
+    )
+    cases = discover(
+        input_dir, layout or predictor.cfg.data.layout, swap_channels=predictor.cfg.data.swap_channels
+    )
+    if split != "all":
+        from h2aseg.inference.case_selection import cases_in_part
+
+        cases, where = cases_in_part(
+            cases,
+            split,
+            checkpoint=checkpoint,
+            data=predictor.cfg.data,
+            stored=predictor.stored_split,
+            root=input_dir,
+        )
+        err_console.print(f"predicting {where}", highlight=False)
+    with progress_bar("predict", progress, console=err_console) as bar:
+        task = bar.add_task("", total=len(cases))
+        paths = predict_cases(
+            predictor,
+            cases,
+            out_dir,
+            overwrite=overwrite,
+            on_case=lambda cid, status: bar.update(task, advance=1, description=f"{cid} {status}"),
+        )
+    err_console.print(f"wrote {len(paths)} masks to {out_dir}", highlight=False)
+    if quantify or report:
+        settings = _report_settings(checkpoint, predictor) if report else None
+        _quantify([(p, c.pet, c.ct) for c, p in zip(cases, paths, strict=True)], settings, index=True)
+    return dicom_failed
 
 
 def _quantify(

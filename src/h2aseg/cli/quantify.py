@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,7 +17,18 @@ if TYPE_CHECKING:
 
 def quantify(
     pet: Path = typer.Option(..., "--pet", help="PET image in SUV."),
-    mask: Path = typer.Option(..., "--mask", help="Lesion mask (> 0 = lesion) on the PET's voxel grid."),
+    mask: Path = typer.Option(
+        ...,
+        "--mask",
+        help="Lesion mask on the PET's voxel grid: labels (whole numbers >= 0; > 0 = lesion). Anything else "
+        "(a probability map) is refused unless --threshold binarises it.",
+    ),
+    threshold: float | None = typer.Option(
+        None,
+        "--threshold",
+        metavar="T",
+        help="Binarise the mask first: voxels >= T are lesion (e.g. 0.5 for a probability map).",
+    ),
     gt: Path | None = typer.Option(
         None, "--gt", help="Ground-truth mask on the same grid: adds the per-lesion 'detected' flag."
     ),
@@ -31,19 +43,22 @@ def quantify(
         "patient tables, the inputs (docs/report.md).",
     ),
 ) -> None:
-    """Lesions = 18-connected components of the mask; measures as in docs/quantify.md."""
+    """Lesions = 18-connected components of the mask (with --threshold: of mask >= T); measures as in
+    docs/quantify.md."""
     from h2aseg.data.io import read_volume
     from h2aseg.errors import H2ASegError
     from h2aseg.evaluation.quantify import quantify_volumes, write_to_dir
 
+    if threshold is not None and not (math.isfinite(threshold) and threshold > 0):
+        raise fail(f"--threshold must be a number > 0, got {threshold}")
     try:
-        suv, lesions = read_volume(pet, dtype=None), read_volume(mask, dtype=None)
+        suv, lesions = read_volume(pet, dtype=None), _read_mask(mask, threshold)
         truth = None if gt is None else read_volume(gt, dtype=None)
         q = quantify_volumes(suv, lesions, truth, case_id=case_id)
         paths = list(write_to_dir(q, out))
         if report:
             inputs = {"PET (SUV)": pet, "mask": mask, "ground truth": gt}
-            paths.append(_report(out / "report.html", suv, lesions, q, inputs))
+            paths.append(_report(out / "report.html", suv, lesions, q, inputs, threshold))
     except (H2ASegError, OSError) as e:
         raise fail(str(e)) from None
     p = q.patient
@@ -56,14 +71,36 @@ def quantify(
     err_console.print(f"wrote {', '.join(map(str, paths[:-1]))} and {paths[-1]}", highlight=False)
 
 
-def _report(path: Path, suv: Volume, mask: Volume, q: Quantification, inputs: dict[str, Path | None]) -> Path:
+def _read_mask(path: Path, threshold: float | None) -> Volume:
+    """The mask file; with ``--threshold`` binarised at ``>= threshold`` (said on stderr)."""
+    from h2aseg.data.io import read_volume
+    from h2aseg.evaluation.quantify import binarise
+
+    vol = read_volume(path, dtype=None)
+    if threshold is None:
+        return vol
+    binary = binarise(vol, threshold)
+    kept = f"{int(binary.array.sum())} of {binary.array.size} voxel(s)"
+    err_console.print(f"mask binarised at >= {threshold:g}: {kept} taken as lesion", highlight=False)
+    return binary
+
+
+def _report(
+    path: Path,
+    suv: Volume,
+    mask: Volume,
+    q: Quantification,
+    inputs: dict[str, Path | None],
+    threshold: float | None,
+) -> Path:
     """``--report``: the study page of :mod:`h2aseg.analysis.html_report` from the measured arrays."""
     from datetime import datetime
 
     from h2aseg.analysis.html_report import write_study_report
 
     settings: dict[str, object] = {k: v for k, v in inputs.items() if v is not None}
-    settings["lesions"] = "18-connected components of the mask (docs/quantify.md)"
+    where = "the mask" if threshold is None else f"the mask binarised at >= {threshold:g}"
+    settings["lesions"] = f"18-connected components of {where} (docs/quantify.md)"
     settings["created"] = datetime.now().astimezone().isoformat(timespec="seconds")
     return write_study_report(path, suv.array, mask.array, suv.affine, q, settings)
 

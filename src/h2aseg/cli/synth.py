@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from h2aseg.cli.common import progress_bar
+from h2aseg.progress import progress_bar
 
 
 class SynthLayout(StrEnum):
@@ -16,6 +16,14 @@ class SynthLayout(StrEnum):
     autopet_nnunet = "autopet-nnunet"
     hecktor = "hecktor"
     csv = "csv"
+
+
+class SynthVariability(StrEnum):
+    """The named levels of :data:`h2aseg.synth.variability.LEVELS`."""
+
+    default = "default"
+    wide = "wide"
+    out_of_range = "out-of-range"
 
 
 def synth(
@@ -31,9 +39,21 @@ def synth(
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty folder."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
+    variability: SynthVariability = typer.Option(
+        SynthVariability.default,
+        "--variability",
+        help="Ranges of body, organs, uptake and PET resolution/noise: default (today's phantom, identical "
+        "files), wide (training cohorts) or out-of-range (beyond wide: evaluation cohorts). docs/phantom.md.",
+    ),
+    variability_file: Path | None = typer.Option(
+        None,
+        "--variability-file",
+        help="YAML file of ranges (a base level and the fields it replaces; docs/phantom.md), instead of "
+        "--variability.",
+    ),
 ) -> None:
     """Write N synthetic PET/CT studies (whole body for AutoPET layouts, head and neck for HECKTOR)."""
-    from h2aseg.synth import PhantomError, check_output_dir, write_cohort
+    from h2aseg.synth import PhantomError, check_output_dir, resolve_variability, write_cohort
 
     console = Console(stderr=True)
     if cases < 1:
@@ -47,11 +67,16 @@ def synth(
             f"each spacing must be > 0 mm, got {' '.join(map(str, spacing))}", param_hint="--spacing"
         )
     try:
+        ranges = resolve_variability(variability.value, variability_file)
+    except PhantomError as e:
+        console.print(f"[red]error:[/red] {e}", highlight=False)
+        raise typer.Exit(code=2) from None
+    try:
         check_output_dir(out, overwrite)
     except PhantomError as e:
         console.print(f"[red]error:[/red] {e} (use --overwrite to write into it)", highlight=False)
         raise typer.Exit(code=2) from None
-    with progress_bar("synth", progress, elapsed=True, console=console) as bar:
+    with progress_bar("synth", progress, time="elapsed", console=console) as bar:
         task = bar.add_task(layout.value, total=cases)
         try:
             written = write_cohort(
@@ -63,6 +88,7 @@ def synth(
                 spacing=spacing,
                 overwrite=overwrite,
                 progress=lambda done, total, cid: bar.update(task, completed=done),
+                variability=ranges,
             )
         except (PhantomError, OSError) as e:
             bar.stop()
@@ -70,7 +96,9 @@ def synth(
             raise typer.Exit(code=2) from None
     patients = len({c.patient_id for c in written})
     console.print(
-        f"wrote {len(written)} studies of {patients} patients to {out} (layout {layout.value})",
+        f"wrote {len(written)} studies of {patients} patients to {out} (layout {layout.value}"
+        + ("" if ranges.is_default else f", variability {ranges.level}")
+        + ")",
         highlight=False,
     )
 

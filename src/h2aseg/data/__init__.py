@@ -9,7 +9,7 @@ from h2aseg.data.io import ImageError, Volume, read_volume, write_volume
 from h2aseg.data.layouts import Case, LayoutError, discover
 from h2aseg.data.preprocess import (
     CaseCache,
-    Geometry,
+    CaseGeometry,
     PreprocessedCase,
     preprocess_case,
     preprocess_images,
@@ -20,7 +20,7 @@ from h2aseg.data.splits import Split, SplitError, load_split, make_split, save_s
 __all__ = [
     "Case",
     "CaseCache",
-    "Geometry",
+    "CaseGeometry",
     "ImageError",
     "LayoutError",
     "PreprocessedCase",

@@ -20,7 +20,8 @@ when it is ADMIN. A missing or implausible tag is a :class:`DicomError` naming t
 Folder names: ``<patient>`` is the sanitised PatientID (``UNKNOWN`` when empty), ``<study>`` the StudyDate
 and the last 8 digits of the StudyInstanceUID (``20230115-40212345``; all its digits when two studies of a
 patient would share a name); the case id is :func:`~h2aseg.data.layouts.autopet_case_id`. Writes are
-atomic; existing outputs are kept unless ``overwrite``. One study's failure is reported in its
+atomic; existing outputs are kept unless ``overwrite``; an output folder inside the input folder is refused
+before anything is written (:func:`check_output_outside`). One study's failure is reported in its
 :class:`StudyResult` and the others go on.
 """
 
@@ -51,6 +52,7 @@ __all__ = [
     "DicomError",
     "StudyResult",
     "SuvOverrides",
+    "check_output_outside",
     "contains_dicom",
     "convert_folder",
     "convert_study",
@@ -182,6 +184,23 @@ def convert_study(
     return result
 
 
+def check_output_outside(root: Path, out_root: Path) -> None:
+    """Raise :class:`DicomError` naming both folders when ``out_root`` is ``root`` or lies inside it, symlinks
+    resolved: the NIfTI files would be written into the user's DICOM export."""
+    src, dst = root.resolve(), out_root.resolve()
+    if dst == src or src in dst.parents:
+        raise DicomError(
+            f"output folder {_resolved(out_root)} lies inside the DICOM input folder {_resolved(root)}: "
+            "nothing written; choose an output folder outside the DICOM export"
+        )
+
+
+def _resolved(path: Path) -> str:
+    """``path``, and where it resolves to when that differs (symlinks, ``..``, a relative path)."""
+    real = path.resolve()
+    return str(path) if real == path else f"{path} (= {real})"
+
+
 def convert_folder(
     root: str | Path,
     out_root: str | Path,
@@ -192,11 +211,13 @@ def convert_folder(
 ) -> list[StudyResult]:
     """Convert every study under ``root`` into ``out_root`` (see the module docstring).
 
-    Raises :class:`DicomError` when ``root`` holds no DICOM study; per-study failures are in the results.
+    Raises :class:`DicomError` when ``root`` holds no DICOM study or ``out_root`` lies inside it (before
+    anything is written); per-study failures are in the results.
     """
     root = Path(root)
     if not root.is_dir():
         raise DicomError(f"{root}: not a folder")
+    check_output_outside(root, Path(out_root))
     studies = scan_folder(root)
     if not studies:
         raise DicomError(f"{root}: no DICOM files (with StudyInstanceUID and SeriesInstanceUID) found")

@@ -20,8 +20,8 @@ duplicate ids, an empty folder, an unrecognised layout) raises :class:`LayoutErr
 The naming rules live here once, for reading and writing: :func:`autopet_case_id`, :func:`nnunet_case_id`,
 :func:`hecktor_case_id` build case ids; :func:`autopet_study_paths`, :func:`nnunet_case_paths`,
 :func:`hecktor_case_paths` and :func:`csv_case_paths` the relative paths of a case's CT, PET and label (what
-:func:`discover` finds back), and :func:`manifest_text` a CSV manifest. The phantom (:mod:`h2aseg.synth`)
-writes its cohorts through them.
+:func:`discover` finds back), and :func:`manifest_text` a CSV manifest (:func:`write_manifest` writes one).
+The phantom (:mod:`h2aseg.synth`) writes its cohorts through them.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from typing import NamedTuple
 
 from h2aseg.data.io import IMAGE_SUFFIXES, image_suffix, strip_image_suffix
 from h2aseg.errors import InputError
+from h2aseg.files import atomic_write_text
 
 LAYOUTS = ("autopet", "autopet-nnunet", "hecktor", "csv")
 AUTOPET_FILES = {"ct": "CTres", "pet": "SUV", "label": "SEG"}
@@ -144,16 +145,28 @@ def csv_case_paths(case_id: str) -> CasePaths:
     )
 
 
-def manifest_text(cases: Iterable[Case], base: str | Path) -> str:
-    """A CSV manifest (:data:`CSV_COLUMNS`) of ``cases``; paths relative to ``base`` (its folder)."""
-    base = Path(base)
+def manifest_text(cases: Iterable[Case], base: str | Path | None = None) -> str:
+    """A CSV manifest (:data:`CSV_COLUMNS`) of ``cases``; paths relative to ``base`` (its folder), or
+    absolute (resolved) without one. A missing label is an empty cell."""
+    root = None if base is None else Path(base)
+
+    def cell(q: Path | None) -> str:
+        if q is None:
+            return ""
+        return str(Path(q).resolve() if root is None else Path(q).relative_to(root))
+
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(CSV_COLUMNS)
     for c in cases:
-        files = (c.ct, c.pet, c.label)
-        w.writerow([c.case_id, c.patient_id, *("" if q is None else str(q.relative_to(base)) for q in files)])
+        w.writerow([c.case_id, c.patient_id, *(cell(q) for q in (c.ct, c.pet, c.label))])
     return buf.getvalue()
+
+
+def write_manifest(cases: Iterable[Case], path: str | Path, base: str | Path | None = None) -> Path:
+    """Write :func:`manifest_text` of ``cases`` to ``path``, atomically (absolute paths unless ``base``);
+    ``discover(path, "csv")`` reads the cases back. Returns the path."""
+    return atomic_write_text(path, manifest_text(cases, base))
 
 
 # ------------------------------------------------------------------------------------------- reading

@@ -51,7 +51,7 @@ _SUV_MAX_PLAUSIBLE = 500.0
 
 
 @dataclass
-class Geometry:
+class CaseGeometry:
     """Everything needed to put a prediction on the working grid back onto the original CT grid.
 
     ``ct_affine``/``ct_shape``: the original CT file; ``ornt``: its nibabel orientation (file axes -> RAS);
@@ -89,7 +89,7 @@ class Geometry:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Geometry:
+    def from_dict(cls, d: dict[str, Any]) -> CaseGeometry:
         return cls(
             ct_affine=np.asarray(d["ct_affine"], dtype=np.float64),
             ct_shape=tuple(int(v) for v in d["ct_shape"]),  # type: ignore[arg-type]
@@ -115,7 +115,7 @@ class PreprocessedCase:
     image: np.ndarray
     label: np.ndarray | None
     suv: np.ndarray
-    geometry: Geometry
+    geometry: CaseGeometry
 
 
 def _target_grid(
@@ -202,7 +202,7 @@ def preprocess_images(
     image = np.stack([_scale(ct_arr, cfg.ct_window), pet_channel(suv, cfg)])
     if lab_arr is not None and cfg.label_mode == "binary":
         lab_arr = (lab_arr > 0).astype(np.uint8)
-    geometry = Geometry(
+    geometry = CaseGeometry(
         ct_affine=ct.affine.copy(),
         ct_shape=ct.shape,
         ornt=ornt,
@@ -221,7 +221,7 @@ def preprocess_case(case: Case, cfg: DataConfig) -> PreprocessedCase:
     return preprocess_images(case.ct, case.pet, cfg, label_path=case.label, case_id=case.case_id)
 
 
-def restore_to_ct_grid(array: np.ndarray, geometry: Geometry, *, order: int = 0) -> np.ndarray:
+def restore_to_ct_grid(array: np.ndarray, geometry: CaseGeometry, *, order: int = 0) -> np.ndarray:
     """Map ``array`` (working grid, optionally with leading channel axes) onto the original CT file's grid.
 
     Nearest (``order=0``, masks; dtype kept) or linear (``order=1``, probabilities; float32). The result has
@@ -337,7 +337,7 @@ class CaseCache:
         except Exception:  # a truncated/corrupt entry is simply recomputed
             return None
         image = np.stack([ct, pet_channel(suv, self.cfg)])
-        return PreprocessedCase(meta["case_id"], image, label, suv, Geometry.from_dict(meta["geometry"]))
+        return PreprocessedCase(meta["case_id"], image, label, suv, CaseGeometry.from_dict(meta["geometry"]))
 
     def _save(self, path: Path, pc: PreprocessedCase) -> None:
         self.cache_dir.mkdir(parents=True, exist_ok=True)

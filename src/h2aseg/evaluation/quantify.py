@@ -2,9 +2,12 @@
 
 Lesions are the 18-connected components of ``mask > 0`` (``cc3d.connected_components(connectivity=18)``,
 as the autoPET scripts label them), numbered 1..N in cc3d's order (the ``lesion_id`` is the component's
-label value). SUV, mask and ground truth must be on one voxel grid (shape and affine); otherwise an
-:class:`~h2aseg.data.io.ImageError` names both files. Values are in the units of the input image (SUV body
-weight for autoPET; PERCIST's SUL is not computed). Per lesion:
+label value). A mask read from a file must hold labels, whole numbers >= 0 (0 background; 1, or the
+HECKTOR labels 1 and 2, lesion); anything else (a probability map, an image) is an
+:class:`~h2aseg.data.io.ImageError` naming the file (:func:`check_label_mask`), unless it was binarised
+first (:func:`binarise`, ``h2aseg quantify --threshold``). SUV, mask and ground truth must be on one voxel
+grid (shape and affine); otherwise an :class:`~h2aseg.data.io.ImageError` names both files. Values are in
+the units of the input image (SUV body weight for autoPET; PERCIST's SUL is not computed). Per lesion:
 
 * ``centroid_{x,y,z}_mm``: the unweighted mean of the lesion's voxel indices mapped through the affine, in
   scanner (world) mm, RAS+ as :mod:`h2aseg.data.io` holds affines (ITK/DICOM LPS = (-x, -y, z)).
@@ -292,6 +295,46 @@ def check_grid(vol: Volume, ref: Volume, what: str, ref_what: str = "SUV", atol:
         )
 
 
+def check_label_mask(mask: Volume) -> None:
+    """Raise :class:`ImageError` naming the file unless ``mask`` holds labels: whole numbers >= 0.
+
+    A probability map (values in (0, 1)) or an image (fractional or negative values) would otherwise be
+    measured as if every voxel above 0 were lesion."""
+    arr = np.asarray(mask.array)
+    if arr.dtype.kind in "bu":
+        return
+    problem = _not_labels(arr)
+    if problem:
+        raise ImageError(f"{mask.path}: the mask is not a label mask: {problem}")
+
+
+def _not_labels(arr: np.ndarray) -> str | None:
+    """What keeps ``arr`` from being labels (whole numbers >= 0), or None."""
+    finite = np.isfinite(arr)
+    if not finite.all():
+        return f"{int(np.count_nonzero(~finite))} NaN/Inf voxel(s)"
+    lo, hi = float(arr.min()), float(arr.max())
+    if lo < 0:
+        return f"negative values (minimum {lo:g}): an image? pass --threshold T to take voxels >= T as lesion"
+    fractional = arr[arr != np.round(arr)]
+    if fractional.size == 0:
+        return None
+    if hi <= 1:
+        return (
+            f"values in (0, 1) (e.g. {float(fractional[0]):.7g}): a probability map? "
+            "pass --threshold 0.5 to binarise it"
+        )
+    return (
+        f"non-integer values (e.g. {float(fractional[0]):.7g}; range {lo:g} to {hi:g}): an image? "
+        "pass --threshold T to take voxels >= T as lesion"
+    )
+
+
+def binarise(mask: Volume, threshold: float) -> Volume:
+    """``mask >= threshold`` as a 0/1 uint8 mask on the same grid (``h2aseg quantify --threshold``)."""
+    return Volume((np.asarray(mask.array) >= threshold).astype(np.uint8), mask.affine, mask.path)
+
+
 def quantify_volumes(
     suv: Volume,
     mask: Volume,
@@ -300,9 +343,11 @@ def quantify_volumes(
     case_id: str | None = None,
     connectivity: int = CONNECTIVITY,
 ) -> Quantification:
-    """:func:`quantify_arrays` for volumes read from files; checks that they share the SUV's grid."""
+    """:func:`quantify_arrays` for volumes read from files; checks that they share the SUV's grid and that
+    the mask holds labels (:func:`check_label_mask`)."""
     check_finite(suv)
     check_grid(mask, suv, "mask")
+    check_label_mask(mask)
     if gt is not None:
         check_grid(gt, suv, "ground-truth")
     cid = case_id or (strip_image_suffix(Path(mask.path).name) if mask.path else "case")
@@ -326,7 +371,8 @@ def quantify_files(
     )
 
 
-def _cell(value: object) -> str:
+def csv_cell(value: object) -> str:
+    """A CSV cell: empty for None and NaN, floats to 10 significant digits."""
     if value is None:
         return ""
     if isinstance(value, float):
@@ -339,7 +385,7 @@ def csv_text(rows: list[dict[str, object]], columns: list[str]) -> str:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(columns)
     for row in rows:
-        writer.writerow([_cell(row[c]) for c in columns])
+        writer.writerow([csv_cell(row[c]) for c in columns])
     return buf.getvalue()
 
 

@@ -105,7 +105,7 @@ def forward_gflop(model: torch.nn.Module, patch: tuple[int, ...], device: torch.
 
 def train_step_seconds(model: torch.nn.Module, cfg: Config, device: torch.device) -> float:
     """Seconds of the second of two training steps on random data at the config's batch and patch."""
-    from h2aseg.inference.sliding import autocast_context
+    from h2aseg.hardware import autocast_context
     from h2aseg.models.factory import resolved_out_channels
     from h2aseg.training.losses import DeepSupervisedDiceCE
 
@@ -137,7 +137,7 @@ def train_step_seconds(model: torch.nn.Module, cfg: Config, device: torch.device
 def measure_cost(cfg: Config, *, fresh_process: bool | None = None) -> dict[str, Any]:
     """Parameters, forward GFLOP, train-step seconds and peak memory of ``cfg.model`` (see the module);
     ``fresh_process`` (default: on a CPU) measures in a spawned process with this one's thread count."""
-    from h2aseg.inference.sliding import resolve_device
+    from h2aseg.hardware import resolve_device
 
     device = resolve_device(cfg.train.device, "train.device")
     if fresh_process is None:
@@ -152,7 +152,7 @@ def measure_cost(cfg: Config, *, fresh_process: bool | None = None) -> dict[str,
 
 
 def _measure_in_child(cfg: Config, threads: int) -> dict[str, Any]:
-    from h2aseg.inference.sliding import resolve_device
+    from h2aseg.hardware import resolve_device
 
     torch.set_num_threads(threads)
     result = _measure(cfg, resolve_device(cfg.train.device, "train.device"))

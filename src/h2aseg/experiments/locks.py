@@ -5,6 +5,10 @@ and a heartbeat timestamp that the owner refreshes while it works (:class:`Heart
 treats a lock as stale, and takes it over, when its pid is not running on this same host or when its
 heartbeat is older than the timeout; a live lock makes the other process skip the run. Take-overs are
 serialised by a short-lived ``<lock>.takeover`` guard file, so two processes never both take one over.
+
+Every reading of the time and every wait goes through a :class:`Clock` (``clock=`` of :class:`RunLock`,
+:class:`Heartbeat`, :func:`held`; by default :data:`SYSTEM_CLOCK`, looked up when used), so that tests can
+run the staleness, heartbeat and waiting logic on a fake clock, without sleeps or deadlines.
 """
 
 from __future__ import annotations
@@ -19,10 +23,50 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Protocol
 
 from h2aseg.files import atomic_write_text
 
 GUARD_STALE_S = 60.0  # a take-over guard older than this was left by a crashed process
+
+
+class Clock(Protocol):
+    """What the locks read the time from and wait with."""
+
+    def time(self) -> float:
+        """Wall-clock seconds since the epoch: heartbeats (compared across processes and hosts, and with
+        file modification times)."""
+        ...
+
+    def monotonic(self) -> float:
+        """Seconds on a clock that never goes back: intervals within this process."""
+        ...
+
+    def sleep(self, seconds: float) -> None:
+        """Wait ``seconds``."""
+        ...
+
+
+class SystemClock:
+    """The real clock: :func:`time.time`, :func:`time.monotonic`, :func:`time.sleep`."""
+
+    def time(self) -> float:
+        return time.time()
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+
+#: the clock used where none is given (read when used, so a test may replace it for code that makes its
+#: own locks, such as the experiment runner)
+SYSTEM_CLOCK: Clock = SystemClock()
+
+
+def _clock(clock: Clock | None) -> Clock:
+    return SYSTEM_CLOCK if clock is None else clock
 
 
 class LockLost(RuntimeError):
@@ -40,7 +84,7 @@ class LockInfo:
     heartbeat: float
 
     def describe(self, now: float | None = None) -> str:
-        age = (now or time.time()) - self.heartbeat
+        age = (SYSTEM_CLOCK.time() if now is None else now) - self.heartbeat
         return f"pid {self.pid} on {self.host}, heartbeat {age:.0f} s ago"
 
 
@@ -58,8 +102,9 @@ def pid_alive(pid: int) -> bool:
 
 
 def stale_reason(info: LockInfo, timeout_s: float, now: float | None = None) -> str | None:
-    """Why ``info`` is stale (dead pid on this host, old heartbeat), or None when it is live."""
-    now = time.time() if now is None else now
+    """Why ``info`` is stale (dead pid on this host, old heartbeat), or None when it is live; ``now``
+    defaults to :data:`SYSTEM_CLOCK`'s time."""
+    now = SYSTEM_CLOCK.time() if now is None else now
     if info.host == socket.gethostname() and not pid_alive(info.pid):
         return f"pid {info.pid} is not running on {info.host}"
     if now - info.heartbeat > timeout_s:
@@ -68,11 +113,13 @@ def stale_reason(info: LockInfo, timeout_s: float, now: float | None = None) -> 
 
 
 class RunLock:
-    """``acquire()`` / ``refresh()`` / ``release()`` of the lock file at ``path``."""
+    """``acquire()`` / ``refresh()`` / ``release()`` of the lock file at ``path``; heartbeats and waits on
+    ``clock`` (default :data:`SYSTEM_CLOCK`)."""
 
-    def __init__(self, path: str | Path, timeout_s: float) -> None:
+    def __init__(self, path: str | Path, timeout_s: float, *, clock: Clock | None = None) -> None:
         self.path = Path(path)
         self.timeout_s = float(timeout_s)
+        self.clock = _clock(clock)
         self.info: LockInfo | None = None  # ours, while held
         self.took_over: str | None = None  # why the previous holder's lock was stale, if we took it over
         self._mutex = threading.Lock()
@@ -93,7 +140,9 @@ class RunLock:
     def holder(self) -> LockInfo | None:
         """The live holder of the lock, or None when it is free or stale."""
         info = self.read()
-        return info if info is not None and stale_reason(info, self.timeout_s) is None else None
+        if info is None or stale_reason(info, self.timeout_s, self.clock.time()) is not None:
+            return None
+        return info
 
     # ----------------------------------------------------------------------------------- owning
     def acquire(self) -> LockInfo | None:
@@ -104,14 +153,14 @@ class RunLock:
             info = self.read()
             if info is None:
                 continue  # released meanwhile: try again
-            reason = stale_reason(info, self.timeout_s)
+            reason = stale_reason(info, self.timeout_s, self.clock.time())
             if reason is None:
                 return info
             if self._take_over(info):
                 self.took_over = reason
                 return None
-            time.sleep(0.05)
-        return self.read() or LockInfo(-1, "?", "", 0.0, time.time())
+            self.clock.sleep(0.05)
+        return self.read() or LockInfo(-1, "?", "", 0.0, self.clock.time())
 
     def refresh(self) -> None:
         """Write a new heartbeat; raises :class:`LockLost` when the lock is no longer ours."""
@@ -121,7 +170,7 @@ class RunLock:
             current = self.read()
             if current is None or current.token != self.info.token:
                 raise LockLost(f"{self.path}: lock taken over by another process")
-            self.info = LockInfo(**{**asdict(self.info), "heartbeat": time.time()})
+            self.info = LockInfo(**{**asdict(self.info), "heartbeat": self.clock.time()})
             atomic_write_text(self.path, json.dumps(asdict(self.info)))
 
     def release(self) -> None:
@@ -135,7 +184,7 @@ class RunLock:
             self.info = None
 
     def _create(self) -> bool:
-        now = time.time()
+        now = self.clock.time()
         info = LockInfo(os.getpid(), socket.gethostname(), uuid.uuid4().hex, now, now)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -154,7 +203,7 @@ class RunLock:
             fd = os.open(guard, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             try:
-                if time.time() - guard.stat().st_mtime > GUARD_STALE_S:
+                if self.clock.time() - guard.stat().st_mtime > GUARD_STALE_S:
                     guard.unlink(missing_ok=True)
             except FileNotFoundError:
                 pass
@@ -172,13 +221,17 @@ class RunLock:
 
 class Heartbeat:
     """Refreshes ``lock`` every ``interval_s`` from a daemon thread; :meth:`beat` also refreshes when due
-    (called from training callbacks and per predicted case) and raises :class:`LockLost` once lost."""
+    (called from training callbacks and per predicted case) and raises :class:`LockLost` once lost.
 
-    def __init__(self, lock: RunLock, interval_s: float) -> None:
+    "Due" is measured on ``clock`` (default: the lock's); the thread only wakes :meth:`beat` up, every
+    ``interval_s / 2`` of real time."""
+
+    def __init__(self, lock: RunLock, interval_s: float, *, clock: Clock | None = None) -> None:
         self.lock = lock
+        self.clock = lock.clock if clock is None else clock
         self.interval_s = max(0.5, float(interval_s))
         self.lost: LockLost | None = None
-        self._last = time.monotonic()
+        self._last = self.clock.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"heartbeat {lock.path.name}", daemon=True)
 
@@ -193,8 +246,8 @@ class Heartbeat:
 
     def beat(self, force: bool = False) -> None:
         """Refresh when due (or ``force``); raise :class:`LockLost` if the lock was taken over."""
-        if self.lost is None and (force or time.monotonic() - self._last >= self.interval_s):
-            self._last = time.monotonic()
+        if self.lost is None and (force or self.clock.monotonic() - self._last >= self.interval_s):
+            self._last = self.clock.monotonic()
             try:
                 self.lock.refresh()
             except LockLost as e:
@@ -213,13 +266,16 @@ class Heartbeat:
 
 
 @contextmanager
-def held(path: str | Path, timeout_s: float, wait_s: float = 60.0) -> Iterator[RunLock | None]:
-    """A short critical section (e.g. writing the tables): wait up to ``wait_s`` for the lock; yields the
-    lock, or None when it stayed busy (the caller decides whether to go on without it)."""
-    lock = RunLock(path, timeout_s)
-    deadline = time.monotonic() + wait_s
-    while lock.acquire() is not None and time.monotonic() < deadline:
-        time.sleep(0.1)
+def held(
+    path: str | Path, timeout_s: float, wait_s: float = 60.0, *, clock: Clock | None = None
+) -> Iterator[RunLock | None]:
+    """A short critical section (e.g. writing the tables): wait up to ``wait_s`` (on ``clock``) for the
+    lock, trying every 0.1 s; yields the lock, or None when it stayed busy (the caller decides whether to go
+    on without it)."""
+    lock = RunLock(path, timeout_s, clock=clock)
+    deadline = lock.clock.monotonic() + wait_s
+    while lock.acquire() is not None and lock.clock.monotonic() < deadline:
+        lock.clock.sleep(0.1)
     try:
         yield lock if lock.info is not None else None
     finally:

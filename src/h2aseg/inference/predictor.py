@@ -21,12 +21,8 @@ from h2aseg.data.io import ImageError, write_volume
 from h2aseg.data.layouts import Case
 from h2aseg.data.preprocess import PreprocessedCase, preprocess_images, restore_to_ct_grid
 from h2aseg.data.transforms import body_threshold, model_input
-from h2aseg.inference.sliding import (
-    check_infer_config,
-    predict_probabilities,
-    probabilities_to_mask,
-    resolve_device,
-)
+from h2aseg.hardware import resolve_device
+from h2aseg.inference.sliding import check_infer_config, predict_probabilities, probabilities_to_mask
 from h2aseg.models.factory import build_from_config
 
 

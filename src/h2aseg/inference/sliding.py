@@ -5,75 +5,23 @@ Used by prediction and by validation during training. Imports nothing from ``h2a
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import itertools
-import warnings
 from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
 from monai.inferers import sliding_window_inference
 
-from h2aseg.config import ConfigError, InferConfig
+from h2aseg.config import InferConfig, check_section
 from h2aseg.data.transforms import BODY_MARGIN
-from h2aseg.hardware import cpu_has_bf16
+from h2aseg.hardware import autocast_context
 from h2aseg.models.outputs import class_probabilities
 
 
 def check_infer_config(cfg: InferConfig) -> None:
-    """The blending mode and overlap of ``cfg`` (a ConfigError naming the field)."""
-    if cfg.blend not in ("gaussian", "constant"):
-        raise ConfigError(f"infer.blend must be gaussian or constant, got {cfg.blend!r}")
-    if not 0.0 <= cfg.overlap < 1.0:
-        raise ConfigError(f"infer.overlap must be in [0, 1), got {cfg.overlap}")
-
-
-def resolve_device(name: str = "auto", setting: str = "device") -> torch.device:
-    """``"auto"``: CUDA when present, else CPU; otherwise the named device. An unknown or unavailable
-    device is a :class:`~h2aseg.config.ConfigError` naming ``setting`` (the config field, e.g.
-    ``train.device``)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError as e:
-        raise ConfigError(f"{setting}: {name!r} is not a device (auto, cpu, cuda, cuda:N): {e}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"{setting}: device {name!r} requested but CUDA is not available on this machine")
-    return dev
-
-
-def autocast_context(
-    amp: str, device: torch.device, setting: str = "amp"
-) -> contextlib.AbstractContextManager:
-    """Autocast for ``amp`` in ``auto | bf16 | fp16 | off`` (``auto``: fp16 on CUDA, off on CPU).
-
-    ``bf16`` on a CPU without native bf16 (no AVX-512 BF16 / AMX) runs in float32 with a warning: there
-    oneDNN's bf16 convolutions are orders of magnitude slower than float32 (``h2aseg.hardware``). A bad
-    value is a :class:`~h2aseg.config.ConfigError` naming ``setting`` (the config field, e.g. ``infer.amp``).
-    """
-    if amp not in ("auto", "bf16", "fp16", "off"):
-        raise ConfigError(f"{setting} must be auto, bf16, fp16 or off, got {amp!r}")
-    if amp == "off" or (amp == "auto" and device.type != "cuda"):
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    if device.type == "cpu" and dtype == torch.float16:
-        raise ConfigError(f"{setting}=fp16: fp16 autocast is for CUDA; use {setting}=bf16 (or off) on CPU")
-    if device.type == "cpu" and not cpu_has_bf16():
-        _warn_no_bf16()
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
-
-
-@functools.cache
-def _warn_no_bf16() -> None:
-    warnings.warn(
-        "amp=bf16 asked for, but this CPU has no native bf16 (AVX-512 BF16 or AMX), where bf16 convolutions "
-        "are far slower than float32: running in float32 instead (set amp=off to silence this)",
-        RuntimeWarning,
-        stacklevel=3,
-    )
+    """Every ``infer`` field of ``cfg`` (one made in code, too), by the config's own rules
+    (:func:`h2aseg.config.check_section`): a ConfigError naming the field."""
+    check_section(cfg, "infer")
 
 
 def probabilities_to_mask(probs: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:

@@ -4,17 +4,23 @@
 * :func:`relative_threshold`: the "41 % of SUVmax" isocontour, done per lesion candidate, exactly as
   described in its docstring.
 
-Both return boolean masks of the input's shape; NaN voxels are never foreground.
+Both return boolean masks of the input's shape; NaN voxels are never foreground. The baselines the demo
+and the experiments run, by name (``suv_2.5``, ``suv_41pct``): :func:`threshold_mask`; written as a
+prediction in the CT's geometry: :func:`write_threshold_mask`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import cc3d
 import numpy as np
 from scipy import ndimage
+
+from h2aseg.data.io import write_volume
+from h2aseg.data.preprocess import PreprocessedCase, restore_to_ct_grid
 
 
 def _as_suv(suv: np.ndarray) -> np.ndarray:
@@ -99,3 +105,22 @@ def relative_threshold(
     keep = (dist <= margin) & (vals[box] >= fraction * suvmax[nearest])
     out[box] = keep
     return out
+
+
+def threshold_mask(suv: np.ndarray, method: str, *, spacing: Sequence[float] | None = None) -> np.ndarray:
+    """The named baseline's mask of ``suv``: ``suv_2.5`` (:func:`suv_threshold` at 2.5) or ``suv_41pct``
+    (:func:`relative_threshold`: 41 % of each region's SUVmax, seeds at SUV 2.5, ``spacing`` in mm)."""
+    if method == "suv_2.5":
+        return suv_threshold(suv, 2.5)
+    if method == "suv_41pct":
+        return relative_threshold(suv, 0.41, 2.5, spacing=spacing)
+    raise ValueError(f"unknown threshold method {method!r} (suv_2.5, suv_41pct)")
+
+
+def write_threshold_mask(pc: PreprocessedCase, method: str, path: str | Path) -> Path:
+    """:func:`threshold_mask` of a preprocessed case's SUV, put back onto its original CT grid (nearest
+    neighbour) and written as a uint8 NIfTI with the CT's affine, atomically (as ``h2aseg predict`` writes
+    its masks); returns the path."""
+    mask = threshold_mask(pc.suv, method, spacing=pc.geometry.spacing)
+    on_ct = restore_to_ct_grid(mask.astype(np.uint8), pc.geometry, order=0)
+    return write_volume(path, on_ct, pc.geometry.ct_affine)

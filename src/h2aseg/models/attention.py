@@ -18,7 +18,10 @@ How the two attentions are combined is the main paper/released difference:
   that width.
 
 The softmax attention itself is computed by :func:`h2aseg.models.kernels.attention`, which chooses the
-kernel (``impl="reference"`` is the plain einsum/softmax formulation of eq. 1, the tests' ground truth).
+kernel: ``impl="fast"`` (default) the fastest exact route for each call (a recomputing autograd node when
+training on the CPU or with attention dropout, cache-sized chunks for bf16/fp16 inference on the CPU,
+PyTorch's ``scaled_dot_product_attention`` otherwise), ``impl="reference"`` the plain einsum/softmax
+formulation of eq. 1. ``"sdpa"`` is a deprecated alias of ``"fast"``.
 The 1x1x1 convs run as linear maps on window tokens, each map partitioned into windows once for both
 directions.
 """
@@ -152,12 +155,12 @@ class DirectionalAttention(nn.Module):
         shape: tuple[int, int, int],
         window: Triple | None = None,
         valid: torch.Tensor | None = None,
-        impl: str = "sdpa",
+        impl: str = "fast",
     ) -> torch.Tensor:
         """``target, source``: tokens ``(N, n, C)`` of ``E_t, E_s`` (:func:`tokens`: one row of tokens per
         window, or per sample without ``window``) of maps of spatial size ``shape``; ``valid`` is a bool
-        ``(N, n)`` mask of non-padding voxels. Returns the attention term ``E'_t`` as a map
-        ``(B, C, X, Y, Z)`` (without the residual)."""
+        ``(N, n)`` mask of non-padding voxels; ``impl``: :data:`~h2aseg.models.kernels.ATTENTION_IMPLS`.
+        Returns the attention term ``E'_t`` as a map ``(B, C, X, Y, Z)`` (without the residual)."""
         c, d = self.channels, self.qk_channels
 
         def project(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
@@ -216,7 +219,8 @@ class BiDirectionalSpatialAttention(nn.Module):
         self.sa_ct = DirectionalAttention(channels, qk_channels, **kwargs)  # type: ignore[arg-type]
         self.sa_pet = DirectionalAttention(channels, qk_channels, **kwargs)  # type: ignore[arg-type]
         self.residual = residual
-        self.impl = "sdpa"
+        #: attention kernel choice, :data:`~h2aseg.models.kernels.ATTENTION_IMPLS` (``H2ASeg`` sets it)
+        self.impl = "fast"
 
     def forward(
         self,

@@ -16,7 +16,8 @@ Where the paper's parts live (Fig. 1):
   gives ``D^k`` and a head the logits ``P^k``.
 
 Which kernels compute attention and normalisation is chosen in :mod:`h2aseg.models.kernels`, which can
-force the plain reference formulations everywhere (``H2ASEG_REFERENCE_KERNELS=1``).
+force the plain reference formulations everywhere (``H2ASEG_REFERENCE_KERNELS=1``); ``attention`` chooses
+for attention alone.
 
 Two variants share this code:
 
@@ -44,7 +45,7 @@ from torch.utils.checkpoint import checkpoint
 
 from h2aseg.models.attention import BiDirectionalSpatialAttention, Triple
 from h2aseg.models.blocks import InputResBlock, PreActResBlock, SegHead, upsample
-from h2aseg.models.kernels import ATTENTION_IMPLS
+from h2aseg.models.kernels import ATTENTION_IMPLS, resolve_attention_impl
 from h2aseg.models.mcsa import MCSA
 from h2aseg.models.outputs import foreground_probability
 from h2aseg.models.registry import register_network
@@ -81,6 +82,14 @@ def _validate(
             raise ValueError(f"{name} must be in [0, 1), got {p}")
     if attention not in ATTENTION_IMPLS:
         raise ValueError(f"attention must be one of {ATTENTION_IMPLS}, got {attention!r}")
+
+
+def _attention_impl(impl: str) -> str:
+    """``impl`` with a deprecated alias (``"sdpa"``) mapped to its name (warning at the model's caller)."""
+    try:
+        return resolve_attention_impl(impl, stacklevel=3)
+    except ValueError:
+        raise ValueError(f"attention must be one of {ATTENTION_IMPLS}, got {impl!r}") from None
 
 
 def run_block(module: nn.Module, *args: torch.Tensor, checkpointed: bool = False) -> object:
@@ -193,7 +202,13 @@ class H2ASeg(nn.Module):
         attn_dropout, dropout: attention-weight dropout and encoder/decoder Dropout3d probability
             (paper default 0, released 0.5).
         qk_reduction: queries/keys have ``C // qk_reduction`` channels (paper 1, released 4 in MCSA).
-        attention: ``"sdpa"`` (fused kernel) or ``"reference"`` (einsum; for tests and comparisons).
+        attention: ``"fast"`` (default): the fastest exact route for each call
+            (:func:`h2aseg.models.kernels.attention`): on the CPU a recomputing autograd node in training
+            and chunked softmax attention for bf16/fp16 inference, PyTorch's ``scaled_dot_product_attention``
+            for float32 inference; on CUDA PyTorch's fused kernel in training and inference, except with
+            attention dropout (the released variant in train mode), which takes the recomputing node on
+            every device. ``"reference"``: the plain einsum/softmax formulation (tests, comparisons).
+            ``"sdpa"``, this value's old name, is still accepted (deprecated) and means ``"fast"``.
         gradient_checkpointing: recompute block activations in backward (less memory, more compute):
             ``True`` for every level, or the levels to checkpoint, e.g. ``(1,)`` for the full-resolution
             level alone, which holds most of the activations.
@@ -219,7 +234,7 @@ class H2ASeg(nn.Module):
         attn_dropout: float | None = None,
         dropout: float | None = None,
         qk_reduction: int | None = None,
-        attention: str = "sdpa",
+        attention: str = "fast",
         gradient_checkpointing: bool | Sequence[int] = False,
         mcsa_term_norm: bool = False,
         mcsa_norm_act: bool | None = None,
@@ -233,6 +248,7 @@ class H2ASeg(nn.Module):
         attn_dropout = (0.5 if released else 0.0) if attn_dropout is None else attn_dropout
         dropout = (0.5 if released else 0.0) if dropout is None else dropout
         windows = self._windows(window_size)
+        attention = _attention_impl(attention)
         _validate(
             variant,
             list(channels),
@@ -324,9 +340,10 @@ class H2ASeg(nn.Module):
         self.encoder.checkpointed = self.decoder.checkpointed = levels
 
     def set_attention_impl(self, impl: str) -> None:
-        """Switch every BDSA between the fused ``"sdpa"`` path and the einsum ``"reference"``."""
-        if impl not in ATTENTION_IMPLS:
-            raise ValueError(f"attention must be one of {ATTENTION_IMPLS}, got {impl!r}")
+        """Switch every BDSA between ``"fast"`` (the fastest exact route for each call, see ``attention``
+        in the class docstring) and the einsum ``"reference"``; ``"sdpa"`` is a deprecated alias of
+        ``"fast"``."""
+        impl = _attention_impl(impl)
         for m in self.modules():
             if isinstance(m, BiDirectionalSpatialAttention):
                 m.impl = impl

@@ -14,8 +14,10 @@ real dataset layout (``autopet``, ``autopet-nnunet``, ``hecktor`` or ``csv``) an
 Modules: :mod:`~h2aseg.synth.shapes` (analytic shapes, grids), :mod:`~h2aseg.synth.tissues`,
 :mod:`~h2aseg.synth.anatomy`, :mod:`~h2aseg.synth.lesions`, :mod:`~h2aseg.synth.ct`, :mod:`~h2aseg.synth.pet`
 (uptake, PSF, noise), :mod:`~h2aseg.synth.study` (:func:`synth_case`) and :mod:`~h2aseg.synth.cohort`
-(:func:`write_cohort`: layouts through :mod:`h2aseg.data.layouts`' naming, ``phantom.json``). This package
-uses :mod:`h2aseg.data`; :mod:`h2aseg.data` does not import it.
+(:func:`write_cohort`: layouts through :mod:`h2aseg.data.layouts`' naming, ``phantom.json``);
+:mod:`~h2aseg.synth.variability` (ranges of anatomy, uptake and scanner: levels ``default``, ``wide``,
+``out-of-range``) and :mod:`~h2aseg.synth.variability_file` (the same from YAML). This package uses
+:mod:`h2aseg.data`; :mod:`h2aseg.data` does not import it.
 """
 
 from h2aseg.synth.cohort import (
@@ -30,6 +32,8 @@ from h2aseg.synth.cohort import (
 from h2aseg.synth.errors import PhantomError
 from h2aseg.synth.study import DEFAULT_SHAPE, DEFAULT_SPACING, KINDS, PHANTOM_VERSION, synth_case
 from h2aseg.synth.tissues import TISSUE_NAMES, TISSUES
+from h2aseg.synth.variability import LEVELS, Span, Variability
+from h2aseg.synth.variability_file import load_variability, resolve_variability
 
 __all__ = [
     "DEFAULT_SHAPE",
@@ -37,14 +41,19 @@ __all__ = [
     "HECKTOR_CENTRES",
     "KINDS",
     "LAYOUT_KIND",
+    "LEVELS",
     "PHANTOM_VERSION",
     "TISSUES",
     "TISSUE_NAMES",
     "LesionSite",
     "PhantomError",
+    "Span",
+    "Variability",
     "check_output_dir",
     "cohort_plan",
     "lesion_sites",
+    "load_variability",
+    "resolve_variability",
     "synth_case",
     "write_cohort",
 ]

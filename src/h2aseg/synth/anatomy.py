@@ -14,8 +14,21 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from h2aseg.synth.shapes import Box, Ellipsoid, Grid, Ring, Shape, ZSection, paint, rot_x, rot_z
+from h2aseg.synth.shapes import (
+    Box,
+    Ellipsoid,
+    Grid,
+    Ring,
+    Shape,
+    ShapeIntersection,
+    ShapeUnion,
+    ZSection,
+    paint,
+    rot_x,
+    rot_z,
+)
 from h2aseg.synth.tissues import T
+from h2aseg.synth.variability import Draws, OrganDraw
 
 
 @dataclass
@@ -71,20 +84,25 @@ TRUNK = np.array(
 )
 
 Rows = list[tuple[float, ...]]
+Vec = tuple[float, float, float]
 
 
 class _Builder:
     """Draws one patient's body proportions and collects shapes; each ``add_*`` step adds a body part.
 
     The steps must run in the order of :func:`build_anatomy`: later shapes overwrite earlier ones, and the
-    random draws (body size, organ sizes) happen in that order.
+    random draws (body size, organ sizes) happen in that order. ``draws`` (variability) replace some of
+    these values; today's draws still happen, so the stream stays the same whatever is replaced.
     """
 
-    def __init__(self, rng: np.random.Generator, frame: Frame):
+    def __init__(self, rng: np.random.Generator, frame: Frame, draws: Draws | None = None):
         self.rng = rng
         self.F = frame
-        self.wf, self.df = rng.uniform(0.92, 1.08), rng.uniform(0.9, 1.08)
-        self.tf = rng.uniform(8.0, 30.0)  # subcutaneous fat thickness (trunk), canonical mm
+        self.draws = draws
+        wf, df = rng.uniform(0.92, 1.08), rng.uniform(0.9, 1.08)
+        tf = rng.uniform(8.0, 30.0)
+        self.wf, self.df = self.drawn("width", wf), self.drawn("depth", df)
+        self.tf = self.drawn("fat_mm", tf)  # subcutaneous fat thickness (trunk), canonical mm
         self.d_k = TRUNK[:, 0]
         self.rx_k, self.ry_k, self.cy_k = TRUNK[:, 1] * self.wf, TRUNK[:, 2] * self.df, TRUNK[:, 3]
         self.shapes: list[tuple[Shape, int]] = []
@@ -95,6 +113,24 @@ class _Builder:
     def org(self) -> float:
         """A random organ size factor."""
         return self.rng.uniform(0.9, 1.1)
+
+    def drawn(self, name: str, today: float) -> float:
+        """Body factor ``name`` as drawn by the variability, else ``today``'s value."""
+        return today if self.draws is None else self.draws.body.get(name, today)
+
+    def organ(self, name: str) -> OrganDraw | None:
+        return None if self.draws is None else self.draws.organs.get(name)
+
+    def size(self, name: str) -> float:
+        """Organ ``name``'s size factor: today's draw (always made) unless the variability drew one."""
+        today = self.org()
+        d = self.organ(name)
+        return today if d is None or d.scale is None else d.scale
+
+    def place(self, name: str, c: Vec, r: Vec, rotz: float = 0.0) -> tuple[Vec, Vec, float]:
+        """Centre, radii and z rotation of organ ``name``, moved and reshaped by its variability draw."""
+        d = self.organ(name)
+        return (c, r, rotz) if d is None else d.place(c, r, rotz)
 
     def body(self, d: float) -> tuple[float, float, float]:
         """Trunk half-width, half-depth and centre y at level ``d``."""
@@ -119,8 +155,16 @@ class _Builder:
         return self.back(d) + self.fat(d) + float(np.interp(d, [200, 300, 345], [34, 40, 62]))
 
     # ------------------------------------------------------------------------------ shape helpers
-    def add(self, shape: Shape, tissue: str) -> None:
+    def add(self, shape: Shape, tissue: str, organ: str = "") -> None:
+        """Add ``shape`` of ``tissue``; a part of ``organ`` that the variability moved or resized is clipped
+        to the organ's room (:meth:`room`), so it cannot reach the body wall or leave the body."""
+        if organ and self.organ(organ) is not None:
+            shape = ShapeIntersection([shape, self.room(organ)])
         self.shapes.append((shape, T[tissue]))
+
+    def room(self, organ: str) -> Shape:
+        """Where ``organ`` may lie: kidneys inside the trunk's muscle wall, the others in its cavities."""
+        return self.inner_trunk if organ.startswith("kidney") else self.cavities
 
     def ell(
         self, c: Sequence[float], r: Sequence[float], rotz: float = 0.0, rot: np.ndarray | None = None
@@ -137,11 +181,12 @@ class _Builder:
         inner: str,
         rotz: float = 0.0,
         rot: np.ndarray | None = None,
+        organ: str = "",
     ) -> Ellipsoid:
         """An ellipsoid of ``outer`` tissue filled with ``inner`` (wall ``t`` mm); returns the outer one."""
         e = self.ell(c, r, rotz, rot)
-        self.add(e, outer)
-        self.add(self.ell(c, [max(v - t, 0.5) for v in r], rotz, rot), inner)
+        self.add(e, outer, organ)
+        self.add(self.ell(c, [max(v - t, 0.5) for v in r], rotz, rot), inner, organ)
         return e
 
     def section(self, rows: Sequence[Sequence[float]]) -> ZSection:
@@ -167,7 +212,7 @@ class _Builder:
         """Body outline: fat, then muscle inset by the fat thickness (head, trunk, thighs)."""
         wf, df, tf = self.wf, self.df, self.tf
         self.head = (0.0, 8.0, 115.0)
-        self.head_r = np.array([78.0, 98.0, 118.0]) * self.rng.uniform(0.95, 1.05)
+        self.head_r = np.array([78.0, 98.0, 118.0]) * self.drawn("head", self.rng.uniform(0.95, 1.05))
         trunk_rows = [
             (d, 0.0, cy, rx, ry)
             for d, rx, ry, cy in zip(self.d_k, self.rx_k, self.ry_k, self.cy_k, strict=True)
@@ -182,7 +227,8 @@ class _Builder:
             self.add(self.section(thigh_rows[s]), "fat")
         self.add(self.ell(self.head, self.head_r - 4), "muscle")
         inset = [(d, cx, cy, rx - self.fat(d), ry - self.fat(d)) for d, cx, cy, rx, ry in trunk_rows]
-        self.add(self.section(inset), "muscle")
+        self.inner_trunk = self.section(inset)
+        self.add(self.inner_trunk, "muscle")
         for s in (1, -1):
             self.add(
                 self.section(
@@ -195,10 +241,13 @@ class _Builder:
         """Abdominal (viscera) and thoracic (mediastinum) cavities; records their size at two levels."""
         abd_rows = self.cavity([560, 640, 720, 800, 850], 16, 22, 8)
         abd_rows.append((868, 0.0, self.body(868)[2] + 12, abd_rows[-1][3] * 0.7, abd_rows[-1][4] * 0.6))
-        self.add(self.section(abd_rows), "viscera")
+        abdomen = self.section(abd_rows)
+        self.add(abdomen, "viscera")
         tho_rows = self.cavity([330, 360, 450, 540, 565], 18, 24, 6)
         tho_rows.insert(0, (318, 0.0, self.body(318)[2] + 6, tho_rows[0][3] * 0.6, tho_rows[0][4] * 0.75))
-        self.add(self.section(tho_rows), "mediastinum")
+        thorax = self.section(tho_rows)
+        self.add(thorax, "mediastinum")
+        self.cavities = ShapeUnion([thorax, abdomen])
         self.abd_rows = abd_rows
         self.cav_rx, self.cav_ry, self.cav_cy = tho_rows[3][3], tho_rows[3][4], tho_rows[3][2]  # d = 450
         self.abd_rx, self.abd_ry, self.abd_cy = abd_rows[1][3], abd_rows[1][4], abd_rows[1][2]  # d = 640
@@ -206,12 +255,14 @@ class _Builder:
     def add_lungs(self) -> None:
         cav_rx, cav_ry, cav_cy = self.cav_rx, self.cav_ry, self.cav_cy
         for side, name in ((1, "lung_r"), (-1, "lung_l")):
-            size = self.org()
-            e = self.ell(
+            size = self.size(name)
+            c, r, rotz = self.place(
+                name,
                 (side * 0.52 * cav_rx, cav_cy - 0.05 * cav_ry, 448 + 4 * side),
                 (0.45 * cav_rx * size, 0.9 * cav_ry, 122 * size),
             )
-            self.add(e, "lung")
+            e = self.ell(c, r, rotz)
+            self.add(e, "lung", name)
             self.organs[name] = e
 
     def add_back_muscles(self) -> None:
@@ -230,10 +281,11 @@ class _Builder:
     def add_heart_and_vessels(self) -> None:
         """Heart (myocardium around the blood pool), aorta (ascending, arch, descending) and IVC."""
         F, cav_rx, cav_ry, cav_cy = self.F, self.cav_rx, self.cav_ry, self.cav_cy
-        hs = self.org()
+        hs = self.size("heart")
         heart_c = (-0.15 * cav_rx, cav_cy + 0.28 * cav_ry, 505)
         heart_r = (0.42 * cav_rx * hs, 0.5 * cav_ry * hs, 58 * hs)
-        self.shell(heart_c, heart_r, 11, "myocardium", "blood", rotz=-25)
+        heart_c, heart_r, rotz = self.place("heart", heart_c, heart_r, -25)
+        self.shell(heart_c, heart_r, 11, "myocardium", "blood", rotz=rotz, organ="heart")
         y_desc = self.spine_y(560) + 33
         y_asc = cav_cy + 0.25 * cav_ry
         self.add(
@@ -259,43 +311,65 @@ class _Builder:
     def add_abdomen(self, bladder_fill: float) -> None:
         """Liver (two lobes), spleen, kidneys with renal pelvis, bladder."""
         abd_rx, abd_ry, abd_cy = self.abd_rx, self.abd_ry, self.abd_cy
-        ls = self.org()
+        ls = self.size("liver")
         liver = self.ell(
-            (0.42 * abd_rx, abd_cy + 0.08 * abd_ry, 612),
-            (0.56 * abd_rx * ls, 0.8 * abd_ry * ls, 80 * ls),
-            rotz=-15,
+            *self.place(
+                "liver",
+                (0.42 * abd_rx, abd_cy + 0.08 * abd_ry, 612),
+                (0.56 * abd_rx * ls, 0.8 * abd_ry * ls, 80 * ls),
+                -15,
+            )
         )
-        self.add(liver, "liver")
+        self.add(liver, "liver", "liver")
         self.add(
             self.ell(
-                (-0.05 * abd_rx, abd_cy + 0.45 * abd_ry, 592), (0.4 * abd_rx * ls, 0.35 * abd_ry, 42 * ls)
+                *self.place(
+                    "liver",
+                    (-0.05 * abd_rx, abd_cy + 0.45 * abd_ry, 592),
+                    (0.4 * abd_rx * ls, 0.35 * abd_ry, 42 * ls),
+                )
             ),
+            "liver",
             "liver",
         )
         self.organs["liver"] = liver
-        ss = self.org()
+        ss = self.size("spleen")
         spleen = self.ell(
-            (-0.7 * abd_rx, abd_cy - 0.35 * abd_ry, 598),
-            (0.22 * abd_rx * ss, 0.3 * abd_ry * ss, 50 * ss),
-            rotz=30,
+            *self.place(
+                "spleen",
+                (-0.7 * abd_rx, abd_cy - 0.35 * abd_ry, 598),
+                (0.22 * abd_rx * ss, 0.3 * abd_ry * ss, 50 * ss),
+                30,
+            )
         )
-        self.add(spleen, "spleen")
+        self.add(spleen, "spleen", "spleen")
         for s in (1, -1):
-            ks = self.org()
+            name = "kidney_r" if s > 0 else "kidney_l"
+            ks = self.size(name)
             kc = (s * 0.48 * abd_rx, self.spine_y(665) + 8, 668 if s > 0 else 655)
             kr = (0.19 * abd_rx * ks, 0.25 * abd_ry * ks, 52 * ks)
-            self.add(self.ell(kc, kr, rotz=s * 20), "kidney")
+            kc, kr, rotz = self.place(name, kc, kr, s * 20)
+            self.add(self.ell(kc, kr, rotz=rotz), "kidney", name)
             self.add(
                 self.ell(
                     (kc[0] - s * 0.3 * kr[0], kc[1] + 0.2 * kr[1], kc[2]),
                     (0.35 * kr[0], 0.35 * kr[1], 0.4 * kr[2]),
                 ),
                 "urine_kidney",
+                name,
             )
-        f = bladder_fill ** (1 / 3)
+        bladder = self.organ("bladder")
+        f = bladder_fill ** (1 / 3) if bladder is None or bladder.scale is None else bladder.scale
         row = self.abd_rows[-2]
         self.add(
-            self.ell((0, row[2] + 0.25 * row[4], 842), (0.36 * abd_rx * f, 0.4 * abd_ry * f, 32 * f)),
+            self.ell(
+                *self.place(
+                    "bladder",
+                    (0, row[2] + 0.25 * row[4], 842),
+                    (0.36 * abd_rx * f, 0.4 * abd_ry * f, 32 * f),
+                )
+            ),
+            "bladder",
             "bladder",
         )
 
@@ -412,14 +486,19 @@ class _Builder:
 
 
 def build_anatomy(
-    rng: np.random.Generator, frame: Frame, bladder_fill: float, fov: tuple[np.ndarray, np.ndarray]
+    rng: np.random.Generator,
+    frame: Frame,
+    bladder_fill: float,
+    fov: tuple[np.ndarray, np.ndarray],
+    draws: Draws | None = None,
 ) -> Anatomy:
     """The patient's anatomy as painter's-order shapes (later shapes overwrite earlier ones).
 
     ``rng`` draws the patient (body width/depth, fat thickness, organ sizes); ``bladder_fill`` (per study)
-    scales the bladder's volume; ``fov`` (world lo, hi corners of the CT grid) sizes the table.
+    scales the bladder's volume; ``fov`` (world lo, hi corners of the CT grid) sizes the table; ``draws``
+    (variability, optional) replace body factors, organ sizes, shapes and positions where they are set.
     """
-    b = _Builder(rng, frame)
+    b = _Builder(rng, frame, draws)
     b.add_table(fov)
     b.add_outline()
     b.add_cavities()

@@ -37,6 +37,7 @@ from h2aseg.synth.study import (
     check_shape_spacing,
     synth_case,
 )
+from h2aseg.synth.variability import DEFAULT, Variability
 
 LAYOUT_KIND = {
     "autopet": "wholebody",
@@ -153,7 +154,12 @@ def check_output_dir(out: str | Path, overwrite: bool = False) -> None:
 
 
 def _write_study(
-    out: Path, layout: str, p: dict[str, Any], shape: Sequence[int], spacing: Sequence[float]
+    out: Path,
+    layout: str,
+    p: dict[str, Any],
+    shape: Sequence[int],
+    spacing: Sequence[float],
+    variability: Variability,
 ) -> tuple[Case, dict[str, Any]]:
     """Synthesise and write planned study ``p``; returns its case and its ``phantom.json`` record."""
     res = synth_case(
@@ -163,6 +169,7 @@ def _write_study(
         shape=shape,
         spacing=spacing,
         lesion_free=p.get("lesion_free"),
+        variability=variability,
     )
     ct_p, pet_p, lab_p = (out / q for q in case_paths(layout, p))
     write_volume(ct_p, res["ct"], res["ct_affine"])
@@ -197,6 +204,7 @@ def write_cohort(
     spacing: Sequence[float] | None = None,
     overwrite: bool = False,
     progress: Callable[[int, int, str], None] | None = None,
+    variability: Variability = DEFAULT,
 ) -> list[Case]:
     """Write ``n_cases`` phantom studies under ``out`` in ``layout`` and return them as cases (sorted by id).
 
@@ -204,7 +212,9 @@ def write_cohort(
     studies; ``hecktor``: head-and-neck studies (CT and PET on different grids). Also writes ``phantom.json``
     (per-case ground truth: lesions, SUVs) and, for nnU-Net, ``dataset.json``; for ``csv``, ``manifest.csv``.
     The same arguments always give byte-identical files. ``out`` must be empty or absent unless ``overwrite``.
-    ``progress(done, total, case_id)`` is called after each case.
+    ``progress(done, total, case_id)`` is called after each case. ``variability``: ranges of anatomy, uptake
+    and scanner (:mod:`~h2aseg.synth.variability`); other than the default, ``phantom.json`` records them
+    (``variability``) and each study's drawn values (``cases[i].variability``).
     """
     out = Path(out)
     plan = cohort_plan(int(n_cases), layout, seed)
@@ -216,7 +226,7 @@ def write_cohort(
     out.mkdir(parents=True, exist_ok=True)
     cases, records = [], []
     for i, p in enumerate(plan):
-        case, record = _write_study(out, layout, p, shp, sp)
+        case, record = _write_study(out, layout, p, shp, sp, variability)
         cases.append(case)
         records.append(record)
         if progress is not None:
@@ -231,6 +241,8 @@ def write_cohort(
         "spacing": [float(v) for v in sp],
         "cases": records,
     }
+    if not variability.is_default:
+        doc["variability"] = variability.to_record()
     atomic_write_text(out / "phantom.json", json.dumps(doc, indent=1, sort_keys=True))
     return sorted(cases, key=lambda c: c.case_id)
 

@@ -202,6 +202,24 @@ class ShapeUnion(Shape):
         return m
 
 
+class ShapeIntersection(Shape):
+    """Intersection of shapes (the points inside all of them)."""
+
+    def __init__(self, parts: list[Shape]):
+        self.parts = parts
+
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        b = [p.bounds() for p in self.parts]
+        lo = np.max([lo for lo, _ in b], axis=0)
+        return lo, np.maximum(np.min([hi for _, hi in b], axis=0), lo)
+
+    def inside(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+        m = self.parts[0].inside(x, y, z)
+        for p in self.parts[1:]:
+            m = m & p.inside(x, y, z)
+        return m
+
+
 def mask_on(grid: Grid, shape: Shape) -> tuple[tuple[slice, ...], np.ndarray] | None:
     """Index slices of ``shape``'s bounding box on ``grid`` and its mask there (None: off the grid)."""
     lo, hi = shape.bounds()

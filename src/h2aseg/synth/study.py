@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -16,6 +16,7 @@ from h2aseg.synth.lesions import Lesion, count_voxels, headneck_lesions, label_m
 from h2aseg.synth.pet import render_pet, study_suvs
 from h2aseg.synth.shapes import Grid
 from h2aseg.synth.tissues import TISSUE_NAMES
+from h2aseg.synth.variability import DEFAULT, Draws, Variability, apply_uptake, draw_all
 
 PHANTOM_VERSION = 1
 KINDS = ("wholebody", "headneck")
@@ -23,6 +24,8 @@ DEFAULT_SHAPE = (128, 128, 160)
 DEFAULT_SPACING = {"wholebody": (4.0, 4.0, 5.0), "headneck": (2.0, 2.0, 2.0)}
 # per-study acquisition draws, in this order: PET resolution (FWHM mm), PET count factor, CT noise (HU)
 _PHYSICS = (("fwhm", 6.0, 7.0), ("count_k", 0.02, 0.05), ("noise_hu", 10.0, 20.0))
+# the variability's scanner fields that replace them
+_SCANNER = {"pet_fwhm_mm": "fwhm", "pet_count_factor": "count_k", "ct_noise_hu": "noise_hu"}
 
 
 def axis_aligned_affine(
@@ -120,9 +123,10 @@ def _meta(
     suvs: dict[str, float],
     lesion_meta: list[dict[str, Any]],
     anat: Anatomy,
+    draws: Draws | None,
 ) -> dict[str, Any]:
-    """The study's ground truth, as written to ``phantom.json``."""
-    return {
+    """The study's ground truth, as written to ``phantom.json`` (``variability``: only when drawn)."""
+    meta = {
         "kind": st.kind,
         "seed": seeds[0],
         "patient_seed": seeds[1],
@@ -140,6 +144,21 @@ def _meta(
         "anatomy": {k: round(float(v), 3) for k, v in anat.params.items()},
         "tissues": list(TISSUE_NAMES),
     }
+    if draws is not None:
+        meta["variability"] = draws.record()
+    return meta
+
+
+def _physiology(
+    rng: np.random.Generator, prng: np.random.Generator, draws: Draws | None
+) -> tuple[dict[str, float], dict[str, float]]:
+    """SUVs per tissue and scanner settings: today's draws (always made), then the variability's."""
+    suvs = study_suvs(rng, prng)
+    physics = {k: float(rng.uniform(a, b)) for k, a, b in _PHYSICS}
+    if draws is None:
+        return suvs, physics
+    physics.update({_SCANNER[k]: v for k, v in draws.scanner.items()})
+    return apply_uptake(suvs, draws.uptake), physics
 
 
 def synth_case(
@@ -152,6 +171,7 @@ def synth_case(
     patient_seed: int | None = None,
     lesion_free: bool | None = None,
     n_lesions: int | None = None,
+    variability: Variability = DEFAULT,
 ) -> dict[str, Any]:
     """Synthesise one PET/CT study.
 
@@ -160,6 +180,9 @@ def synth_case(
     differently placed grid, ``pet_spacing`` default 2x the CT's). ``seed`` drives the study (lesions,
     physiological uptake, noise, positioning); ``patient_seed`` (default ``seed``) the anatomy, so studies of
     one patient share it. Whole body: ``lesion_free`` (default: a coin flip) and ``n_lesions`` (default 1-8).
+    ``variability`` (:mod:`~h2aseg.synth.variability`): ranges of body, organs, uptake and scanner; the
+    default keeps today's model (byte-identical output); the values drawn otherwise are in
+    ``meta["variability"]``.
 
     Returns ``ct`` (int16 HU), ``ct_affine``, ``pet`` (float32 SUV), ``pet_affine``, ``label`` (uint8 on the
     CT grid; whole body 0/1, head-and-neck 1 = primary, 2 = nodes), ``label_affine``, ``tissue`` (uint8 tissue
@@ -172,14 +195,17 @@ def synth_case(
     rng = np.random.default_rng([int(seed), 1])
     prng = np.random.default_rng([pseed, 2])
     st = _placement(kind, rng, shp, sp)
+    draws = None if variability.is_default else draw_all(variability, pseed, int(seed))
+    if draws is not None and "height" in draws.body:
+        st.frame = replace(st.frame, sz=st.frame.sz * draws.body["height"])
     ct_affine = axis_aligned_affine(shp, sp, st.center)
     ct_grid = Grid(shp, ct_affine)
     lo = ct_grid.origin + np.minimum(ct_grid.step * (np.asarray(shp) - 1), 0)
     hi = ct_grid.origin + np.maximum(ct_grid.step * (np.asarray(shp) - 1), 0)
-    anat = build_anatomy(prng, st.frame, bladder_fill=float(rng.uniform(0.6, 1.3)), fov=(lo, hi))
+    fill = float(rng.uniform(0.6, 1.3))
+    anat = build_anatomy(prng, st.frame, bladder_fill=fill, fov=(lo, hi), draws=draws)
     tissue = rasterise(ct_grid, anat)
-    suvs = study_suvs(rng, prng)
-    physics = {k: float(rng.uniform(a, b)) for k, a, b in _PHYSICS}
+    suvs, physics = _physiology(rng, prng, draws)
 
     if kind == "wholebody":
         label, lesions = _wholebody_labels(st, anat, ct_grid, tissue, lesion_free, n_lesions)
@@ -201,5 +227,5 @@ def synth_case(
         "label": label,
         "label_affine": ct_affine.copy(),
         "tissue": tissue,
-        "meta": _meta(st, (int(seed), pseed), pet_grid, physics, suvs, lesion_meta, anat),
+        "meta": _meta(st, (int(seed), pseed), pet_grid, physics, suvs, lesion_meta, anat, draws),
     }

@@ -24,6 +24,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from h2aseg.progress import progress_bar
+
 
 class TrainingCallbacks:
     """No-op hooks; subclass and override the ones you need (see the module docstring for the order)."""
@@ -78,24 +80,6 @@ class CallbackList(TrainingCallbacks):
             cb.close()
 
 
-def progress_bar(enabled: bool, *, loss: bool = True) -> Any:
-    """A rich progress bar (steps, epoch and running loss, elapsed time, ETA); inert when not enabled."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    cols: list[Any] = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn()]
-    if loss:
-        cols.append(TextColumn("epoch {task.fields[epoch]} loss {task.fields[loss]:.4f}"))
-    cols += [TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
-    return Progress(*cols, disable=not enabled, transient=False)
-
-
 class RichProgress(TrainingCallbacks):
     """The console: a progress bar (when ``enabled``), one line per epoch, and the run's messages.
 
@@ -103,7 +87,7 @@ class RichProgress(TrainingCallbacks):
     """
 
     def __init__(self, enabled: bool = True) -> None:
-        self.bar = progress_bar(enabled)
+        self.bar = progress_bar("", enabled, time="both", loss=True)
         self.task: Any = None
         self.running = False
         self.epoch = 0  # epochs completed

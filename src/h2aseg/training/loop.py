@@ -29,9 +29,10 @@ from h2aseg.data.preprocess import CaseCache
 from h2aseg.data.transforms import body_threshold, model_input
 from h2aseg.evaluation.metrics import dice
 from h2aseg.files import atomic_write_text
-from h2aseg.inference.sliding import autocast_context, predict_probabilities, probabilities_to_mask
+from h2aseg.hardware import autocast_context
+from h2aseg.inference.sliding import predict_probabilities, probabilities_to_mask
 from h2aseg.training.callbacks import TrainingCallbacks
-from h2aseg.training.run import TrainingRun, _Dist
+from h2aseg.training.run import DistInfo, TrainingRun
 from h2aseg.training.sampling import EpochSampler, PatchDataset, mix_seed, seed_everything
 
 MAX_BAD_STEPS = 5  # consecutive non-finite steps before training stops
@@ -106,14 +107,14 @@ def validate(
     cache: CaseCache,
     cfg: Config,
     device: torch.device,
-    dd: _Dist | None = None,
+    dd: DistInfo | None = None,
 ) -> Validation | None:
     """Dice (%) over validation cases with lesions, by sliding-window inference on whole volumes.
 
     ``None`` when no validation case has a lesion. Across DDP ranks the sums are reduced, so every rank
     gets the same result.
     """
-    dd = dd or _Dist()
+    dd = dd or DistInfo()
     roi = cfg.infer.roi_size or cfg.data.patch_size
     total, total_sq, count = 0.0, 0.0, 0
     for case in cases[dd.rank :: dd.world]:

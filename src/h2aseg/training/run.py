@@ -17,8 +17,9 @@ from h2aseg.data.layouts import Case, discover
 from h2aseg.data.preprocess import CaseCache, check_data_config
 from h2aseg.data.splits import Split, SplitError, load_split, make_split, save_split
 from h2aseg.errors import H2ASegError
-from h2aseg.inference.sliding import check_infer_config, resolve_device
-from h2aseg.training.callbacks import progress_bar
+from h2aseg.hardware import resolve_device
+from h2aseg.inference.sliding import check_infer_config
+from h2aseg.progress import progress_bar
 
 
 class RunDirError(H2ASegError):
@@ -26,7 +27,9 @@ class RunDirError(H2ASegError):
 
 
 @dataclass
-class _Dist:
+class DistInfo:
+    """This process's place in a DDP run (rank, world size, local rank); one process by default."""
+
     rank: int = 0
     world: int = 1
     local_rank: int = 0
@@ -47,10 +50,10 @@ class _Dist:
         return t.tolist()
 
 
-def _init_distributed(device_name: str) -> tuple[_Dist, torch.device]:
+def _init_distributed(device_name: str) -> tuple[DistInfo, torch.device]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return _Dist(), resolve_device(device_name, "train.device")
+        return DistInfo(), resolve_device(device_name, "train.device")
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() and device_name in ("auto", "cuda")
     if not dist.is_initialized():
@@ -60,7 +63,7 @@ def _init_distributed(device_name: str) -> tuple[_Dist, torch.device]:
         device = torch.device("cuda", local)
     else:
         device = torch.device("cpu")
-    return _Dist(rank, world, local), device
+    return DistInfo(rank, world, local), device
 
 
 @dataclass
@@ -69,7 +72,7 @@ class TrainingRun:
 
     cfg: Config
     run_dir: Path
-    dd: _Dist
+    dd: DistInfo
     device: torch.device
     split: Split
     train_cases: list[Case]
@@ -116,7 +119,7 @@ def check_settings(cfg: Config) -> None:
     check_infer_config(cfg.infer)  # validation's sliding window
 
 
-def _open_run_dir(cfg: Config, run_dir: Path, dd: _Dist, *, resume: bool, force: bool) -> dict | None:
+def _open_run_dir(cfg: Config, run_dir: Path, dd: DistInfo, *, resume: bool, force: bool) -> dict | None:
     """Check (and with ``force`` clear) the run directory; the checkpoint to resume from, if any."""
     if dd.main:
         prepare_run_dir(run_dir, resume=resume, force=force)
@@ -177,7 +180,7 @@ def _resolve_split(cfg: Config, cases: list[Case], run_dir: Path, stored: dict |
 
 
 def _preprocess_all(cache: CaseCache, cases: list[Case], progress: bool) -> None:
-    bar = progress_bar(progress, loss=False)
+    bar = progress_bar("", progress, time="both")
     with bar:
         task = bar.add_task("preprocess", total=len(cases))
         for case in cases:

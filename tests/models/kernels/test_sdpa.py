@@ -28,11 +28,11 @@ def test_equals_reference_with_the_same_seed(p: float, masked: bool, dtype: torc
         key_mask[:, 0] = True
     grad = torch.randn(5, 2, 40, 8, dtype=dtype)
     results = []
-    for impl in ("reference", "sdpa"):  # sdpa, training on the CPU, routes through the node
+    for impl in ("reference", "fast"):  # fast, training on the CPU, routes through the node
         leaves = [t.clone().requires_grad_() for t in (q, k, v)]
         torch.manual_seed(3)
         out = attention(*leaves, scale=0.4, key_mask=key_mask, dropout_p=p, impl=impl)
-        assert ("RecomputedAttention" in type(out.grad_fn).__name__) == (impl == "sdpa")
+        assert ("RecomputedAttention" in type(out.grad_fn).__name__) == (impl == "fast")
         out.backward(grad)
         results.append([out.detach(), *(t.grad for t in leaves)])
     for fused, ref in zip(*results, strict=True):
@@ -95,14 +95,14 @@ def test_rejects_a_probability_outside_zero_one() -> None:
 
 
 @pytest.mark.parametrize("d_qk", [3, 8])
-def test_sdpa_equals_reference_kernel(d_qk: int) -> None:
+def test_fast_equals_reference_kernel(d_qk: int) -> None:
     q, k = torch.randn(3, 2, 50, d_qk), torch.randn(3, 2, 50, d_qk)
     v = torch.randn(3, 2, 50, 8)
     mask = torch.rand(3, 50) > 0.3
     mask[:, 0] = True
     for m in (None, mask):
         ref = attention(q, k, v, scale=0.4, key_mask=m, impl="reference")
-        fast = attention(q, k, v, scale=0.4, key_mask=m, impl="sdpa")
+        fast = attention(q, k, v, scale=0.4, key_mask=m, impl="fast")
         torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
 
 
@@ -117,7 +117,7 @@ def test_chunked_low_precision_inference_equals_reference(chunk: int, monkeypatc
     for m in (None, mask):
         ref = attention(q, k, v, scale=0.4, key_mask=m, impl="reference")
         with torch.no_grad():
-            fast = attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), scale=0.4, key_mask=m, impl="sdpa")
+            fast = attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), scale=0.4, key_mask=m, impl="fast")
         assert fast.dtype == torch.bfloat16
         torch.testing.assert_close(fast.float(), ref, rtol=0.05, atol=0.05)
 
@@ -136,15 +136,15 @@ def test_dropout_keep_mask_rate_and_shape(p: float) -> None:
 def test_attention_dropout_keeps_the_expectation_and_is_reproducible() -> None:
     torch.manual_seed(2)
     q, k, v = torch.randn(64, 2, 30, 4), torch.randn(64, 2, 30, 4), torch.randn(64, 2, 30, 8)
-    clean = attention(q, k, v, scale=0.5, impl="sdpa")
+    clean = attention(q, k, v, scale=0.5, impl="fast")
     torch.manual_seed(5)
-    a = attention(q, k, v, scale=0.5, dropout_p=0.5, impl="sdpa")
+    a = attention(q, k, v, scale=0.5, dropout_p=0.5, impl="fast")
     torch.manual_seed(5)
-    b = attention(q, k, v, scale=0.5, dropout_p=0.5, impl="sdpa")
+    b = attention(q, k, v, scale=0.5, dropout_p=0.5, impl="fast")
     torch.testing.assert_close(a, b, rtol=0, atol=0)  # same seed, same mask (activation checkpointing)
     assert not torch.allclose(a, clean)
     # inverted dropout: averaged over many draws the output approaches the clean one
-    draws = [attention(q, k, v, scale=0.5, dropout_p=0.5, impl="sdpa") for _ in range(200)]
+    draws = [attention(q, k, v, scale=0.5, dropout_p=0.5, impl="fast") for _ in range(200)]
     mean = torch.stack(draws).mean(0)
     assert (mean - clean).abs().mean() < 0.1 * clean.abs().mean()
 
@@ -189,3 +189,36 @@ def test_unknown_impl_is_rejected() -> None:
     x = torch.randn(1, 1, 4, 2)
     with pytest.raises(ValueError, match="unknown attention implementation"):
         attention(x, x, x, scale=1.0, impl="flash")
+
+
+def _route(
+    monkeypatch: pytest.MonkeyPatch, q: torch.Tensor, *, dropout_p: float = 0.0, grad: bool = False
+) -> str:
+    """Which kernel ``impl="fast"`` calls for ``q``'s device and dtype (the kernels replaced by recorders)."""
+    called: list[str] = []
+    for name in ("softmax_attention", "recomputed_attention", "chunked_attention", "torch_attention"):
+        monkeypatch.setattr(sdpa, name, lambda *a, _n=name, **kw: called.append(_n) or a[2])
+    leaves = [q.clone().requires_grad_(grad) for _ in range(3)]
+    with torch.set_grad_enabled(grad):
+        attention(*leaves, scale=1.0, dropout_p=dropout_p, impl="fast")
+    assert len(called) == 1
+    return called[0]
+
+
+def test_fast_routes_are_what_the_docstrings_say(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``impl="fast"`` is PyTorch's fused kernel only for CUDA (here: a non-CPU device, ``meta``) without
+    dropout and for float32 inference on the CPU; CPU training and dropout take the recomputing node."""
+    monkeypatch.setattr(sdpa, "PRIVATE_OPS_AVAILABLE", True)
+    cpu, other = torch.zeros(1, 1, 4, 2), torch.zeros(1, 1, 4, 2, device="meta")
+    assert _route(monkeypatch, cpu, grad=True) == "recomputed_attention"  # CPU training
+    assert _route(monkeypatch, cpu, grad=True, dropout_p=0.5) == "recomputed_attention"
+    assert _route(monkeypatch, cpu) == "torch_attention"  # float32 inference on the CPU
+    assert _route(monkeypatch, cpu.bfloat16()) == "chunked_attention"  # bf16 inference on the CPU
+    assert _route(monkeypatch, cpu.half()) == "chunked_attention"
+    assert _route(monkeypatch, other, grad=True) == "torch_attention"  # CUDA training without dropout
+    assert _route(monkeypatch, other) == "torch_attention"  # CUDA inference
+    assert _route(monkeypatch, other.bfloat16()) == "torch_attention"
+    assert _route(monkeypatch, other, grad=True, dropout_p=0.5) == "recomputed_attention"  # dropout anywhere
+    monkeypatch.setattr(sdpa, "PRIVATE_OPS_AVAILABLE", False)  # the public routes
+    assert _route(monkeypatch, cpu, grad=True) == "torch_attention"
+    assert _route(monkeypatch, cpu, grad=True, dropout_p=0.5) == "softmax_attention"

@@ -4,9 +4,9 @@ The modules of :mod:`h2aseg.models` state the mathematics (attention, instance n
 call the functions below, which pick how to compute it:
 
 - :func:`attention` (softmax attention of BDSA, paper eq. 1), from :mod:`~h2aseg.models.kernels.sdpa`:
-  the plain formulation :func:`~h2aseg.models.kernels.sdpa.softmax_attention` on the reference path;
-  otherwise a recomputing node for training on the CPU and for attention-weight dropout anywhere,
-  cache-sized chunks for bf16/fp16 inference on the CPU, PyTorch's fused kernel elsewhere.
+  the plain formulation :func:`~h2aseg.models.kernels.sdpa.softmax_attention` on the reference path
+  (``impl="reference"``); on the fast path (``impl="fast"``, the default) the fastest exact route for the
+  call, which is PyTorch's fused kernel only where that is fastest (:func:`attention` lists the routes).
 - :func:`norm_prelu`, :func:`norm_prelu_conv` (the blocks' ``InstanceNorm3d -> PReLU (-> Conv3d)``), from
   :mod:`~h2aseg.models.kernels.norm_act`: the modules one by one on the reference path; otherwise one fused
   autograd node on the devices in :data:`FUSED_DEVICES`, when the node supports the layers.
@@ -30,6 +30,7 @@ of its factored form. Attention alone can be switched per module with ``impl="re
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -41,6 +42,7 @@ from h2aseg.models.kernels.norm_act import Branch
 from h2aseg.models.kernels.tiny_conv import conv3d
 
 __all__ = [
+    "ATTENTION_ALIASES",
     "ATTENTION_IMPLS",
     "FUSED_DEVICES",
     "REFERENCE_ENV",
@@ -49,6 +51,7 @@ __all__ = [
     "norm_prelu",
     "norm_prelu_conv",
     "reference_kernels",
+    "resolve_attention_impl",
     "set_reference_kernels",
     "use_reference_kernels",
 ]
@@ -60,8 +63,13 @@ REFERENCE_ENV = "H2ASEG_REFERENCE_KERNELS"
 #: checked there (``benchmarks/cuda_check.py`` compares the two); add "cuda" once it has.
 FUSED_DEVICES: set[str] = {"cpu"}
 
-#: values of the per-module attention switch (``impl``): the chosen fast path, or the reference
-ATTENTION_IMPLS = ("sdpa", "reference")
+#: values of the per-module attention switch (``impl``, ``H2ASeg(attention=...)``): ``"fast"``, the
+#: fastest exact route for each call (:func:`attention`), or ``"reference"``, the plain formulation
+ATTENTION_IMPLS = ("fast", "reference")
+
+#: deprecated names still accepted (old configs and checkpoints): ``"sdpa"`` was ``"fast"``'s name, though
+#: the route it takes is often not PyTorch's ``scaled_dot_product_attention``
+ATTENTION_ALIASES = {"sdpa": "fast"}
 
 _reference = os.environ.get(REFERENCE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -89,6 +97,24 @@ def use_reference_kernels(enabled: bool = True) -> Iterator[None]:
         set_reference_kernels(previous)
 
 
+def resolve_attention_impl(impl: str, *, stacklevel: int = 2) -> str:
+    """``impl`` as one of :data:`ATTENTION_IMPLS`: a deprecated alias (:data:`ATTENTION_ALIASES`, e.g.
+    ``"sdpa"`` in an old config or checkpoint) is mapped to its new name with a ``DeprecationWarning``;
+    anything else raises ``ValueError``."""
+    if impl in ATTENTION_ALIASES:
+        new = ATTENTION_ALIASES[impl]
+        warnings.warn(
+            f"attention implementation {impl!r} is deprecated; it means {new!r} (the fastest exact route, "
+            f"not always PyTorch's fused kernel): use {new!r}",
+            DeprecationWarning,
+            stacklevel=stacklevel + 1,
+        )
+        return new
+    if impl not in ATTENTION_IMPLS:
+        raise ValueError(f"unknown attention implementation {impl!r}; choose one of {ATTENTION_IMPLS}")
+    return impl
+
+
 def attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -97,22 +123,35 @@ def attention(
     scale: float,
     key_mask: torch.Tensor | None = None,
     dropout_p: float = 0.0,
-    impl: str = "sdpa",
+    impl: str = "fast",
 ) -> torch.Tensor:
     """Softmax attention ``softmax(q k^T * scale) v`` over the token axis, with attention-weight dropout.
 
     ``q, k``: ``(b, h, n, d_qk)``; ``v``: ``(b, h, n, d_v)``; ``key_mask``: bool ``(b, n)``, True where a
     key is a real voxel (False for padding). Returns ``(b, h, n, d_v)``.
 
-    ``impl="reference"`` (or the forced reference path) is the plain einsum/softmax formulation.
-    ``impl="sdpa"`` picks the fastest exact route: for training on the CPU and for attention-weight
-    dropout anywhere, the recomputing node (the PyTorch kernels are several times slower on the CPU at
-    H2ASeg's head widths, and their dropout draws one Bernoulli per element); for bf16/fp16 inference on
-    the CPU, softmax attention over chunks of windows small enough to stay in cache; else PyTorch's fused
-    kernel.
+    ``impl="reference"`` (or the forced reference path) is the plain einsum/softmax formulation
+    (:func:`~h2aseg.models.kernels.sdpa.softmax_attention`). ``impl="fast"`` takes, call by call, the
+    fastest route that gives the same result ("training" below means autograd is recording: grad mode on
+    and an input that requires grad, whatever the module's train/eval mode):
+
+    - attention-weight dropout (``dropout_p > 0``: the released variant in train mode), any device: the
+      recomputing node :func:`~h2aseg.models.kernels.sdpa.recomputed_attention` (PyTorch's kernels draw one
+      Bernoulli per element and keep the weights);
+    - training on the CPU without dropout: the same recomputing node (PyTorch's fused kernels are several
+      times slower on the CPU at H2ASeg's head widths);
+    - bf16/fp16 inference on the CPU: :func:`~h2aseg.models.kernels.sdpa.chunked_attention`, softmax
+      attention over chunks of windows small enough to stay in cache;
+    - everything else, i.e. CUDA training and inference without dropout, and float32 inference on the CPU:
+      PyTorch's ``scaled_dot_product_attention`` (:func:`~h2aseg.models.kernels.sdpa.torch_attention`),
+      which picks its own fused backend.
+
+    Where this PyTorch lacks the node's private operator (``sdpa.PRIVATE_OPS_AVAILABLE`` False), dropout
+    takes the plain formulation and CPU training PyTorch's kernel. ``"sdpa"`` is a deprecated alias of
+    ``"fast"``.
     """
     if impl not in ATTENTION_IMPLS:
-        raise ValueError(f"unknown attention implementation {impl!r}; choose one of {ATTENTION_IMPLS}")
+        impl = resolve_attention_impl(impl)
     mask = None if key_mask is None else key_mask[:, None, None, :]
     if impl == "reference" or _reference:
         return sdpa.softmax_attention(q, k, v, scale, mask, dropout_p)

@@ -236,7 +236,9 @@ def _backward_chunk(
         gi = torch.ops.aten.threshold_backward(d, z, 0)  # d+
         d.sub_(gi)  # d-
         gi.addcmul_(d, a_w.to(d.dtype))  # type: ignore[union-attr]
-        d_aw = d.mul_(z).sum().float().reshape(a_w.shape) if need[base] else None  # type: ignore[union-attr]
+        # summed in float32 at least (bf16 maps), in float64 for float64 maps
+        acc = torch.promote_types(d.dtype, torch.float32)
+        d_aw = d.mul_(z).sum(dtype=acc).reshape(a_w.shape) if need[base] else None  # type: ignore[union-attr]
         del d
         g = gi if g is None else g.add_(gi)
         del gi
