@@ -5,10 +5,12 @@ Output folder (``--out DIR``)::
     experiment.yaml              the experiment file of the last invocation
     split.json                   the one patient-level split every run uses (data.split_file)
     test_cases.csv               the test cases (ground truth for the evaluation)
+    validation_cases.csv         the validation cases, when the experiment's evaluate_on names them
     cache/                       preprocessed cases, shared by all runs
     runs/<label>/seed<N>/        a trained run: the training run folder (config.yaml, checkpoints/,
                                  metrics.csv, tb/, finished.json), predictions/, evaluation/,
-                                 timing.json, done.json (written last, atomically)
+                                 timing.json, done.json (written last, atomically); with
+                                 evaluate_on [validation, test] also predictions-val/, evaluation-val/
     runs/<label>/fixed/          a training-free method (SUV thresholds): predictions/, evaluation/, done.json
     runs/<label>/seed<N>/        an nnunet run: nnUNet_results/ (its own), nnunet_pred/ (its output,
                                  named by nnU-Net identifiers), predictions/ (the same masks by case id),
@@ -17,7 +19,7 @@ Output folder (``--out DIR``)::
                                  and preprocessed data, shared by every nnunet run
     runs/<label>/seed<N>.lock    the run's lock while a process works on it
     cost/<label>.json            parameters, GFLOP, train-step time and memory of a network method
-    table1.md/.tex/.json, table2.md, cost.md
+    table1.md/.tex/.json, table2.md, cost.md, paired.md/.json (with a reference method)
 """
 
 from __future__ import annotations
@@ -60,6 +62,16 @@ class Layout:
     @property
     def manifest(self) -> Path:
         return self.out / "test_cases.csv"
+
+    def manifest_of(self, part: str) -> Path:
+        """The ground-truth manifest of an ``evaluate_on`` part (``test`` or ``validation``)."""
+        return self.manifest if part == "test" else self.out / f"{part}_cases.csv"
+
+    def predictions(self, run: Run, part: str = "test") -> Path:
+        return self.run_dir(run) / ("predictions" if part == "test" else "predictions-val")
+
+    def evaluation(self, run: Run, part: str = "test") -> Path:
+        return self.run_dir(run) / ("evaluation" if part == "test" else "evaluation-val")
 
     @property
     def cache(self) -> Path:
@@ -136,6 +148,12 @@ def read_done(layout: Layout, run: Run) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
+def missing_parts(spec: ExperimentSpec, layout: Layout, run: Run) -> list[str]:
+    """The ``evaluate_on`` parts the run has no evaluation summary of yet (a run done before the
+    experiment asked for validation scores lacks ``validation``)."""
+    return [p for p in spec.evaluate_on if not (layout.evaluation(run, p) / "summary.json").is_file()]
+
+
 def describe_status(spec: ExperimentSpec, layout: Layout, run: Run) -> str:
     """done | done (config changed) | locked by ... | pending (resumes from epoch k, or nnU-Net
     continues) | pending."""
@@ -145,7 +163,10 @@ def describe_status(spec: ExperimentSpec, layout: Layout, run: Run) -> str:
     if done is not None:
         cfg = spec.run_config(run.method, run.seed, layout.out)
         same = done.get("fingerprint") == fingerprint(cfg, run.method)
-        return "done" if same else "done (made with a different config; delete its folder to redo it)"
+        if not same:
+            return "done (made with a different config; delete its folder to redo it)"
+        missing = missing_parts(spec, layout, run)
+        return f"done; scoring of {', '.join(missing)} pending" if missing else "done"
     lock = RunLock(layout.lock(run), spec.lock_timeout_s)
     info = lock.read()
     if info is not None:

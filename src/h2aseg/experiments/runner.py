@@ -27,6 +27,7 @@ from h2aseg.experiments.plan import (
     Run,
     describe_status,
     fingerprint,
+    missing_parts,
     plan_runs,
     read_done,
     select_shard,
@@ -58,7 +59,7 @@ class ExperimentResult:
 class _Context:
     spec: ExperimentSpec
     layout: Layout
-    test_cases: list[Case]
+    cases: dict[str, list[Case]]  # per evaluate_on part
     total: int
     progress: bool
     log: Log
@@ -81,12 +82,12 @@ def run_experiment(
     layout = Layout(Path(out))
     if tables_only and not layout.split.is_file():  # read-only: nothing is written where nothing ran
         raise InputError(f"{layout.out}: no split.json, so no run of this experiment has been done there")
-    test_cases = steps.prepare_data(spec, layout)  # checks the dataset before writing anything
+    parts = steps.prepare_data(spec, layout)  # checks the dataset before writing anything
     if not tables_only:
         atomic_write_text(layout.out / "experiment.yaml", spec.source.read_text(encoding="utf-8"))
     runs = plan_runs(spec)
     selected = select_shard(runs, shard)
-    ctx = _Context(spec, layout, test_cases, len(runs), progress, log, callbacks)
+    ctx = _Context(spec, layout, parts, len(runs), progress, log, callbacks)
     result = ExperimentResult(total=len(runs), selected=len(selected))
     for run in [] if tables_only else selected:
         outcome = _one_run(ctx, run)
@@ -94,7 +95,7 @@ def run_experiment(
     if any(read_done(layout, r) for r in runs):
         result.tables = write_tables(spec, layout)
         if tables_only or result.done or not (layout.out / "fig3.png").exists():  # Fig. 3, Fig. 4 beside
-            result.tables += write_figures(spec, layout, test_cases, log)
+            result.tables += write_figures(spec, layout, parts["test"], log)
     return result
 
 
@@ -103,7 +104,7 @@ def _one_run(ctx: _Context, run: Run) -> str:
     spec, layout = ctx.spec, ctx.layout
     prefix = f"run {run.index}/{ctx.total}: {run.name}"
     cfg = spec.run_config(run.method, run.seed, layout.out)
-    if read_done(layout, run) is not None:
+    if _complete(ctx, run):
         ctx.log(f"{prefix} (done, skipped{_changed_note(layout, run, cfg)})")
         return "skipped"
     lock = RunLock(layout.lock(run), spec.lock_timeout_s)
@@ -115,10 +116,13 @@ def _one_run(ctx: _Context, run: Run) -> str:
         ctx.log(f"{prefix}: took over a stale lock ({lock.took_over})")
     heartbeat = Heartbeat(lock, min(60.0, spec.lock_timeout_s / 4)).start()
     try:
-        if read_done(layout, run) is not None:  # finished by another process just before we got the lock
+        if _complete(ctx, run):  # finished by another process just before we got the lock
             ctx.log(f"{prefix} (done, skipped)")
             return "skipped"
-        _work(ctx, run, cfg, heartbeat, prefix)
+        if read_done(layout, run) is not None:  # done before validation scores were asked for
+            _score(ctx, run, cfg, heartbeat, prefix, missing_parts(spec, layout, run))
+        else:
+            _work(ctx, run, cfg, heartbeat, prefix)
     except Exception as e:
         _record_failure(layout.run_dir(run), e)
         where = layout.run_dir(run) / "error.txt"
@@ -132,7 +136,7 @@ def _one_run(ctx: _Context, run: Run) -> str:
 
 
 def _work(ctx: _Context, run: Run, cfg: Config, heartbeat: Heartbeat, prefix: str) -> None:
-    """Train (network methods and nnU-Net), predict, evaluate, mark done."""
+    """Train (network methods and nnU-Net), predict and evaluate each ``evaluate_on`` part, mark done."""
     spec, layout = ctx.spec, ctx.layout
     run_dir = layout.run_dir(run)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -147,22 +151,41 @@ def _work(ctx: _Context, run: Run, cfg: Config, heartbeat: Heartbeat, prefix: st
         steps.ensure_cost(spec, layout, run, cfg)
         extra = ctx.callbacks(run) if ctx.callbacks else ()
         trained = steps.train_network(cfg, run_dir, heartbeat, progress=ctx.progress, callbacks=extra)
-    ctx.log(f"{prefix} (predicting)")
-    if nn is not None:
-        seconds = nnunet.predict(layout, nn, run_dir, ctx.test_cases, heartbeat)
-    elif run.method.training_free:
-        seconds = steps.predict_threshold(
-            run.method.network, cfg, layout.cache, run_dir, ctx.test_cases, heartbeat
-        )
-    else:
-        seconds = steps.predict_network(run_dir, ctx.test_cases, heartbeat)
-    steps.save_timing(run_dir, seconds)
-    ctx.log(f"{prefix} (evaluating)")
-    summary = steps.evaluate_run(spec, layout, run_dir, heartbeat)
+    summary = _score(ctx, run, cfg, heartbeat, prefix, list(spec.evaluate_on))
     heartbeat.beat(force=True)  # raises if another process took the run over meanwhile
     steps.write_done(layout, run, cfg, summary, trained)
     (run_dir / "error.txt").unlink(missing_ok=True)
     ctx.log(f"{prefix} (done)")
+
+
+def _score(ctx: _Context, run: Run, cfg: Config, heartbeat: Heartbeat, prefix: str, parts: list[str]) -> dict:
+    """Predict and evaluate each of ``parts``; the test part's summary (``{}`` when not among them).
+    Prediction time (``timing.json``) is recorded for the test part."""
+    layout, nn = ctx.layout, run.method.nnunet
+    run_dir = layout.run_dir(run)
+    summaries: dict[str, dict] = {}
+    for part in parts:
+        cases, out = ctx.cases[part], layout.predictions(run, part)
+        where = "" if part == "test" else f" the {part} part"
+        ctx.log(f"{prefix} (predicting{where})")
+        if nn is not None:
+            seconds = nnunet.predict(layout, nn, run_dir, cases, heartbeat)
+        elif run.method.training_free:
+            seconds = steps.predict_threshold(
+                run.method.network, cfg, layout.cache, run_dir, cases, heartbeat, out
+            )
+        else:
+            seconds = steps.predict_network(run_dir, cases, heartbeat, out, record=part == "test")
+        if part == "test":
+            steps.save_timing(run_dir, seconds)
+        ctx.log(f"{prefix} (evaluating{where})")
+        summaries[part] = steps.evaluate_run(ctx.spec, layout, run, heartbeat, part)
+    return summaries.get("test", {})
+
+
+def _complete(ctx: _Context, run: Run) -> bool:
+    """Done, and scored on every part the experiment asks for."""
+    return read_done(ctx.layout, run) is not None and not missing_parts(ctx.spec, ctx.layout, run)
 
 
 def _changed_note(layout: Layout, run: Run, cfg: Config) -> str:

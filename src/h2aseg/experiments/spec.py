@@ -84,7 +84,11 @@ TOP_FIELDS = {
     "protocol",
     "lock_timeout_s",
     "std_over",
+    "evaluate_on",
+    "reference",
 }
+#: Parts of the split a run can be evaluated on (``evaluate_on``) and the split's name for each.
+EVAL_PARTS = {"test": "test", "validation": "val"}
 
 
 class SpecError(H2ASegError):
@@ -179,6 +183,8 @@ class ExperimentSpec:
     protocol: str = "paper"
     lock_timeout_s: float = 600.0
     std_over: str = "cases"  # the tables' ±: std over test cases (the paper) or over seed means
+    evaluate_on: tuple[str, ...] = ("test",)  # parts of the split each run is predicted and scored on
+    reference: str | None = None  # a method label: paired.md compares every method with it, case by case
 
     def error(self, field: str, msg: str) -> SpecError:
         return SpecError(f"{self.source}: {field}: {msg}")
@@ -301,7 +307,10 @@ def load_spec(path: str | Path) -> ExperimentSpec:
         protocol=rd.choice(raw.get("protocol", "paper"), "protocol", PROTOCOLS),
         lock_timeout_s=rd.number(raw.get("lock_timeout_s", 600.0), "lock_timeout_s"),
         std_over=rd.choice(raw.get("std_over", "cases"), "std_over", ("cases", "seeds")),
+        evaluate_on=_evaluate_on(rd, raw.get("evaluate_on", ["test"])),
+        reference=_reference(rd, raw.get("reference")),
     )
+    _check_parts(rd, spec)
     _check_networks(rd, spec.methods)
     _check_configs(spec)
     return spec
@@ -326,6 +335,31 @@ def _dataset(rd: _Reader, raw: Any) -> DatasetSpec:
         config=config,
         name=str(raw.get("name") or ""),
     )
+
+
+def _evaluate_on(rd: _Reader, raw: Any) -> tuple[str, ...]:
+    """``[test]`` (default) or ``[validation, test]``: the test part always, in the split's order."""
+    ok = isinstance(raw, list) and raw and all(isinstance(v, str) for v in raw) and len(set(raw)) == len(raw)
+    if not ok or "test" not in raw or not set(raw) <= set(EVAL_PARTS):
+        raise rd.error("evaluate_on", f"expected [test] or [validation, test], got {raw!r}")
+    return tuple(p for p in ("validation", "test") if p in raw)
+
+
+def _reference(rd: _Reader, raw: Any) -> str | None:
+    return None if raw is None else rd.string(raw, "reference")
+
+
+def _check_parts(rd: _Reader, spec: ExperimentSpec) -> None:
+    """``reference`` names a method; nnU-Net runs predict the test part only."""
+    labels = [m.label for m in spec.methods]
+    if spec.reference is not None and spec.reference not in labels:
+        raise rd.error("reference", f"{spec.reference!r} is not a method label (labels: {', '.join(labels)})")
+    if "validation" in spec.evaluate_on:
+        for i, m in enumerate(spec.methods):
+            if m.nnunet is not None:
+                raise rd.error(
+                    f"methods[{i}]", "nnU-Net runs are scored on the test part only; drop validation"
+                )
 
 
 def _seeds(rd: _Reader, raw: Any) -> tuple[int, ...]:

@@ -4,8 +4,6 @@ done marker. :mod:`h2aseg.experiments.runner` calls them in order under the run'
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 import socket
@@ -14,13 +12,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from h2aseg.config import Config
-from h2aseg.data.layouts import Case, discover
+from h2aseg.data.layouts import Case, discover, manifest_text
 from h2aseg.experiments.locks import Heartbeat
 from h2aseg.experiments.plan import Layout, Run, fingerprint
-from h2aseg.experiments.spec import ExperimentSpec
+from h2aseg.experiments.spec import EVAL_PARTS, ExperimentSpec
 from h2aseg.files import atomic_write_text
 from h2aseg.training.callbacks import TrainingCallbacks
 
@@ -55,8 +51,9 @@ class CaseTimer:
 
 
 # ------------------------------------------------------------------------------------------- data
-def prepare_data(spec: ExperimentSpec, layout: Layout) -> list[Case]:
-    """The one split every run uses (made once, then reused) and the test manifest; the test cases."""
+def prepare_data(spec: ExperimentSpec, layout: Layout) -> dict[str, list[Case]]:
+    """The one split every run uses (made once, then reused) and a manifest per ``evaluate_on`` part;
+    the cases of each part (``{"test": [...], "validation": [...]}``)."""
     from h2aseg.data.splits import SplitError, check_split, load_split, make_split, save_split
 
     cfg = spec.base_config()
@@ -73,22 +70,19 @@ def prepare_data(spec: ExperimentSpec, layout: Layout) -> list[Case]:
         split = make_split(cases, tuple(cfg.data.split_ratios), cfg.data.split_seed)  # type: ignore[arg-type]
         save_split(split, layout.split)
     by_id = {c.case_id: c for c in cases}
-    test = [by_id[i] for i in split.test]
-    if not test:
-        raise spec.error("dataset.root", f"the split of {len(cases)} cases has no test cases")
-    atomic_write_text(layout.manifest, _manifest(test))
-    return test
+    parts: dict[str, list[Case]] = {}
+    for part in spec.evaluate_on:
+        chosen = [by_id[i] for i in split.part(EVAL_PARTS[part])]
+        if not chosen:
+            raise spec.error("dataset.root", f"the split of {len(cases)} cases has no {part} cases")
+        atomic_write_text(layout.manifest_of(part), _manifest(chosen))
+        parts[part] = chosen
+    return parts
 
 
 def _manifest(cases: Sequence[Case]) -> str:
     """A CSV manifest (``case_id,patient_id,ct,pet,label``) with absolute paths."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["case_id", "patient_id", "ct", "pet", "label"])
-    for c in cases:
-        files = (c.ct, c.pet, c.label)
-        w.writerow([c.case_id, c.patient_id, *("" if p is None else str(Path(p).resolve()) for p in files)])
-    return buf.getvalue()
+    return manifest_text(cases)
 
 
 # ------------------------------------------------------------------------------------------- training
@@ -150,23 +144,27 @@ def run_checkpoint(run_dir: Path) -> Path:
     return ckpts / "best.pt" if (ckpts / "best.pt").exists() else ckpts / "last.pt"
 
 
-def predict_network(run_dir: Path, cases: list[Case], heartbeat: Heartbeat) -> list[float]:
-    """Predict the test cases with :func:`run_checkpoint`; seconds per predicted case. An H2ASeg with TAMW
-    records TAMW's weights in the same pass: the run's Table 3 in ``analysis/`` (docs/analysis.md)."""
+def predict_network(
+    run_dir: Path, cases: list[Case], heartbeat: Heartbeat, out: Path | None = None, *, record: bool = True
+) -> list[float]:
+    """Predict ``cases`` with :func:`run_checkpoint` into ``out`` (default ``predictions/``); seconds per
+    predicted case. With ``record``, an H2ASeg with TAMW records TAMW's weights in the same pass: the
+    run's Table 3 in ``analysis/`` (docs/analysis.md)."""
     from h2aseg.analysis.tamw_run import PredictionRecorder, has_tamw
     from h2aseg.inference.predictor import Predictor, predict_cases
 
     ckpt = run_checkpoint(run_dir)
     predictor = Predictor.from_checkpoint(ckpt)
     timer = CaseTimer(heartbeat)
-    if not has_tamw(predictor.model):
-        predict_cases(predictor, cases, run_dir / "predictions", on_case=timer)
+    out = run_dir / "predictions" if out is None else out
+    if not record or not has_tamw(predictor.model):
+        predict_cases(predictor, cases, out, on_case=timer)
         return timer.seconds
     with PredictionRecorder(predictor, ckpt) as rec:
         predict_cases(
             predictor,
             cases,
-            run_dir / "predictions",
+            out,
             on_case=lambda cid, status: (rec.on_case(cid, status), timer(cid, status)),
         )
     rec.write(
@@ -179,27 +177,22 @@ def predict_network(run_dir: Path, cases: list[Case], heartbeat: Heartbeat) -> l
 
 
 def predict_threshold(
-    method: str, cfg: Config, cache_dir: Path, run_dir: Path, cases: list[Case], heartbeat: Heartbeat
+    method: str, cfg: Config, cache_dir: Path, run_dir: Path, cases: list[Case], heartbeat: Heartbeat,
+    out: Path | None = None,
 ) -> list[float]:
-    """SUV >= 2.5 or 41 % of SUVmax per region (as the demo), written in the CT geometry."""
-    from h2aseg.data.io import write_volume
-    from h2aseg.data.preprocess import CaseCache, restore_to_ct_grid
-    from h2aseg.inference.thresholding import relative_threshold, suv_threshold
+    """SUV >= 2.5 or 41 % of SUVmax per region (as the demo), written in the CT geometry into ``out``
+    (default ``predictions/``)."""
+    from h2aseg.data.preprocess import CaseCache
+    from h2aseg.inference.thresholding import write_threshold_mask
 
     cache = CaseCache(cache_dir, cfg.data)
     timer = CaseTimer(heartbeat)
     for case in cases:
-        target = run_dir / "predictions" / f"{case.case_id}.nii.gz"
+        target = (run_dir / "predictions" if out is None else out) / f"{case.case_id}.nii.gz"
         if target.exists():
             timer(case.case_id, "skipped")
             continue
-        pc = cache.get(case)
-        if method == "suv_2.5":
-            mask = suv_threshold(pc.suv, 2.5)
-        else:
-            mask = relative_threshold(pc.suv, 0.41, 2.5, spacing=pc.geometry.spacing)
-        on_ct = restore_to_ct_grid(mask.astype(np.uint8), pc.geometry, order=0)
-        write_volume(target, on_ct, pc.geometry.ct_affine)
+        write_threshold_mask(cache.get(case), method, target)
         timer(case.case_id, "done")
     return timer.seconds
 
@@ -214,19 +207,22 @@ def save_timing(run_dir: Path, seconds: list[float]) -> None:
 
 
 # ------------------------------------------------------------------------------------------- evaluating
-def evaluate_run(spec: ExperimentSpec, layout: Layout, run_dir: Path, heartbeat: Heartbeat) -> dict:
-    """Score ``predictions/`` against the test cases (``spec.protocol``) into ``evaluation/``."""
+def evaluate_run(
+    spec: ExperimentSpec, layout: Layout, run: Run, heartbeat: Heartbeat, part: str = "test"
+) -> dict:
+    """Score the run's predictions of ``part`` against its manifest (``spec.protocol``) into its
+    evaluation folder (``evaluation/``, or ``evaluation-val/`` for the validation part)."""
     from h2aseg.evaluation.pipeline import evaluate_folders
     from h2aseg.evaluation.report import write_evaluation
 
     res = evaluate_folders(
-        run_dir / "predictions",
-        layout.manifest,
+        layout.predictions(run, part),
+        layout.manifest_of(part),
         protocol=spec.protocol,
         gt_layout="csv",
         on_case=lambda *_: heartbeat.beat(),
     )
-    write_evaluation(run_dir / "evaluation", res.rows, res.summary)
+    write_evaluation(layout.evaluation(run, part), res.rows, res.summary)
     return res.summary
 
 

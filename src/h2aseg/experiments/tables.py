@@ -12,7 +12,9 @@ reflect every finished run:
 * ``cost.md``: per network method, parameters, forward GFLOP, train-step time and peak memory
   (:mod:`h2aseg.experiments.cost`), whole-case prediction time and training time per run;
 * ``table3.md`` / ``table3.csv``: TAMW's PET/CT weights per depth for each H2ASeg method with TAMW
-  (recorded by the predict step, :mod:`h2aseg.analysis.tamw_weights`).
+  (recorded by the predict step, :mod:`h2aseg.analysis.tamw_weights`);
+* ``paired.md`` / ``paired.json`` when the experiment names a ``reference`` method: paired per-study
+  differences with standard errors, on each ``evaluate_on`` part (:mod:`h2aseg.experiments.paired`).
 
 :func:`write_figures` (called by the runner after the tables, outside the lock) draws ``fig3.png``
 (the methods side by side) and ``fig4_<case>.png`` (level-2 features TAMW selects) beside them, and writes
@@ -39,6 +41,7 @@ from h2aseg.evaluation.report import (
     table1,
 )
 from h2aseg.experiments.locks import held
+from h2aseg.experiments.paired import write_paired
 from h2aseg.experiments.plan import Layout, Run, plan_runs, read_done
 from h2aseg.experiments.spec import Ablation, ExperimentSpec, MethodSpec
 from h2aseg.files import atomic_write_text, read_json
@@ -71,6 +74,7 @@ def write_tables(spec: ExperimentSpec, layout: Layout) -> list[Path]:
         if any(not m.training_free for m in spec.methods):
             paths.append(atomic_write_text(layout.out / "cost.md", cost_markdown(spec, layout, done)))
         paths += write_table3(spec, layout)
+        paths += write_paired(spec, layout)
     return paths
 
 
@@ -355,8 +359,8 @@ def _gt_volumes(layout: Layout, runs: list[Run]) -> dict[str, float] | None:
 
 
 def _fig4(layout: Layout, runs: list[Run], cases: list[Case]) -> list[Path]:
+    from h2aseg.analysis.common import load_model as load_h2aseg
     from h2aseg.analysis.features import draw_feature_figures
-    from h2aseg.analysis.tamw_run import load_h2aseg
     from h2aseg.experiments.steps import run_checkpoint
 
     models = [load_h2aseg(run_checkpoint(layout.run_dir(r))) for r in runs]
