@@ -8,26 +8,32 @@ achieved GFLOP/s of the eval forward.
 
 The row "authors' code" measures the authors' released implementation side by side with ours, when it is
 importable (it is not shipped): ``H2ASEG_AUTHORS_CODE`` names the folder of their repository (put on
-``sys.path``) and ``H2ASEG_AUTHORS_MODEL`` the class as ``module.path:ClassName``; the class is built with its
-constructor defaults (the released configuration, 8-16-32-64-128) and called as ``model(ct, pet)``. The line
-under the table gives the released variant's fp32 eval-forward speed-up over it.
+``sys.path``) and ``H2ASEG_AUTHORS_MODEL`` the class as ``module.path:ClassName``; the class is built with the
+keyword arguments of ``--authors-kwargs JSON`` or else ``H2ASEG_AUTHORS_KWARGS`` (a JSON object, e.g.
+``{"patch_size": [128, 128, 64], "in_channels": 1, "n_classes": 2}``; none: its constructor defaults) and
+called as ``model(ct, pet)``. JSON values are passed as they are (a list stays a list: nothing is turned
+into a tuple). The line under the table gives the released variant's fp32 eval-forward speed-up over it.
 
 Each measurement runs in a fresh subprocess so that peak memory (max RSS on CPU, max allocated on CUDA)
 belongs to that configuration alone. Usage::
 
     python benchmarks/bench_model.py [--size 128 128 64] [--batch 4] [--rows paper,released,...]
+        [--authors-kwargs '{"patch_size": [128, 128, 64], "in_channels": 1, "n_classes": 2}']
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import resource
 import subprocess
 import sys
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from h2aseg.errors import H2ASegError
 
 if TYPE_CHECKING:
     import torch
@@ -35,6 +41,8 @@ if TYPE_CHECKING:
 AUTHORS_ROW = "authors' code"
 AUTHORS_CODE_ENV = "H2ASEG_AUTHORS_CODE"
 AUTHORS_MODEL_ENV = "H2ASEG_AUTHORS_MODEL"
+AUTHORS_KWARGS_ENV = "H2ASEG_AUTHORS_KWARGS"
+AUTHORS_KWARGS_FLAG = "--authors-kwargs"
 
 ROWS = {
     "paper": {"variant": "paper"},
@@ -46,12 +54,28 @@ ROWS = {
 }
 
 
-def build_authors_model() -> torch.nn.Module:
-    """The authors' network from the folder and class named by the environment (see the module docstring),
-    behind a ``(B, 2, X, Y, Z)`` -> ``model(ct, pet)`` adapter (channel 0 CT, channel 1 PET)."""
-    import importlib
+def authors_kwargs(flag: str | None = None) -> tuple[dict[str, Any], str]:
+    """The authors' constructor keyword arguments, from ``flag`` (the value of ``--authors-kwargs``) or else
+    ``H2ASEG_AUTHORS_KWARGS``, and the name of where they came from (for messages); ``{}`` when neither."""
+    source = AUTHORS_KWARGS_FLAG if flag is not None else AUTHORS_KWARGS_ENV
+    text = flag if flag is not None else os.environ.get(AUTHORS_KWARGS_ENV, "")
+    if not text.strip():
+        return {}, source
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise H2ASegError(f"{source}: not valid JSON ({e.msg} at character {e.pos}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise H2ASegError(
+            f"{source}: must be a JSON object of keyword arguments, e.g. '{{\"in_channels\": 1}}'"
+        )
+    return value, source
 
-    import torch
+
+def authors_class() -> type:
+    """The authors' class named by ``H2ASEG_AUTHORS_MODEL``, imported from the folder
+    ``H2ASEG_AUTHORS_CODE``."""
+    import importlib
 
     folder, spec = os.environ.get(AUTHORS_CODE_ENV), os.environ.get(AUTHORS_MODEL_ENV)
     if not folder or not spec or ":" not in spec:
@@ -61,16 +85,50 @@ def build_authors_model() -> torch.nn.Module:
         )
     if not os.path.isdir(folder):
         raise RuntimeError(f"{AUTHORS_CODE_ENV}={folder} is not a folder")
-    sys.path.insert(0, folder)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
     module_name, class_name = spec.split(":", 1)
-    cls = getattr(importlib.import_module(module_name), class_name)
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def check_authors_kwargs(cls: type, kwargs: dict[str, Any], source: str) -> None:
+    """Before any row runs: the keyword arguments fit the constructor's signature (missing or unknown ones
+    are a one-line error naming ``source``)."""
+    try:
+        inspect.signature(cls).bind(**kwargs)
+    except TypeError as e:
+        raise H2ASegError(f"{source}: {_rejected(cls, kwargs, e)}") from None
+    except ValueError:  # no signature to check (a builtin): the constructor call will tell
+        return
+
+
+def _rejected(cls: type, kwargs: dict[str, Any], error: TypeError) -> str:
+    detail = " ".join(str(error).split())
+    return f"{cls.__name__}({', '.join(kwargs)}) rejected: {detail}"
+
+
+def build_authors_model(
+    kwargs: dict[str, Any] | None = None, source: str = AUTHORS_KWARGS_ENV
+) -> torch.nn.Module:
+    """The authors' network from the folder and class named by the environment (see the module docstring),
+    built with ``kwargs`` (default: from ``H2ASEG_AUTHORS_KWARGS``), behind a ``(B, 2, X, Y, Z)`` ->
+    ``model(ct, pet)`` adapter (channel 0 CT, channel 1 PET)."""
+    import torch
+
+    if kwargs is None:
+        kwargs, source = authors_kwargs()
+    cls = authors_class()
+    try:
+        inner = cls(**kwargs)
+    except TypeError as e:
+        raise H2ASegError(f"{source}: {_rejected(cls, kwargs, e)}") from None
 
     class TwoInputs(torch.nn.Module):
         out_channels = 2  # the released code's two softmax classes
 
         def __init__(self) -> None:
             super().__init__()
-            self.model = cls()
+            self.model = inner
 
         def forward(self, x: torch.Tensor) -> object:
             return self.model(x[:, :1], x[:, 1:2])
@@ -87,7 +145,12 @@ def _measure(kwargs: dict, size: list[int], batch: int, precision: str, checkpoi
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
-    net = build_authors_model() if kwargs.get("authors") else build_network("h2aseg", **kwargs)
+    if kwargs.get("authors"):
+        net = build_authors_model(
+            kwargs.get("authors_kwargs"), kwargs.get("authors_source", AUTHORS_KWARGS_ENV)
+        )
+    else:
+        net = build_network("h2aseg", **kwargs)
     net = net.to(device)
     if checkpointing:
         net.gradient_checkpointing = [int(v) for v in checkpointing.split(",")]
@@ -160,13 +223,22 @@ def main() -> None:
         default="",
         help="activation checkpointing in training: every level, or the levels given (e.g. 1)",
     )
+    ap.add_argument(
+        AUTHORS_KWARGS_FLAG,
+        metavar="JSON",
+        help=f"keyword arguments of the authors' constructor, a JSON object passed as it is (default: "
+        f"${AUTHORS_KWARGS_ENV}, else none)",
+    )
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        spec = json.loads(args.child)
-        out = _measure(spec["kwargs"], args.size, args.batch, spec["precision"], args.checkpointing)
-        print(json.dumps(out))
+        _child(args)
         return
+    rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    try:
+        row_kwargs = _row_kwargs(rows, args.authors_kwargs)
+    except H2ASegError as e:
+        sys.exit(f"bench_model.py: error: {e}")
 
     import torch
     from rich.console import Console
@@ -183,19 +255,19 @@ def main() -> None:
     for col in columns:
         table.add_column(col, justify="right" if col not in ("model", "precision") else "left")
     eval_fp32: dict[str, float] = {}
-    for name in [r.strip() for r in args.rows.split(",") if r.strip()]:
+    for name in rows:
         if name == AUTHORS_ROW and not os.environ.get(AUTHORS_CODE_ENV):
             table.add_row(name, "-", f"not importable: set {AUTHORS_CODE_ENV} and {AUTHORS_MODEL_ENV}")
             continue
         for precision in args.precisions.split(","):
-            spec = json.dumps({"kwargs": ROWS[name], "precision": precision})
+            spec = json.dumps({"kwargs": row_kwargs[name], "precision": precision})
             cmd = [sys.executable, __file__, "--child", spec, "--size", *map(str, args.size)]
             cmd += ["--batch", str(args.batch)]
             if args.checkpointing:
                 cmd += ["--checkpointing", args.checkpointing]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
-                table.add_row(name, precision, "failed: " + proc.stderr.strip().splitlines()[-1][:60])
+                table.add_row(name, precision, "failed: " + _failure(proc.stderr))
                 continue
             r = json.loads(proc.stdout.strip().splitlines()[-1])
             if precision == "fp32":
@@ -216,6 +288,34 @@ def main() -> None:
     if "released" in eval_fp32 and AUTHORS_ROW in eval_fp32:
         ratio = eval_fp32[AUTHORS_ROW] / eval_fp32["released"]
         console.print(f"released variant vs the authors' code, fp32 eval forward: {ratio:.2f}x faster")
+
+
+def _child(args: argparse.Namespace) -> None:
+    """One measurement (``--child SPEC``), printed as a JSON line; a user error as one ``error:`` line."""
+    spec = json.loads(args.child)
+    try:
+        out = _measure(spec["kwargs"], args.size, args.batch, spec["precision"], args.checkpointing)
+    except H2ASegError as e:
+        sys.exit(f"error: {e}")
+    print(json.dumps(out))
+
+
+def _row_kwargs(rows: list[str], flag: str | None) -> dict[str, dict[str, Any]]:
+    """Each row's measurement settings; the authors' row gets its constructor keyword arguments, checked
+    against their class's signature first (when their code is set up)."""
+    settings = {name: dict(ROWS[name]) for name in rows if name in ROWS}
+    if AUTHORS_ROW in settings and os.environ.get(AUTHORS_CODE_ENV):
+        kwargs, source = authors_kwargs(flag)
+        check_authors_kwargs(authors_class(), kwargs, source)
+        settings[AUTHORS_ROW].update(authors_kwargs=kwargs, authors_source=source)
+    return settings
+
+
+def _failure(stderr: str) -> str:
+    """A failed measurement's last stderr line: whole when it is our one-line error, else its start."""
+    lines = stderr.strip().splitlines() or ["no error output"]
+    last = lines[-1]
+    return last.removeprefix("error: ") if last.startswith("error: ") else last[:60]
 
 
 if __name__ == "__main__":

@@ -16,12 +16,12 @@ from h2aseg.data.preprocess import CaseGeometry, PreprocessedCase
 from h2aseg.data.transforms import (
     CropCentresd,
     RandAxialRotated,
-    _rotate_axial,
     augmentation,
     body_threshold,
     case_to_dict,
     lesion_balanced_indices,
     model_input,
+    rotate_axial,
     train_transforms,
 )
 
@@ -110,7 +110,7 @@ def test_crop_to_body() -> None:
 
 def test_axial_rotation_matches_monai_and_keeps_slices() -> None:
     x = torch.rand(2, 30, 22, 6)
-    a = _rotate_axial(x, 0.6, "bilinear")
+    a = rotate_axial(x, 0.6, "bilinear")
     b = Rotate(angle=(0.0, 0.0, 0.6), mode="bilinear", padding_mode="zeros", align_corners=False)(x)
     assert torch.allclose(a, torch.as_tensor(b), atol=1e-4)
     lab = torch.zeros(1, 30, 22, 6, dtype=torch.uint8)

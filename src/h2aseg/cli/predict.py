@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -12,6 +14,7 @@ from h2aseg.cli.convert import DOSE_OPTION, INJECTION_OPTION, WEIGHT_OPTION, dic
 from h2aseg.progress import progress_bar
 
 if TYPE_CHECKING:
+    from h2aseg.data.layouts import Case
     from h2aseg.data.suv import SuvOverrides
     from h2aseg.inference.predictor import Predictor
 
@@ -49,6 +52,16 @@ def predict(
     amp: str | None = typer.Option(None, "--amp", help="auto | bf16 | fp16 | off [infer.amp]."),
     assignments: list[str] = typer.Option([], "--set", help="Override a stored config field (infer.*)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Recompute cases whose output exists."),
+    shard: str | None = typer.Option(
+        None,
+        "--shard",
+        metavar="I/N",
+        help="With --input: only shard I of N (0 <= I < N): case k of the folder sorted by case id goes to "
+        "shard k mod N, so N processes (e.g. one per GPU via CUDA_VISIBLE_DEVICES) started with 0/N ... "
+        "N-1/N on one folder and --out-dir never predict a study twice; a killed one resumes when rerun "
+        "(masks are written atomically and kept). With --report, no index.html: rerun without --shard "
+        "once all are done (masks kept) for it. A run option, like --input (no config field).",
+    ),
     weight_kg: float | None = WEIGHT_OPTION,
     dose_mbq: float | None = DOSE_OPTION,
     injection_time: str | None = INJECTION_OPTION,
@@ -79,7 +92,10 @@ def predict(
     from h2aseg.errors import H2ASegError
     from h2aseg.inference.predictor import Predictor
 
-    mode = _check_flags(ct, pet, out, input_dir, out_dir, split=split, report=report, challenge=challenge_io)
+    mode = _check_flags(
+        ct, pet, out, input_dir, out_dir, split=split, report=report, challenge=challenge_io, shard=shard
+    )
+    shard_of = _parse_shard(shard)
     fields = {
         "infer.overlap": overlap,
         "infer.tta_flips": tta,
@@ -108,6 +124,7 @@ def predict(
                 split=split,
                 suv=suv_overrides(weight_kg, dose_mbq, injection_time),
                 overwrite=overwrite,
+                shard=shard_of,
                 progress=progress,
                 quantify=quantify,
                 report=report,
@@ -128,6 +145,7 @@ def _check_flags(
     split: str,
     report: bool,
     challenge: tuple[Path, Path] | None,
+    shard: str | None = None,
 ) -> Literal["challenge", "one", "folder"]:
     """Which mode the flags ask for (the challenge interface, one patient, a folder); a flag that does not
     belong to it, or one missing, is a one-line error."""
@@ -145,7 +163,20 @@ def _check_flags(
         raise fail("--input and --out-dir must be given together")
     if split != "all" and not folder:
         raise fail("--split chooses cases of an --input folder; it takes no --ct/--pet or --challenge-io")
+    if shard is not None and not folder:
+        raise fail("--shard splits an --input folder; it takes no --ct/--pet or --challenge-io")
     return "challenge" if challenge is not None else "one" if single else "folder"
+
+
+def _parse_shard(shard: str | None) -> tuple[int, int] | None:
+    """``--shard I/N`` as ``(I, N)``; a malformed value, or one outside ``0 <= I < N``, is a one-line
+    error."""
+    if shard is None:
+        return None
+    match = re.fullmatch(r"(\d+)/(\d+)", shard.strip(), flags=re.ASCII)
+    if match is None or not 0 <= int(match[1]) < int(match[2]):
+        raise fail(f"--shard {shard}: expected I/N with whole numbers 0 <= I < N (e.g. 0/2 and 1/2)")
+    return int(match[1]), int(match[2])
 
 
 def _set_value(value: object) -> str:
@@ -187,18 +218,52 @@ def _predict_folder(
     split: str,
     suv: SuvOverrides,
     overwrite: bool,
+    shard: tuple[int, int] | None = None,
     progress: bool,
     quantify: bool,
     report: bool,
 ) -> int:
     """``--input --out-dir``: a mask per case of the folder (DICOM studies converted first), of the model's
-    ``split`` part when not ``all``; returns the number of DICOM studies that could not be converted."""
-    from h2aseg.data.layouts import discover
+    ``split`` part when not ``all``, of shard ``(I, N)`` when given; returns the number of DICOM studies that
+    could not be converted."""
     from h2aseg.inference.predictor import predict_cases
 
     input_dir, layout, dicom_failed = dicom_to_autopet(  # DICOM: converted into out_dir/.dicom first
         input_dir, out_dir, layout, suv, overwrite
     )
+    cases = _folder_cases(predictor, checkpoint, input_dir, layout=layout, split=split, shard=shard)
+    statuses: Counter[str] = Counter()
+    with progress_bar("predict", progress, console=err_console) as bar:
+        task = bar.add_task("", total=len(cases))
+
+        def on_case(case_id: str, status: str) -> None:
+            statuses[status] += 1
+            bar.update(task, advance=1, description=f"{case_id} {status}")
+
+        paths = predict_cases(predictor, cases, out_dir, overwrite=overwrite, on_case=on_case)
+    counts = f"{statuses['done']} predicted, {statuses['skipped']} kept (output existed)"
+    err_console.print(f"wrote {len(paths)} masks to {out_dir} ({counts})", highlight=False)
+    if quantify or report:
+        settings = _report_settings(checkpoint, predictor) if report else None
+        studies = [(p, c.pet, c.ct) for c, p in zip(cases, paths, strict=True)]
+        _quantify(studies, settings, index=shard is None)  # a shard's index would list that shard only
+    return dicom_failed
+
+
+def _folder_cases(
+    predictor: Predictor,
+    checkpoint: Path,
+    input_dir: Path,
+    *,
+    layout: str | None,
+    split: str,
+    shard: tuple[int, int] | None,
+) -> list[Case]:
+    """The cases of ``input_dir`` to predict: of the model's ``split`` part unless ``all``, then of shard
+    ``(I, N)`` when given (each choice reported on stderr)."""
+    from h2aseg.data.layouts import discover
+    from h2aseg.inference.predictor import shard_cases
+
     cases = discover(
         input_dir, layout or predictor.cfg.data.layout, swap_channels=predictor.cfg.data.swap_channels
     )
@@ -214,20 +279,11 @@ def _predict_folder(
             root=input_dir,
         )
         err_console.print(f"predicting {where}", highlight=False)
-    with progress_bar("predict", progress, console=err_console) as bar:
-        task = bar.add_task("", total=len(cases))
-        paths = predict_cases(
-            predictor,
-            cases,
-            out_dir,
-            overwrite=overwrite,
-            on_case=lambda cid, status: bar.update(task, advance=1, description=f"{cid} {status}"),
-        )
-    err_console.print(f"wrote {len(paths)} masks to {out_dir}", highlight=False)
-    if quantify or report:
-        settings = _report_settings(checkpoint, predictor) if report else None
-        _quantify([(p, c.pet, c.ct) for c, p in zip(cases, paths, strict=True)], settings, index=True)
-    return dicom_failed
+    if shard is not None:
+        total = len(cases)
+        cases = shard_cases(cases, *shard)
+        err_console.print(f"shard {shard[0]}/{shard[1]}: {len(cases)} of {total} cases", highlight=False)
+    return cases
 
 
 def _quantify(

@@ -214,11 +214,14 @@ class RandAxialRotated(RandomizableTransform, MapTransform):
             return d
         for key, mode in zip(self.keys, self.modes, strict=True):
             if key in d:
-                d[key] = _rotate_axial(torch.as_tensor(d[key]), self.angle, mode)
+                d[key] = rotate_axial(torch.as_tensor(d[key]), self.angle, mode)
         return d
 
 
-def _rotate_axial(x: torch.Tensor, angle: float, mode: str) -> torch.Tensor:
+def rotate_axial(x: torch.Tensor, angle: float, mode: str) -> torch.Tensor:
+    """``(C, X, Y, Z)`` rotated by ``angle`` radians in every axial (x, y) plane about the plane's centre, as
+    MONAI's ``Rotate(angle=(0, 0, angle), padding_mode="zeros", align_corners=False)``; zero outside,
+    ``mode`` ``"bilinear"`` or ``"nearest"``, the input's dtype kept (integer labels rounded)."""
     c, nx, ny, nz = x.shape
     src = x.permute(0, 3, 1, 2).reshape(1, c * nz, nx, ny)
     dtype = src.dtype

@@ -177,7 +177,12 @@ def predict_network(
 
 
 def predict_threshold(
-    method: str, cfg: Config, cache_dir: Path, run_dir: Path, cases: list[Case], heartbeat: Heartbeat,
+    method: str,
+    cfg: Config,
+    cache_dir: Path,
+    run_dir: Path,
+    cases: list[Case],
+    heartbeat: Heartbeat,
     out: Path | None = None,
 ) -> list[float]:
     """SUV >= 2.5 or 41 % of SUVmax per region (as the demo), written in the CT geometry into ``out``

@@ -21,6 +21,7 @@ from h2aseg.data.io import ImageError, write_volume
 from h2aseg.data.layouts import Case
 from h2aseg.data.preprocess import PreprocessedCase, preprocess_images, restore_to_ct_grid
 from h2aseg.data.transforms import body_threshold, model_input
+from h2aseg.errors import H2ASegError
 from h2aseg.hardware import resolve_device
 from h2aseg.inference.sliding import check_infer_config, predict_probabilities, probabilities_to_mask
 from h2aseg.models.factory import build_from_config
@@ -116,6 +117,16 @@ def write_prediction(pred: Prediction, out: str | Path, *, inputs: Iterable[str 
     if pred.probability is not None:
         write_volume(probability_path(out), pred.probability.astype(np.float32), pred.affine, protect=protect)
     return write_volume(out, pred.mask.astype(np.uint8), pred.affine, protect=protect)
+
+
+def shard_cases(cases: list[Case], index: int, count: int) -> list[Case]:
+    """Shard ``index`` of ``count`` (``predict --shard I/N``): the cases whose position in the list sorted by
+    case id is ``index`` modulo ``count``, in that order. The shards of one list are disjoint and cover it,
+    so ``count`` processes given the same cases each predict a different part, none twice."""
+    if not 0 <= index < count:
+        raise H2ASegError(f"--shard {index}/{count}: need 0 <= I < N")
+    ordered = sorted(cases, key=lambda c: c.case_id)
+    return ordered[index::count]
 
 
 def predict_cases(

@@ -11,7 +11,14 @@ import h2aseg.models.kernels as kernels
 import h2aseg.models.kernels.norm_act as norm_act
 from h2aseg.models.blocks import norm
 from h2aseg.models.kernels import norm_prelu, norm_prelu_conv, use_reference_kernels
-from h2aseg.models.kernels.norm_act import _NormPReLUConv
+
+
+def _with(module: nn.Module, **tensors: torch.Tensor) -> nn.Module:
+    """``module`` with its named parameters replaced by plain tensors (gradcheck's inputs)."""
+    for name, tensor in tensors.items():
+        delattr(module, name)
+        setattr(module, name, tensor)
+    return module
 
 
 def test_gradcheck_float64_two_prelus() -> None:
@@ -21,7 +28,8 @@ def test_gradcheck_float64_two_prelus() -> None:
     b = torch.tensor([-0.4], dtype=torch.float64, requires_grad=True)
 
     def fn(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return _NormPReLUConv.apply(x, 1e-5, (1, 1), a, None, None, None, b, None, None, None)
+        prelus = [_with(nn.PReLU(), weight=w) for w in (a, b)]
+        return norm_act.fused_norm_prelu(x, nn.InstanceNorm3d(3), *prelus)
 
     assert torch.autograd.gradcheck(fn, (x, a, b))
 
@@ -141,11 +149,18 @@ def test_gradcheck_float64_with_convs() -> None:
     b1 = torch.randn(4, dtype=torch.float64, requires_grad=True)
     w2 = torch.randn(2, 3, 3, 3, 3, dtype=torch.float64, requires_grad=True)
 
-    keep = torch.tensor([[2.0, 0.0, 2.0], [0.0, 2.0, 2.0]], dtype=torch.float64).view(2, 3, 1, 1, 1)
+    torch.manual_seed(11)  # the draw of fn's Dropout3d after this seed: some channels dropped, some kept (x2)
+    keep = torch.nn.functional.dropout3d(torch.ones(2, 3, 1, 1, 1), 0.5, training=True)
+    assert 0 < int((keep == 0).sum()) < keep.numel()
 
     def fn(x, a, w1, b1, b, w2):  # type: ignore[no-untyped-def]
         # second branch: channel dropout between PReLU and conv; narrow convs take the channels-last path
-        return _NormPReLUConv.apply(x, 1e-5, (1, 2), a, w1, b1, None, b, w2, None, keep)
+        conv1 = _with(nn.Conv3d(3, 4, 3, padding=1).double(), weight=w1, bias=b1)
+        conv2 = _with(nn.Conv3d(3, 2, 3, stride=2, padding=1, bias=False).double(), weight=w2)
+        first = (_with(nn.PReLU(), weight=a), conv1)
+        second = (_with(nn.PReLU(), weight=b), nn.Dropout3d(0.5), conv2)
+        torch.manual_seed(11)  # the same draw on every call
+        return norm_act.fused_norm_prelu_conv(x, nn.InstanceNorm3d(3), first, second)
 
     assert torch.autograd.gradcheck(fn, (x, a, w1, b1, b, w2))
 
