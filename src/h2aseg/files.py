@@ -52,3 +52,18 @@ def read_json(path: str | Path) -> Any:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         return None
+
+
+def read_yaml_file(path: str | Path, error: Callable[[str], Exception], what: str) -> Any:
+    """The YAML document in the file ``path`` (a user's experiment or settings file). A missing file or one
+    that is not readable YAML raises ``error(message)``, the message naming the file: ``<path>: <what>
+    not found`` or ``<path>: not a readable YAML file (...)``."""
+    import yaml
+
+    source = Path(path)
+    if not source.is_file():
+        raise error(f"{source}: {what} not found")
+    try:
+        return yaml.safe_load(source.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise error(f"{source}: not a readable YAML file ({e})") from None

@@ -33,10 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from h2aseg.config import PRESETS, Config, ConfigError, load_config
 from h2aseg.errors import H2ASegError
+from h2aseg.files import read_yaml_file
 
 #: Training-free rows (``h2aseg.inference.thresholding``) and their default titles.
 THRESHOLD_METHODS = {"suv_2.5": "SUV >= 2.5", "suv_41pct": "41% SUVmax"}
@@ -287,12 +286,7 @@ class _Reader:
 def load_spec(path: str | Path) -> ExperimentSpec:
     """Read and validate an experiment file (network names are checked against the registry now)."""
     source = Path(path)
-    if not source.is_file():
-        raise SpecError(f"{source}: experiment file not found")
-    try:
-        raw = yaml.safe_load(source.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise SpecError(f"{source}: not a readable YAML file ({e})") from None
+    raw = read_yaml_file(source, SpecError, "experiment file")
     rd = _Reader(source)
     raw = rd.mapping(raw, "", TOP_FIELDS, required=("dataset", "methods"))
     schedule = _schedule(rd, raw.get("schedule", "paper"))

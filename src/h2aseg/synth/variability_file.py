@@ -20,8 +20,7 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from h2aseg.files import read_yaml_file
 from h2aseg.synth.errors import PhantomError
 from h2aseg.synth.variability import LEVELS, OrganRanges, OrganSet, Span, Variability, limits
 
@@ -111,13 +110,7 @@ def variability_from_dict(raw: Any, source: Path) -> Variability:
 def load_variability(path: str | Path) -> Variability:
     """Read and validate a variability file; raises :class:`PhantomError` naming the file and the field."""
     source = Path(path)
-    if not source.is_file():
-        raise PhantomError(f"{source}: variability file not found")
-    try:
-        raw = yaml.safe_load(source.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise PhantomError(f"{source}: not a readable YAML file ({e})") from None
-    return variability_from_dict(raw, source)
+    return variability_from_dict(read_yaml_file(source, PhantomError, "variability file"), source)
 
 
 def resolve_variability(level: str = "default", path: str | Path | None = None) -> Variability:
