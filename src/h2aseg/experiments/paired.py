@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import stats
 
 from h2aseg.evaluation.report import read_per_case_csv
 from h2aseg.experiments.plan import Layout, plan_runs, read_done
@@ -68,7 +69,7 @@ def estimate(values: list[float]) -> Estimate | None:
     if not values:
         return None
     a = np.asarray(values, dtype=float)
-    se = float(a.std(ddof=1) / math.sqrt(a.size)) if a.size > 1 else None
+    se = float(stats.sem(a)) if a.size > 1 else None
     return Estimate(float(a.mean()), se, int(a.size))
 
 

@@ -35,6 +35,9 @@ from h2aseg.errors import InputError
 from h2aseg.experiments.spec import ExperimentSpec, MethodSpec
 from h2aseg.files import read_json
 
+#: The folder suffix of each ``evaluate_on`` part inside a run (``predictions-val/``, ``evaluation-val/``).
+PART_SUFFIX = {"test": "", "validation": "-val"}
+
 
 @dataclass(frozen=True)
 class Run:
@@ -68,10 +71,10 @@ class Layout:
         return self.manifest if part == "test" else self.out / f"{part}_cases.csv"
 
     def predictions(self, run: Run, part: str = "test") -> Path:
-        return self.run_dir(run) / ("predictions" if part == "test" else "predictions-val")
+        return self.run_dir(run) / f"predictions{PART_SUFFIX[part]}"
 
     def evaluation(self, run: Run, part: str = "test") -> Path:
-        return self.run_dir(run) / ("evaluation" if part == "test" else "evaluation-val")
+        return self.run_dir(run) / f"evaluation{PART_SUFFIX[part]}"
 
     @property
     def cache(self) -> Path:

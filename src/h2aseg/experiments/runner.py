@@ -171,11 +171,9 @@ def _score(ctx: _Context, run: Run, cfg: Config, heartbeat: Heartbeat, prefix: s
         if nn is not None:
             seconds = nnunet.predict(layout, nn, run_dir, cases, heartbeat)
         elif run.method.training_free:
-            seconds = steps.predict_threshold(
-                run.method.network, cfg, layout.cache, run_dir, cases, heartbeat, out
-            )
+            seconds = steps.predict_threshold(run.method.network, cfg, layout.cache, cases, out, heartbeat)
         else:
-            seconds = steps.predict_network(run_dir, cases, heartbeat, out, record=part == "test")
+            seconds = steps.predict_network(run_dir, cases, out, heartbeat, record=part == "test")
         if part == "test":
             steps.save_timing(run_dir, seconds)
         ctx.log(f"{prefix} (evaluating{where})")

@@ -145,18 +145,17 @@ def run_checkpoint(run_dir: Path) -> Path:
 
 
 def predict_network(
-    run_dir: Path, cases: list[Case], heartbeat: Heartbeat, out: Path | None = None, *, record: bool = True
+    run_dir: Path, cases: list[Case], out: Path, heartbeat: Heartbeat, *, record: bool
 ) -> list[float]:
-    """Predict ``cases`` with :func:`run_checkpoint` into ``out`` (default ``predictions/``); seconds per
-    predicted case. With ``record``, an H2ASeg with TAMW records TAMW's weights in the same pass: the
-    run's Table 3 in ``analysis/`` (docs/analysis.md)."""
+    """Predict ``cases`` with :func:`run_checkpoint` into ``out``; seconds per predicted case. With
+    ``record`` (the test part), an H2ASeg with TAMW records TAMW's weights in the same pass: the run's
+    Table 3 in ``analysis/`` (docs/analysis.md)."""
     from h2aseg.analysis.tamw_run import PredictionRecorder, has_tamw
     from h2aseg.inference.predictor import Predictor, predict_cases
 
     ckpt = run_checkpoint(run_dir)
     predictor = Predictor.from_checkpoint(ckpt)
     timer = CaseTimer(heartbeat)
-    out = run_dir / "predictions" if out is None else out
     if not record or not has_tamw(predictor.model):
         predict_cases(predictor, cases, out, on_case=timer)
         return timer.seconds
@@ -177,23 +176,16 @@ def predict_network(
 
 
 def predict_threshold(
-    method: str,
-    cfg: Config,
-    cache_dir: Path,
-    run_dir: Path,
-    cases: list[Case],
-    heartbeat: Heartbeat,
-    out: Path | None = None,
+    method: str, cfg: Config, cache_dir: Path, cases: list[Case], out: Path, heartbeat: Heartbeat
 ) -> list[float]:
-    """SUV >= 2.5 or 41 % of SUVmax per region (as the demo), written in the CT geometry into ``out``
-    (default ``predictions/``)."""
+    """SUV >= 2.5 or 41 % of SUVmax per region (as the demo), written in the CT geometry into ``out``."""
     from h2aseg.data.preprocess import CaseCache
     from h2aseg.inference.thresholding import write_threshold_mask
 
     cache = CaseCache(cache_dir, cfg.data)
     timer = CaseTimer(heartbeat)
     for case in cases:
-        target = (run_dir / "predictions" if out is None else out) / f"{case.case_id}.nii.gz"
+        target = out / f"{case.case_id}.nii.gz"
         if target.exists():
             timer(case.case_id, "skipped")
             continue
