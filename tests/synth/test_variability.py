@@ -21,7 +21,15 @@ from h2aseg.synth import (
     write_cohort,
 )
 from h2aseg.synth.tissues import IS_BODY
-from h2aseg.synth.variability import OUT_OF_RANGE, PATIENT_UPTAKE, TODAY, WIDE, Span, Variability
+from h2aseg.synth.variability import (
+    OUT_OF_RANGE,
+    PATIENT_ORGANS,
+    PATIENT_UPTAKE,
+    TODAY,
+    WIDE,
+    Span,
+    Variability,
+)
 
 KEYS = ("ct", "ct_affine", "pet", "pet_affine", "label", "label_affine", "tissue")
 # Computed with the phantom before variability existed (so existing cohorts regenerate by seed). The arrays
@@ -63,7 +71,7 @@ def test_default_is_byte_identical_to_the_phantom_before_variability(tmp_path: P
 
 def _recorded(v: Variability, rec: dict[str, Any]) -> list[tuple[str, float]]:
     """``(dotted range name, value)`` of every value a study's record says it drew (turns: magnitude)."""
-    kinds = {"lung_r": "lungs", "lung_l": "lungs", "kidney_r": "kidneys", "kidney_l": "kidneys"}
+    kinds = dict(PATIENT_ORGANS)
     out = [(f"{g}.{k}", x) for g in ("body", "uptake", "scanner") for k, x in rec[g].items()]
     for organ, d in rec["organs"].items():
         kind = kinds.get(organ, organ)

@@ -16,16 +16,16 @@ from h2aseg.synth.lesions import Lesion, count_voxels, headneck_lesions, label_m
 from h2aseg.synth.pet import render_pet, study_suvs
 from h2aseg.synth.shapes import Grid
 from h2aseg.synth.tissues import TISSUE_NAMES
-from h2aseg.synth.variability import DEFAULT, Draws, Variability, apply_uptake, draw_all
+from h2aseg.synth.variability import DEFAULT, TODAY, Draws, Variability, apply_uptake, draw_all
 
 PHANTOM_VERSION = 1
 KINDS = ("wholebody", "headneck")
 DEFAULT_SHAPE = (128, 128, 160)
 DEFAULT_SPACING = {"wholebody": (4.0, 4.0, 5.0), "headneck": (2.0, 2.0, 2.0)}
-# per-study acquisition draws, in this order: PET resolution (FWHM mm), PET count factor, CT noise (HU)
-_PHYSICS = (("fwhm", 6.0, 7.0), ("count_k", 0.02, 0.05), ("noise_hu", 10.0, 20.0))
-# the variability's scanner fields that replace them
+# per-study acquisition draws, in this order: PET resolution (FWHM mm), PET count factor, CT noise (HU), each
+# replaced by the variability's scanner field of the same range (today's range: variability.TODAY)
 _SCANNER = {"pet_fwhm_mm": "fwhm", "pet_count_factor": "count_k", "ct_noise_hu": "noise_hu"}
+_PHYSICS = tuple((k, *TODAY[f"scanner.{name}"]) for name, k in _SCANNER.items())
 
 
 def axis_aligned_affine(

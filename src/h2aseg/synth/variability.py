@@ -143,6 +143,7 @@ class UptakeRanges:
 
 SUV_LIMITS = (0.05, 200.0)
 PATIENT_UPTAKE = ("liver", "spleen", "marrow")
+STUDY_UPTAKE = tuple(f.name for f in fields(UptakeRanges) if f.name not in PATIENT_UPTAKE)
 
 
 @dataclass(frozen=True)
@@ -389,13 +390,7 @@ class OrganDraw:
 
 def draw_organ(rng: np.random.Generator, ranges: OrganRanges) -> OrganDraw:
     """Draw one organ: scale, aspects, then a shift (length, uniform direction), then a turn (sign)."""
-    d = OrganDraw()
-    if ranges.scale is not None:
-        d.scale = ranges.scale.draw(rng)
-    if ranges.aspect_z is not None:
-        d.aspect_z = ranges.aspect_z.draw(rng)
-    if ranges.aspect_xy is not None:
-        d.aspect_xy = ranges.aspect_xy.draw(rng)
+    d = OrganDraw(**_draw_group(rng, ranges, ("scale", "aspect_z", "aspect_xy")))
     if ranges.shift_mm is not None:
         d.shift_length_mm = ranges.shift_mm.draw(rng)
         u = rng.standard_normal(3)
@@ -439,13 +434,20 @@ class Draws:
 
 
 def _draw_group(
-    rng: np.random.Generator, group: Any, names: tuple[str, ...] | None = None, log: bool = False
+    rng: np.random.Generator,
+    group: Any,
+    names: tuple[str, ...] | None = None,
+    log: bool = False,
+    part: int | None = None,
+    joint: tuple[str, ...] = (),
 ) -> dict[str, float]:
+    """The set spans of ``group`` (those in ``names``, default all), in declaration order; the ``joint``
+    fields draw from interval ``part`` (when given)."""
     out: dict[str, float] = {}
     for f in fields(group):
         s = getattr(group, f.name)
         if s is not None and (names is None or f.name in names):
-            out[f.name] = s.draw(rng, log=log)
+            out[f.name] = s.draw(rng, log=log, part=part if f.name in joint else None)
     return out
 
 
@@ -455,12 +457,7 @@ def _draw_body(rng: np.random.Generator, body: BodyRanges) -> dict[str, float]:
     counts = {len(s.parts) for s in joint if s is not None}
     shared = None not in joint and len(counts) == 1 and counts != {1}
     part = int(rng.integers(counts.pop())) if shared else None
-    out: dict[str, float] = {}
-    for f in fields(body):
-        s = getattr(body, f.name)
-        if s is not None:
-            out[f.name] = s.draw(rng, part=part if f.name in BodyRanges.JOINT else None)
-    return out
+    return _draw_group(rng, body, part=part, joint=BodyRanges.JOINT)
 
 
 def draw_all(v: Variability, patient_seed: int, seed: int) -> Draws:
@@ -471,8 +468,7 @@ def draw_all(v: Variability, patient_seed: int, seed: int) -> Draws:
         d.organs[name] = draw_organ(prng, getattr(v.organs, kind))
     d.uptake = _draw_group(prng, v.uptake, PATIENT_UPTAKE, log=True)
     d.organs["bladder"] = draw_organ(srng, v.organs.bladder)
-    study_names = tuple(f.name for f in fields(UptakeRanges) if f.name not in PATIENT_UPTAKE)
-    d.uptake.update(_draw_group(srng, v.uptake, study_names, log=True))
+    d.uptake.update(_draw_group(srng, v.uptake, STUDY_UPTAKE, log=True))
     d.scanner = _draw_group(srng, v.scanner)
     return d
 
