@@ -101,13 +101,17 @@ def _outside(b: Bounds, integer: bool) -> list[float]:
 
 
 def _valid(f: dataclasses.Field[Any], tp: Any) -> Any:
-    """A value the field admits: its default, or numbers inside its bounds of the right shape."""
-    tuple_tp = _tuple_type(tp)
-    if tuple_tp is None or isinstance(f.default, tuple):
+    """A value the field admits: its default when that is a number (or numbers), else numbers inside its
+    bounds of the right shape (so a field defaulting to None or false is tried with a number too)."""
+    if isinstance(f.default, int | float | tuple) and not isinstance(f.default, bool):
         return f.default
+    bounds = f.metadata.get(BOUNDS, Bounds())
+    tuple_tp = _tuple_type(tp)
+    if tuple_tp is None:
+        return _inside(bounds, int in _leaves(tp))
     args = typing.get_args(tuple_tp)
     n = 1 if Ellipsis in args else len(args)
-    return (_inside(f.metadata.get(BOUNDS, Bounds()), int in _leaves(tuple_tp)),) * n
+    return (_inside(bounds, int in _leaves(tuple_tp)),) * n
 
 
 def _bad_values(f: dataclasses.Field[Any], tp: Any) -> list[Any]:

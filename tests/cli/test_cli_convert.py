@@ -108,9 +108,10 @@ def test_a_failed_study_is_reported_and_the_others_go_on(headneck: dict[str, Any
 def test_one_line_errors(tmp_path: Path) -> None:
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "notes.txt").write_text("no DICOM here")
-    result = runner.invoke(app, ["convert", "--input", str(tmp_path / "in"), "--out", str(tmp_path / "o")])
+    args = ["convert", "--input", str(tmp_path / "in"), "--out", str(tmp_path / "o")]
+    result = runner.invoke(app, args)
     assert result.exit_code == 2 and "no DICOM files" in result.output and "Traceback" not in result.output
-    bad_time = ["convert", "--input", str(tmp_path), "--out", str(tmp_path / "o"), "--injection-time", "9:15"]
+    bad_time = [*args, "--injection-time", "9:15"]
     result = runner.invoke(app, bad_time)
     assert result.exit_code == 2 and "HH:MM:SS" in result.output
 

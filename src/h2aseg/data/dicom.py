@@ -188,7 +188,7 @@ def check_output_outside(root: Path, out_root: Path) -> None:
     """Raise :class:`DicomError` naming both folders when ``out_root`` is ``root`` or lies inside it, symlinks
     resolved: the NIfTI files would be written into the user's DICOM export."""
     src, dst = root.resolve(), out_root.resolve()
-    if dst == src or src in dst.parents:
+    if dst.is_relative_to(src):
         raise DicomError(
             f"output folder {_resolved(out_root)} lies inside the DICOM input folder {_resolved(root)}: "
             "nothing written; choose an output folder outside the DICOM export"

@@ -310,15 +310,16 @@ def check_label_mask(mask: Volume) -> None:
 
 def _not_labels(arr: np.ndarray) -> str | None:
     """What keeps ``arr`` from being labels (whole numbers >= 0), or None."""
-    finite = np.isfinite(arr)
-    if not finite.all():
-        return f"{int(np.count_nonzero(~finite))} NaN/Inf voxel(s)"
-    lo, hi = float(arr.min()), float(arr.max())
+    is_float = arr.dtype.kind == "f"  # only floats can hold NaN/Inf or fractions
+    if is_float and not np.isfinite(arr).all():
+        return f"{int(np.count_nonzero(~np.isfinite(arr)))} NaN/Inf voxel(s)"
+    lo = float(arr.min())
     if lo < 0:
         return f"negative values (minimum {lo:g}): an image? pass --threshold T to take voxels >= T as lesion"
-    fractional = arr[arr != np.round(arr)]
-    if fractional.size == 0:
+    fractional = arr[arr != np.round(arr)] if is_float else None
+    if fractional is None or fractional.size == 0:
         return None
+    hi = float(arr.max())
     if hi <= 1:
         return (
             f"values in (0, 1) (e.g. {float(fractional[0]):.7g}): a probability map? "
