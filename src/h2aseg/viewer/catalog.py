@@ -119,6 +119,7 @@ class Catalog:
                 if f is not None:
                     self._urls[Path(f)] = self._url(Path(f))
         self._lesions: dict[str, dict[str, Any]] = {}
+        self._world_to_voxel: dict[str, np.ndarray] = {}
         self._lock = threading.Lock()
 
     # ----------------------------------------------------------------------------------------- files
@@ -165,9 +166,16 @@ class Catalog:
             "prev": ids[i - 1] if i > 0 else None,
             "next": ids[i + 1] if i + 1 < len(ids) else None,
             "volumes": volumes,
-            "ct_world_to_voxel": np.linalg.inv(_affine(s.ct)).tolist(),
+            "ct_world_to_voxel": self.world_to_voxel(case_id).tolist(),
             "lesions": self.lesions(case_id),
         }
+
+    def world_to_voxel(self, case_id: str) -> np.ndarray:
+        """The inverse of the study's CT affine (world RAS+ mm to CT voxel indices); read once, cached."""
+        inv = self._world_to_voxel.get(case_id)
+        if inv is None:  # two threads may both read it: the same matrix either way
+            inv = self._world_to_voxel[case_id] = np.linalg.inv(_affine(self.studies[case_id].ct))
+        return inv
 
     # --------------------------------------------------------------------------------------- lesions
     def lesion_csv(self, case_id: str) -> tuple[Path, bool] | None:
@@ -204,7 +212,7 @@ class Catalog:
                 rows, source = self._compute(s), "computed from the mask and SUV (h2aseg quantify)"
             if rows and not set(CENTROID_COLUMNS) <= set(rows[0]):
                 raise ViewerError(f"{source}: no {', '.join(CENTROID_COLUMNS)} columns")
-            inv = np.linalg.inv(_affine(s.ct))
+            inv = self.world_to_voxel(s.case_id)
         except Exception as e:  # a broken table must not stop the viewer: the page shows the message
             return {"source": None, "columns": [], "rows": [], "error": f"{type(e).__name__}: {e}"}
         columns = [c for c in (rows[0] if rows else {}) if c != "case_id"]
