@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from h2aseg.cli import synth
 from h2aseg.data.layouts import discover
+from h2aseg.synth import followup_pairs
 
 
 def _app() -> typer.Typer:
@@ -111,3 +112,17 @@ def test_synth_bad_variability_is_one_line(tmp_path: Path) -> None:
         flat = "".join(res.output.split())  # rich wraps long lines (and paths) at the terminal's width
         assert all("".join(e.split()) in flat for e in expect), (extra, res.output)
     assert not (tmp_path / "new").exists()
+
+
+def test_cli_followup(tmp_path: Path) -> None:
+    args = ["synth", "--shape", "16", "16", "20", "--no-progress", "--followup"]
+    res = CliRunner().invoke(_app(), [*args, "--out", str(tmp_path / "c"), "--cases", "4"])
+    assert res.exit_code == 0, res.output
+    flat = " ".join(res.output.split())
+    assert "wrote 4 studies of 2 patients" in flat and "2 follow-ups" in flat, flat
+    assert len(followup_pairs(tmp_path / "c")) == 2
+    for extra, expect in ((["--layout", "hecktor"], "hecktor"), (["--cases", "1"], "at least 2 cases")):
+        res = CliRunner().invoke(_app(), [*args, "--out", str(tmp_path / "bad"), *extra])
+        flat = " ".join(res.output.split())
+        assert res.exit_code == 2 and "--followup" in flat and expect in flat, res.output
+    assert not (tmp_path / "bad").exists()

@@ -51,9 +51,16 @@ def synth(
         help="YAML file of ranges (a base level and the fields it replaces; docs/phantom.md), instead of "
         "--variability.",
     ),
+    followup: bool = typer.Option(
+        False,
+        "--followup",
+        help="Whole-body layouts: every patient gets a baseline and a follow-up study (same anatomy; lesions "
+        "shrink, grow, change uptake, vanish or appear; patient slightly repositioned), recorded in "
+        "phantom.json. docs/phantom.md.",
+    ),
 ) -> None:
     """Write N synthetic PET/CT studies (whole body for AutoPET layouts, head and neck for HECKTOR)."""
-    from h2aseg.synth import PhantomError, check_output_dir, resolve_variability, write_cohort
+    from h2aseg.synth import LAYOUT_KIND, PhantomError, check_output_dir, resolve_variability, write_cohort
 
     console = Console(stderr=True)
     if cases < 1:
@@ -65,6 +72,17 @@ def synth(
     if spacing is not None and any(not v > 0 for v in spacing):
         raise typer.BadParameter(
             f"each spacing must be > 0 mm, got {' '.join(map(str, spacing))}", param_hint="--spacing"
+        )
+    if followup and LAYOUT_KIND[layout.value] != "wholebody":
+        raise typer.BadParameter(
+            f"needs a whole-body layout (autopet, autopet-nnunet, csv): layout {layout.value} has one study "
+            "per patient",
+            param_hint="--followup",
+        )
+    if followup and cases < 2:
+        raise typer.BadParameter(
+            f"needs at least 2 cases (a baseline and its follow-up), got --cases {cases}",
+            param_hint="--followup",
         )
     try:
         ranges = resolve_variability(variability.value, variability_file)
@@ -89,6 +107,7 @@ def synth(
                 overwrite=overwrite,
                 progress=lambda done, total, cid: bar.update(task, completed=done),
                 variability=ranges,
+                followup=followup,
             )
         except (PhantomError, OSError) as e:
             bar.stop()
@@ -98,6 +117,7 @@ def synth(
     console.print(
         f"wrote {len(written)} studies of {patients} patients to {out} (layout {layout.value}"
         + ("" if ranges.is_default else f", variability {ranges.level}")
+        + (f", {len(written) - patients} follow-ups" if followup else "")
         + ")",
         highlight=False,
     )

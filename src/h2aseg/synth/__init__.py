@@ -16,7 +16,10 @@ Modules: :mod:`~h2aseg.synth.shapes` (analytic shapes, grids), :mod:`~h2aseg.syn
 (uptake, PSF, noise), :mod:`~h2aseg.synth.study` (:func:`synth_case`) and :mod:`~h2aseg.synth.cohort`
 (:func:`write_cohort`: layouts through :mod:`h2aseg.data.layouts`' naming, ``phantom.json``);
 :mod:`~h2aseg.synth.variability` (ranges of anatomy, uptake and scanner: levels ``default``, ``wide``,
-``out-of-range``) and :mod:`~h2aseg.synth.variability_file` (the same from YAML). This package uses
+``out-of-range``) and :mod:`~h2aseg.synth.variability_file` (the same from YAML); follow-up studies
+(``write_cohort(..., followup=True)``): :mod:`~h2aseg.synth.lesion_changes` (how lesions change),
+:mod:`~h2aseg.synth.repositioning` (the patient's rigid motion) and :mod:`~h2aseg.synth.followup`
+(:func:`followup_pairs`: the known correspondences, read back from ``phantom.json``). This package uses
 :mod:`h2aseg.data`; :mod:`h2aseg.data` does not import it.
 """
 
@@ -30,6 +33,8 @@ from h2aseg.synth.cohort import (
     write_cohort,
 )
 from h2aseg.synth.errors import PhantomError
+from h2aseg.synth.followup import FollowupPair, LesionLink, followup_pairs
+from h2aseg.synth.repositioning import Repositioning
 from h2aseg.synth.study import DEFAULT_SHAPE, DEFAULT_SPACING, KINDS, PHANTOM_VERSION, synth_case
 from h2aseg.synth.tissues import TISSUE_NAMES, TISSUES
 from h2aseg.synth.variability import LEVELS, Span, Variability
@@ -45,12 +50,16 @@ __all__ = [
     "PHANTOM_VERSION",
     "TISSUES",
     "TISSUE_NAMES",
+    "FollowupPair",
+    "LesionLink",
     "LesionSite",
     "PhantomError",
+    "Repositioning",
     "Span",
     "Variability",
     "check_output_dir",
     "cohort_plan",
+    "followup_pairs",
     "lesion_sites",
     "load_variability",
     "resolve_variability",

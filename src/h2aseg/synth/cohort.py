@@ -30,6 +30,7 @@ from h2aseg.data.layouts import (
 )
 from h2aseg.files import atomic_write_text
 from h2aseg.synth.errors import PhantomError
+from h2aseg.synth.lesion_changes import Followup
 from h2aseg.synth.study import (
     DEFAULT_SHAPE,
     DEFAULT_SPACING,
@@ -85,13 +86,13 @@ def _study_ids(layout: str, pid_hex: str, study: str, n_patient: int, n_done: in
     return f"patient_{n_patient:04d}", f"case_{n_done:04d}"
 
 
-def _wholebody_plan(n_cases: int, layout: str, rng: np.random.Generator) -> list[dict[str, Any]]:
-    """Patients with one or two studies (the first has two when n >= 3); exactly half lesion-free."""
+def _wholebody_plan(n_cases: int, layout: str, rng: np.random.Generator, pairs: bool) -> list[dict[str, Any]]:
+    """Patients with one or two studies (the first has two when n >= 3; every one with ``pairs``)."""
     plan: list[dict[str, Any]] = []
     n_patient = 0
     while len(plan) < n_cases:
         left = n_cases - len(plan)
-        k = 2 if left >= 2 and ((n_patient == 0 and n_cases >= 3) or rng.random() < 0.25) else 1
+        k = 2 if left >= 2 and (pairs or (n_patient == 0 and n_cases >= 3) or rng.random() < 0.25) else 1
         pid_hex = _hex(rng, 10)
         year = int(rng.integers(2002, 2011))
         for j in range(k):
@@ -108,23 +109,54 @@ def _wholebody_plan(n_cases: int, layout: str, rng: np.random.Generator) -> list
                 }
             )
         n_patient += 1
-    free = set(rng.permutation(n_cases)[: n_cases // 2].tolist())
-    for i, p in enumerate(plan):
-        p["lesion_free"] = i in free
     return plan
 
 
-def cohort_plan(n_cases: int, layout: str, seed: int) -> list[dict[str, Any]]:
-    """Ids, patient grouping, seeds and lesion-free flags of a cohort, without synthesising anything."""
+def _lesion_free_half(plan: list[dict[str, Any]], rng: np.random.Generator) -> None:
+    """Exactly half the studies (rounded down) lesion-free, drawn at random."""
+    free = set(rng.permutation(len(plan))[: len(plan) // 2].tolist())
+    for i, p in enumerate(plan):
+        p["lesion_free"] = i in free
+
+
+def _followup_pairs(plan: list[dict[str, Any]], rng: np.random.Generator) -> None:
+    """Second studies become follow-ups of the first; a quarter of the first studies (rounded down, never
+    the first patient's) are lesion-free, so most follow-ups have baseline lesions to match."""
+    first = [i for i, p in enumerate(plan) if p["study_index"] == 0]
+    free = set(rng.permutation(first[1:])[: len(first) // 4].tolist()) if len(first) > 1 else set()
+    for i, p in enumerate(plan):
+        if p["study_index"] == 0:
+            p["lesion_free"] = i in free
+        else:
+            p["followup_of"] = plan[i - 1]["case_id"]
+
+
+def cohort_plan(n_cases: int, layout: str, seed: int, followup: bool = False) -> list[dict[str, Any]]:
+    """Ids, patient grouping, seeds and lesion-free flags of a cohort, without synthesising anything.
+
+    ``followup``: every whole-body patient gets two studies (the last one study when ``n_cases`` is odd), the
+    second a follow-up of the first (``followup_of``: the first's case id); see :func:`write_cohort`.
+    """
     if layout not in LAYOUT_KIND:
         raise PhantomError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUT_KIND)}")
     if n_cases < 1:
         raise PhantomError(f"the number of cases must be >= 1, got {n_cases}")
+    if followup and LAYOUT_KIND[layout] == "headneck":
+        wholebody = ", ".join(k for k, v in LAYOUT_KIND.items() if v == "wholebody")
+        raise PhantomError(
+            f"follow-up studies need a whole-body layout ({wholebody}): layout {layout!r} has one study per "
+            "patient"
+        )
+    if followup and n_cases < 2:
+        raise PhantomError(
+            f"follow-up studies need at least 2 cases (a baseline and its follow-up), got {n_cases}"
+        )
     rng = np.random.default_rng([int(seed), 7])
     if LAYOUT_KIND[layout] == "headneck":
         plan = _headneck_plan(n_cases)
     else:
-        plan = _wholebody_plan(n_cases, layout, rng)
+        plan = _wholebody_plan(n_cases, layout, rng, pairs=followup)
+        (_followup_pairs if followup else _lesion_free_half)(plan, rng)
     for p in plan:
         ss = np.random.SeedSequence([int(seed), 11, int(p["patient_index"]), int(p["study_index"])])
         ps = np.random.SeedSequence([int(seed), 13, int(p["patient_index"])])
@@ -160,8 +192,10 @@ def _write_study(
     shape: Sequence[int],
     spacing: Sequence[float],
     variability: Variability,
-) -> tuple[Case, dict[str, Any]]:
-    """Synthesise and write planned study ``p``; returns its case and its ``phantom.json`` record."""
+    followup: Followup | None = None,
+) -> tuple[Case, dict[str, Any], Followup]:
+    """Synthesise and write planned study ``p`` (a follow-up of ``followup``'s study when given); returns its
+    case, its ``phantom.json`` record and what a follow-up of it starts from."""
     res = synth_case(
         LAYOUT_KIND[layout],
         seed=p["seed"],
@@ -170,13 +204,16 @@ def _write_study(
         spacing=spacing,
         lesion_free=p.get("lesion_free"),
         variability=variability,
+        followup=followup,
     )
     ct_p, pet_p, lab_p = (out / q for q in case_paths(layout, p))
     write_volume(ct_p, res["ct"], res["ct_affine"])
     write_volume(pet_p, res["pet"], res["pet_affine"])
     write_volume(lab_p, res["label"], res["label_affine"])
     record = {"case_id": p["case_id"], "patient_id": p["patient_id"], **res["meta"]}
-    return Case(p["case_id"], p["patient_id"], ct_p, pet_p, lab_p), record
+    if followup is not None:
+        record["followup_of"] = p["followup_of"]
+    return Case(p["case_id"], p["patient_id"], ct_p, pet_p, lab_p), record, Followup.of(res)
 
 
 def _write_index_files(out: Path, layout: str, cases: list[Case]) -> None:
@@ -205,6 +242,7 @@ def write_cohort(
     overwrite: bool = False,
     progress: Callable[[int, int, str], None] | None = None,
     variability: Variability = DEFAULT,
+    followup: bool = False,
 ) -> list[Case]:
     """Write ``n_cases`` phantom studies under ``out`` in ``layout`` and return them as cases (sorted by id).
 
@@ -215,9 +253,15 @@ def write_cohort(
     ``progress(done, total, case_id)`` is called after each case. ``variability``: ranges of anatomy, uptake
     and scanner (:mod:`~h2aseg.synth.variability`); other than the default, ``phantom.json`` records them
     (``variability``) and each study's drawn values (``cases[i].variability``).
+
+    ``followup`` (whole-body layouts, ``n_cases`` >= 2): every patient has a baseline and a follow-up study
+    (the last patient only a baseline when ``n_cases`` is odd): same anatomy, lesions changed
+    (:mod:`~h2aseg.synth.lesion_changes`), patient repositioned (:mod:`~h2aseg.synth.repositioning`);
+    ``phantom.json`` then has ``"followup": true`` and each follow-up's ``followup_of``, ``repositioning``,
+    per-lesion changes and ``vanished_lesions`` (read back by :func:`h2aseg.synth.followup.followup_pairs`).
     """
     out = Path(out)
-    plan = cohort_plan(int(n_cases), layout, seed)
+    plan = cohort_plan(int(n_cases), layout, seed, followup=followup)
     kind = LAYOUT_KIND[layout]
     shp = tuple(DEFAULT_SHAPE if shape is None else shape)
     sp = tuple(DEFAULT_SPACING[kind] if spacing is None else spacing)
@@ -225,8 +269,10 @@ def write_cohort(
     check_output_dir(out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     cases, records = [], []
+    previous: Followup | None = None
     for i, p in enumerate(plan):
-        case, record = _write_study(out, layout, p, shp, sp, variability)
+        base = previous if "followup_of" in p else None
+        case, record, previous = _write_study(out, layout, p, shp, sp, variability, base)
         cases.append(case)
         records.append(record)
         if progress is not None:
@@ -243,6 +289,8 @@ def write_cohort(
     }
     if not variability.is_default:
         doc["variability"] = variability.to_record()
+    if followup:
+        doc["followup"] = True
     atomic_write_text(out / "phantom.json", json.dumps(doc, indent=1, sort_keys=True))
     return sorted(cases, key=lambda c: c.case_id)
 

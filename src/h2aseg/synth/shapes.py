@@ -68,6 +68,11 @@ def rot_x(deg: float) -> np.ndarray:
     return np.array([[1.0, 0.0, 0.0], [0.0, math.cos(a), -math.sin(a)], [0.0, math.sin(a), math.cos(a)]])
 
 
+def rot_y(deg: float) -> np.ndarray:
+    a = math.radians(deg)
+    return np.array([[math.cos(a), 0.0, math.sin(a)], [0.0, 1.0, 0.0], [-math.sin(a), 0.0, math.cos(a)]])
+
+
 def random_rotation(rng: np.random.Generator) -> np.ndarray:
     q, r = np.linalg.qr(rng.standard_normal((3, 3)))
     return q * np.sign(np.diag(r))
@@ -218,6 +223,35 @@ class ShapeIntersection(Shape):
         for p in self.parts[1:]:
             m = m & p.inside(x, y, z)
         return m
+
+
+class Mapped(Shape):
+    """``shape`` carried by the affine map ``p -> matrix @ p + offset`` (world mm to world mm).
+
+    A point is inside when its preimage is inside ``shape``. Terms with a zero coefficient are skipped, so a
+    map that keeps z separate (a rotation about the z axis, a scaling) keeps the coordinates broadcastable
+    per axis, as the shapes expect.
+    """
+
+    def __init__(self, shape: Shape, matrix: np.ndarray, offset: Sequence[float]):
+        self.shape = shape
+        self.matrix = np.asarray(matrix, dtype=np.float64)
+        self.offset = np.asarray(offset, dtype=np.float64)
+        self.inverse = np.linalg.inv(self.matrix)
+
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        lo, hi = self.shape.bounds()
+        corners = np.array([[(lo, hi)[(i >> a) & 1][a] for a in range(3)] for i in range(8)])
+        moved = corners @ self.matrix.T + self.offset
+        return moved.min(axis=0), moved.max(axis=0)
+
+    def inside(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+        d = (x - np.float32(self.offset[0]), y - np.float32(self.offset[1]), z - np.float32(self.offset[2]))
+        pre = []
+        for row in self.inverse:
+            terms = [np.float32(c) * v for c, v in zip(row, d, strict=True) if c != 0.0]
+            pre.append(sum(terms[1:], terms[0]))  # an invertible matrix has no zero row
+        return self.shape.inside(*pre)
 
 
 def mask_on(grid: Grid, shape: Shape) -> tuple[tuple[slice, ...], np.ndarray] | None:

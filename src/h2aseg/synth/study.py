@@ -12,6 +12,7 @@ import numpy as np
 from h2aseg.synth.anatomy import Anatomy, Frame, build_anatomy, rasterise
 from h2aseg.synth.ct import render_ct
 from h2aseg.synth.errors import PhantomError
+from h2aseg.synth.lesion_changes import Followup, evolve
 from h2aseg.synth.lesions import Lesion, count_voxels, headneck_lesions, label_map, wholebody_lesions
 from h2aseg.synth.pet import render_pet, study_suvs
 from h2aseg.synth.shapes import Grid
@@ -172,6 +173,7 @@ def synth_case(
     lesion_free: bool | None = None,
     n_lesions: int | None = None,
     variability: Variability = DEFAULT,
+    followup: Followup | None = None,
 ) -> dict[str, Any]:
     """Synthesise one PET/CT study.
 
@@ -182,16 +184,28 @@ def synth_case(
     one patient share it. Whole body: ``lesion_free`` (default: a coin flip) and ``n_lesions`` (default 1-8).
     ``variability`` (:mod:`~h2aseg.synth.variability`): ranges of body, organs, uptake and scanner; the
     default keeps today's model (byte-identical output); the values drawn otherwise are in
-    ``meta["variability"]``.
+    ``meta["variability"]``. ``followup`` (whole body only; :class:`~h2aseg.synth.lesion_changes.Followup`,
+    from the baseline's result): a follow-up study of the baseline's patient (give its ``patient_seed``): its
+    lesions change, new ones appear and the patient is repositioned, as recorded in ``meta``
+    (``repositioning``, each lesion's ``change``, ``vanished_lesions``); ``n_lesions``/``lesion_free`` are
+    then unused.
 
     Returns ``ct`` (int16 HU), ``ct_affine``, ``pet`` (float32 SUV), ``pet_affine``, ``label`` (uint8 on the
     CT grid; whole body 0/1, head-and-neck 1 = primary, 2 = nodes), ``label_affine``, ``tissue`` (uint8 tissue
-    index on the CT grid, names in ``meta["tissues"]``) and ``meta`` (lesions, SUVs, scales, PET settings).
+    index on the CT grid, names in ``meta["tissues"]``), ``meta`` (lesions, SUVs, scales, PET settings) and
+    ``lesions`` (the lesions of ``meta["lesions"]``, in order, as shapes in world mm).
     """
     if kind not in KINDS:
         raise PhantomError(f"unknown phantom kind {kind!r}; choose one of {', '.join(KINDS)}")
+    if followup is not None and kind != "wholebody":
+        raise PhantomError(f"follow-up studies are whole-body only, not {kind!r}")
     shp, sp = check_shape_spacing(shape, DEFAULT_SPACING[kind] if spacing is None else spacing)
     pseed = int(seed if patient_seed is None else patient_seed)
+    if followup is not None and followup.patient_seed != pseed:
+        raise PhantomError(
+            f"a follow-up images its baseline's patient: patient_seed {pseed} is not the baseline's "
+            f"{followup.patient_seed}"
+        )
     rng = np.random.default_rng([int(seed), 1])
     prng = np.random.default_rng([pseed, 2])
     st = _placement(kind, rng, shp, sp)
@@ -204,10 +218,16 @@ def synth_case(
     hi = ct_grid.origin + np.maximum(ct_grid.step * (np.asarray(shp) - 1), 0)
     fill = float(rng.uniform(0.6, 1.3))
     anat = build_anatomy(prng, st.frame, bladder_fill=fill, fov=(lo, hi), draws=draws)
+    evolved = None if followup is None else evolve(followup, int(seed), anat, float(sp.min()))
+    if evolved is not None:
+        anat = evolved.repositioning.move_anatomy(anat)
     tissue = rasterise(ct_grid, anat)
     suvs, physics = _physiology(rng, prng, draws)
 
-    if kind == "wholebody":
+    if evolved is not None:
+        label, lesions = label_map(ct_grid, tissue, evolved.lesions)
+        pet_grid, pet_tissue = ct_grid, tissue
+    elif kind == "wholebody":
         label, lesions = _wholebody_labels(st, anat, ct_grid, tissue, lesion_free, n_lesions)
         pet_grid, pet_tissue = ct_grid, tissue
     else:
@@ -219,6 +239,9 @@ def synth_case(
     ct = render_ct(rng, ct_grid, tissue, lesions, physics["noise_hu"], blur)
     pet = render_pet(rng, pet_grid, pet_tissue, lesions, suvs, physics["fwhm"], physics["count_k"])
     lesion_meta = [{**les.meta(), "voxels": int(count_voxels(ct_grid, les, label))} for les in lesions]
+    meta = _meta(st, (int(seed), pseed), pet_grid, physics, suvs, lesion_meta, anat, draws)
+    if evolved is not None:
+        meta.update(evolved.meta(lesions, lesion_meta))
     return {
         "ct": ct,
         "ct_affine": ct_affine,
@@ -227,5 +250,6 @@ def synth_case(
         "label": label,
         "label_affine": ct_affine.copy(),
         "tissue": tissue,
-        "meta": _meta(st, (int(seed), pseed), pet_grid, physics, suvs, lesion_meta, anat, draws),
+        "meta": meta,
+        "lesions": lesions,
     }
