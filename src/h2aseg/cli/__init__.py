@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from h2aseg.cli import analyze, convert, demo, evaluate, experiment, export, predict, quantify, synth, train
+from h2aseg.cli import compare as _compare  # h2aseg compare (issue 29)
 from h2aseg.cli import view as _view  # h2aseg view (issue 29)
 
 app = typer.Typer(
@@ -16,7 +17,20 @@ app = typer.Typer(
 )
 
 # Each command module defines ``register(app: typer.Typer)``; the order is the order in --help.
-for _mod in (synth, convert, train, predict, evaluate, quantify, analyze, experiment, export, demo, _view):
+for _mod in (
+    synth,
+    convert,
+    train,
+    predict,
+    evaluate,
+    quantify,
+    _compare,
+    analyze,
+    experiment,
+    export,
+    demo,
+    _view,
+):
     _mod.register(app)
 
 
