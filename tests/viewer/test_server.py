@@ -21,7 +21,7 @@ from viewer_fixtures import ViewerCohort
 
 from h2aseg.cli import app
 from h2aseg.viewer.catalog import Catalog, ViewerError
-from h2aseg.viewer.server import HOST, STATIC_DIR, Refused, ViewerServer, guarded_path
+from h2aseg.viewer.server import HOST, STATIC_DIR, Refused, ViewerServer, guarded_path, make_server
 
 
 # ------------------------------------------------------------------------------------------ path guard
@@ -174,6 +174,26 @@ def test_a_shared_lesions_csv_is_filtered_by_case(viewer_cohort: ViewerCohort, t
     ]
 
 
+def test_lesion_rows_come_most_confident_first(viewer_cohort: ViewerCohort, tmp_path: Path) -> None:
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    case = viewer_cohort.cases[0]
+    (pred / f"{case.case_id}.nii.gz").write_bytes(
+        (viewer_cohort.pred / f"{case.case_id}.nii.gz").read_bytes()
+    )
+    header = "case_id,lesion_id,centroid_x_mm,centroid_y_mm,centroid_z_mm,prob_mean,tta_volume_cv\n"
+    body = "".join(f"{case.case_id},{i},0,0,0,{p},0.1\n" for i, p in ((1, 0.6), (2, ""), (3, 0.95), (4, 0.7)))
+    (pred / f"{case.case_id}_lesions.csv").write_text(header + body)
+    rows = Catalog(pred, viewer_cohort.data).lesions(case.case_id)
+    assert {"prob_mean", "tta_volume_cv"} <= set(rows["columns"])
+    assert [(r["lesion_id"], r["prob_mean"]) for r in rows["rows"]] == [
+        (3, 0.95),
+        (4, 0.7),
+        (1, 0.6),
+        (2, None),
+    ]
+
+
 @pytest.mark.parametrize(
     "path",
     [
@@ -271,3 +291,32 @@ def test_the_command_prints_the_address_and_serves(viewer_cohort: ViewerCohort) 
             proc.kill()
             proc.wait()
     assert proc.returncode == 0
+
+
+def test_an_unreadable_study_file_is_a_500_naming_it_and_the_server_goes_on(
+    viewer_cohort: ViewerCohort, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+    import threading
+
+    data, pred = tmp_path / "data", tmp_path / "pred"
+    shutil.copytree(viewer_cohort.data, data)
+    shutil.copytree(viewer_cohort.pred, pred)
+    broken, fine = viewer_cohort.cases[0], viewer_cohort.cases[1]
+    ct = data / broken.ct.relative_to(viewer_cohort.data)
+    ct.write_bytes(b"\x1f\x8b not a gzip stream")  # a truncated download, say
+    server = make_server(pred, data, port=0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        status, headers, body = _get(server, "/api/study/" + quote(broken.case_id, safe=""))
+        assert status == 500 and headers["content-type"] == "application/json"
+        reason = json.loads(body)["reason"]
+        assert ct.name in reason, reason
+        assert len(server.problems) == 1 and ct.name in server.problems[0]
+        assert ct.name in capsys.readouterr().err  # printed although the server is quiet
+        assert _json(server, "/api/study/" + quote(fine.case_id, safe=""))["volumes"]["ct"]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)

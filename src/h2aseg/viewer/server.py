@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import json
 import mimetypes
+import os
 import shutil
+import sys
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
@@ -31,6 +33,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from h2aseg.data.io import image_suffix
+from h2aseg.errors import H2ASegError
 from h2aseg.viewer.catalog import Catalog
 
 HOST = "127.0.0.1"
@@ -89,6 +92,7 @@ class ViewerServer(ThreadingHTTPServer):
     def __init__(self, catalog: Catalog, port: int = DEFAULT_PORT, *, quiet: bool = True) -> None:
         self.catalog = catalog
         self.quiet = quiet
+        self.problems: list[str] = []
         super().__init__((HOST, port), ViewerHandler)
 
     @property
@@ -101,6 +105,11 @@ class ViewerServer(ThreadingHTTPServer):
 
     def allowed_hosts(self) -> set[str]:
         return {f"{HOST}:{self.port}", f"localhost:{self.port}"}
+
+    def problem(self, message: str) -> None:
+        """A request that failed on a study's file (answered 500): printed even when ``quiet``, and kept."""
+        self.problems.append(message)
+        sys.stderr.write(f"h2aseg view: {message}\n")
 
 
 class ViewerHandler(BaseHTTPRequestHandler):
@@ -150,6 +159,10 @@ class ViewerHandler(BaseHTTPRequestHandler):
             self._send_error(e.status, str(e), head)
         except (BrokenPipeError, ConnectionResetError):
             pass
+        except Exception as e:  # e.g. an unreadable study file (the reader names it): a 500, keep serving
+            reason = str(e) if isinstance(e, H2ASegError | OSError) else f"{type(e).__name__}: {e}"
+            self.server.problem(f"{self.path}: {reason}")
+            self._send_error(HTTPStatus.INTERNAL_SERVER_ERROR, reason, head)
 
     # ------------------------------------------------------------------------------------- replies
     def _headers(self, status: HTTPStatus, content_type: str, length: int) -> None:
@@ -164,10 +177,9 @@ class ViewerHandler(BaseHTTPRequestHandler):
 
     def _send_file(self, file: Path, head: bool, content_type: str | None = None) -> None:
         ctype = content_type or _TYPES.get(file.suffix) or mimetypes.guess_type(file.name)[0]
-        size = file.stat().st_size
-        self._headers(HTTPStatus.OK, ctype or "application/octet-stream", size)
-        if not head:
-            with file.open("rb") as fh:
+        with file.open("rb") as fh:  # opened before the headers go out: a failure can still be a 500
+            self._headers(HTTPStatus.OK, ctype or "application/octet-stream", os.fstat(fh.fileno()).st_size)
+            if not head:
                 shutil.copyfileobj(fh, self.wfile)
 
     def _send_json(self, obj: object, head: bool) -> None:
