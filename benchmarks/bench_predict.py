@@ -5,7 +5,13 @@ synthetic whole-body case of that size as NIfTI, and times ``Predictor.predict_f
 (reading, preprocessing, sliding-window inference, mapping back to the CT grid) for several overlap and
 precision settings. The AutoPET III challenge allowed 5 minutes per case.
 
+The rows ``shipped ...`` predict with the shipped demo checkpoint (its trained weights); a row whose name
+ends in `` cpu-fast-path`` runs ``infer.cpu_fast_path=true`` and its mask is compared (Dice) with that of
+the row of the same name without the suffix, measured before it in the same run (``--rounds`` alternates
+the two several times).
+
     python benchmarks/bench_predict.py [--shape 400 400 326] [--rows "released bf16 overlap-0.25,..."]
+        [--threads 2] [--rounds 1]
 """
 
 from __future__ import annotations
@@ -15,7 +21,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+
+#: a row whose "preset" is this runs the shipped demo checkpoint instead of random weights
+SHIPPED = "shipped-checkpoint"
+SHIPPED_PATH = Path(__file__).resolve().parents[1] / "src/h2aseg/assets/demo_checkpoint.pt"
+#: a row named like another plus this suffix runs the CPU fast path; its mask is compared with the other's
+FAST = " cpu-fast-path"
 
 ROWS = {
     # name: (preset, overrides)
@@ -26,6 +39,15 @@ ROWS = {
         ["model.variant=released", "model.out_channels=2", "infer.amp=bf16", "infer.overlap=0.25"],
     ),
     "demo-model bf16 overlap-0.25": ("synthetic", ["infer.amp=bf16", "infer.overlap=0.25"]),
+    # the shipped demo checkpoint (trained weights: its masks are compared), current path and fast path
+    "shipped fp32 overlap-0.25": (
+        SHIPPED,
+        ["infer.amp=off", "infer.overlap=0.25", "infer.cpu_fast_path=false"],
+    ),
+    f"shipped fp32 overlap-0.25{FAST}": (
+        SHIPPED,
+        ["infer.amp=off", "infer.overlap=0.25", "infer.cpu_fast_path=true"],
+    ),
 }
 
 
@@ -34,13 +56,17 @@ def main() -> None:
     ap.add_argument("--shape", type=int, nargs=3, default=[400, 400, 326])
     ap.add_argument("--spacing", type=float, nargs=3, default=[2.0364, 2.0364, 3.0])
     ap.add_argument("--rows", default=",".join(ROWS), help="comma-separated row names")
+    ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    ap.add_argument("--rounds", type=int, default=1, help="measure the rows this many times, in turn")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
 
     from rich.console import Console
     from rich.table import Table
 
     from h2aseg.config import load_config
     from h2aseg.data.io import write_volume
+    from h2aseg.evaluation.metrics import dice
     from h2aseg.hardware import resolve_device
     from h2aseg.inference.predictor import Predictor
     from h2aseg.models.factory import build_from_config
@@ -52,27 +78,45 @@ def main() -> None:
         f"({'CUDA ' + torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}, "
         f"{torch.get_num_threads()} threads)"
     )
-    for col in ("setting", "patch", "windows", "seconds", "minutes"):
+    for col in ("setting", "patch", "windows", "seconds", "minutes", "Dice vs current path"):
         table.add_column(col, justify="left" if col == "setting" else "right")
     with tempfile.TemporaryDirectory() as tmp:
         case = synth_case("wholebody", seed=0, shape=tuple(args.shape), spacing=tuple(args.spacing))
         ct, pet = Path(tmp) / "ct.nii.gz", Path(tmp) / "pet.nii.gz"
         write_volume(ct, case["ct"], case["ct_affine"])
         write_volume(pet, case["pet"], case["pet_affine"])
-        for name in [r.strip() for r in args.rows.split(",") if r.strip()]:
-            preset, overrides = ROWS[name]
-            cfg = load_config(preset, overrides)
-            predictor = Predictor(build_from_config(cfg.model), cfg, device)
-            t0 = time.perf_counter()
-            predictor.predict_files(ct, pet)
-            seconds = time.perf_counter() - t0
-            roi = predictor.roi_size
-            steps = [max(1, int(r * (1 - cfg.infer.overlap))) for r in roi]
-            n = 1
-            for s, r, st in zip(args.shape, roi, steps, strict=True):
-                n *= max(1, -(-(s - r) // st) + 1)
-            table.add_row(name, "x".join(map(str, roi)), str(n), f"{seconds:.0f}", f"{seconds / 60:.1f}")
-            print(f"{name}: {seconds:.0f} s for {n} windows of {roi}", flush=True)
+        names = [r.strip() for r in args.rows.split(",") if r.strip()]
+        unknown = [n for n in names if n not in ROWS]
+        if unknown:
+            raise SystemExit(f"bench_predict.py: error: unknown rows {unknown}; choose among {list(ROWS)}")
+        masks: dict[str, np.ndarray] = {}
+        for _ in range(args.rounds):
+            for name in names:
+                preset, overrides = ROWS[name]
+                if preset == SHIPPED:
+                    predictor = Predictor.from_checkpoint(SHIPPED_PATH, overrides)
+                    cfg = predictor.cfg
+                else:
+                    cfg = load_config(preset, overrides)
+                    predictor = Predictor(build_from_config(cfg.model), cfg, device)
+                t0 = time.perf_counter()
+                mask = predictor.predict_files(ct, pet).mask
+                seconds = time.perf_counter() - t0
+                masks[name] = mask
+                roi = predictor.roi_size
+                steps = [max(1, int(r * (1 - cfg.infer.overlap))) for r in roi]
+                n = 1
+                for s, r, st in zip(args.shape, roi, steps, strict=True):
+                    n *= max(1, -(-(s - r) // st) + 1)
+                ref = masks.get(name.removesuffix(FAST)) if name.endswith(FAST) else None
+                agreement = "-" if ref is None else f"{dice(mask, ref) / 100:.4f}"  # NaN: both empty
+                table.add_row(
+                    name, "x".join(map(str, roi)), str(n), f"{seconds:.0f}", f"{seconds / 60:.1f}", agreement
+                )
+                print(
+                    f"{name}: {seconds:.0f} s for {n} windows of {roi} (Dice vs current {agreement})",
+                    flush=True,
+                )
     Console(width=140).print(table)
 
 

@@ -232,6 +232,10 @@ class InferConfig:
     save_probabilities: bool = False
     amp: Amp = "auto"
     device: str = "auto"
+    # True: on the CPU, the network's weights and the windows in channels-last 3D layout during prediction
+    # (h2aseg.models.fast_eval; the same probabilities to float rounding). Off by default: it did not win on
+    # the development machine (docs/benchmarks.md "CPU inference"); benchmarks/cpu_candidates.py measures it
+    cpu_fast_path: bool = False
 
 
 @dataclass

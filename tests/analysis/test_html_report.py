@@ -271,8 +271,12 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _assert_page_matches_csv(page: Path, lesions_csv_path: Path) -> None:
+    """The page's rows are the CSV's, most confident first (prob_mean descending, then lesion_id)."""
     rows = Doc(page.read_text()).rows("lesion-table")
-    expected = list(csv.DictReader(lesions_csv_path.open()))
+    expected = sorted(
+        csv.DictReader(lesions_csv_path.open()),
+        key=lambda e: (e["prob_mean"] == "", -float(e["prob_mean"] or 0), int(e["lesion_id"])),
+    )
     assert [{k: v for k, (v, _) in r.items()} for r in rows] == [
         {k: v for k, v in e.items() if k != "case_id"} for e in expected
     ]
@@ -300,6 +304,10 @@ def test_predict_report_writes_a_page_per_case_and_the_index(checkpoint: Path, t
     for case, row in zip(cases, index.rows("study-table"), strict=True):
         page = out / "report" / f"{case.case_id}.html"
         _assert_page_matches_csv(page, out / f"{case.case_id}_lesions.csv")  # --report implies --quantify
+        # ... and --probabilities: the lesions' confidence is measured
+        assert (out / f"{case.case_id}_probability.nii.gz").is_file()
+        probs = [r["prob_mean"] for r in csv.DictReader((out / f"{case.case_id}_lesions.csv").open())]
+        assert all(0.0 <= float(p) <= 1.0 for p in probs)
         (patient,) = csv.DictReader((out / f"{case.case_id}_patient.csv").open())
         assert row["lesion_count"][0] == patient["lesion_count"]
         doc = Doc(page.read_text())

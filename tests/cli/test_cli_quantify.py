@@ -202,3 +202,31 @@ def test_threshold_must_be_positive(images: dict[str, Path], tmp_path: Path, thr
     line = _one_error_line(_quantify(images, images["mask"], tmp_path / "q", "--threshold", threshold))
     assert "--threshold must be a number > 0" in line
     assert not (tmp_path / "q").exists()
+
+
+def test_quantify_probability_adds_the_confidence_columns(images: dict[str, Path], tmp_path: Path) -> None:
+    mask = read_volume(images["mask"], dtype=None).array
+    prob = np.where(mask > 0, 0.7, 0.02).astype(np.float32)
+    prob[3, 3, 2] = 0.95  # the big lesion's maximum
+    bits = np.where(mask > 0, 0xFF, 0).astype(np.uint8)
+    bits[12:15, 12:15, 7] = 0x0F  # flips 4-7 find 9 of the small lesion's 18 voxels
+    for name, arr in (("prob", prob), ("bits", bits), ("bad", prob * 2), ("moved", prob)):
+        write_volume(
+            tmp_path / f"{name}.nii.gz", arr, AFFINE if name != "moved" else np.diag([2.0, 2.0, 4.0, 1.0])
+        )
+    base = ["quantify", "--pet", str(images["suv"]), "--mask", str(images["mask"])]
+    out = tmp_path / "q"
+    extra = ["--probability", str(tmp_path / "prob.nii.gz"), "--flip-masks", str(tmp_path / "bits.nii.gz")]
+    result = runner.invoke(app, [*base, *extra, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = {r["voxels"]: r for r in csv.DictReader((out / "lesions.csv").open())}
+    big, small = rows["48"], rows["18"]
+    assert float(big["prob_mean"]) == pytest.approx((47 * 0.7 + 0.95) / 48)
+    assert float(big["prob_max"]) == pytest.approx(0.95) and big["tta_volume_cv"] == "0"
+    v = np.array([18] * 4 + [9] * 4, float)
+    assert float(small["tta_volume_cv"]) == pytest.approx(v.std() / v.mean())
+    result = runner.invoke(app, [*base, "--probability", str(tmp_path / "bad.nii.gz"), "--out", str(out)])
+    assert result.exit_code == 2 and "bad.nii.gz" in result.output and "outside [0, 1]" in result.output
+    result = runner.invoke(app, [*base, "--probability", str(tmp_path / "moved.nii.gz"), "--out", str(out)])
+    assert result.exit_code == 2 and "moved.nii.gz" in result.output
+    assert "probability-map grid" in result.output and "mask grid" in result.output.replace("\n", " ")

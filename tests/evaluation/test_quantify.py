@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from h2aseg.data.io import ImageError, write_volume
+from h2aseg.data.io import ImageError, Volume, write_volume
 from h2aseg.evaluation.quantify import (
     MAX_SUBSTEP_MM,
     MIN_SUBSAMPLES,
@@ -192,7 +192,7 @@ def test_files_grids_and_csv(tmp_path: Path) -> None:
     write_volume(tmp_path / "empty.nii.gz", np.zeros_like(mask), affine)
     q = quantify_files(tmp_path / "suv.nii.gz", tmp_path / "empty.nii.gz")
     lesions_path, patient_path = write_to_dir(q, tmp_path / "out2")
-    assert lesions_path.read_text().strip().split(",")[-1] == "tlg"
+    assert lesions_path.read_text().strip().split(",")[-1] == "tta_volume_cv"
     (prow,) = csv.DictReader(patient_path.open())
     assert (prow["lesion_count"], prow["suv_max"], prow["dmax_mm"]) == ("0", "", "0")
 
@@ -223,3 +223,122 @@ def test_prediction_on_another_grid_is_measured_on_the_pet_grid(tmp_path: Path) 
     q = quantify_prediction(mask, ct_affine, tmp_path / "pet.nii.gz", case_id="c", mask_path="m.nii.gz")
     (les,) = q.lesions
     assert les.voxels == 27 and les.volume_ml == pytest.approx(27 * 64 / 1000) and les.suv_mean == 7.0
+
+
+# ------------------------------------------------------------------------------------ lesion confidence
+def _two_lesions() -> tuple[np.ndarray, np.ndarray]:
+    mask = np.zeros((12, 12, 8), np.uint8)
+    mask[1:3, 1:3, 1:2] = 1  # lesion 1: 4 voxels
+    mask[7:10, 7:10, 4:6] = 1  # lesion 2: 18 voxels
+    return mask, np.ones(mask.shape, np.float32)
+
+
+def test_prob_mean_and_max_per_lesion() -> None:
+    mask, suv = _two_lesions()
+    prob = np.full(mask.shape, 0.05, np.float32)  # outside the lesions: not counted
+    prob[1:3, 1:3, 1:2] = [[[0.6], [0.7]], [[0.8], [0.9]]]
+    prob[7:10, 7:10, 4:6] = 0.55
+    prob[9, 9, 5] = 0.99
+    first, second = quantify_arrays(suv, mask, _affine((2.0, 2.0, 2.0)), probability=prob).lesions
+    assert first.prob_mean == pytest.approx(0.75) and first.prob_max == pytest.approx(0.9)
+    assert second.prob_mean == pytest.approx((17 * 0.55 + 0.99) / 18) and second.prob_max == pytest.approx(
+        0.99
+    )
+    assert first.tta_volume_cv is None  # no flip masks: no TTA measure
+
+
+def test_tta_volume_cv_from_the_flip_masks() -> None:
+    mask, suv = _two_lesions()
+    bits = np.zeros(mask.shape, np.uint8)
+    bits[mask > 0] = 0xFF  # every flip finds both lesions ...
+    bits[1:3, 1:3, 1:2] = 0x0F  # ... except flips 4-7, which miss lesion 1 (volumes 4,4,4,4,0,0,0,0)
+    bits[10, 7:10, 4:6] = 0b0000_0011  # flips 0 and 1 grow lesion 2 by 6 voxels outside the mask
+    first, second = quantify_arrays(suv, mask, _affine((2.0, 2.0, 2.0)), flip_masks=bits).lesions
+    v1 = np.array([4, 4, 4, 4, 0, 0, 0, 0], float)
+    v2 = np.array([24, 24, 18, 18, 18, 18, 18, 18], float)
+    assert first.tta_volume_cv == pytest.approx(v1.std() / v1.mean())
+    assert second.tta_volume_cv == pytest.approx(v2.std() / v2.mean())
+    assert first.prob_mean is None and first.prob_max is None
+    steady = np.where(mask > 0, 0xFF, 0).astype(np.uint8)
+    assert {
+        les.tta_volume_cv for les in quantify_arrays(suv, mask, np.eye(4), flip_masks=steady).lesions
+    } == {0.0}
+
+
+def test_lesions_joined_by_a_flip_share_its_region() -> None:
+    mask = np.zeros((10, 4, 4), np.uint8)
+    mask[1:3, 1, 1] = 1
+    mask[6:8, 1, 1] = 1
+    bits = np.where(mask > 0, 0xFF, 0).astype(np.uint8)
+    bits[3:6, 1, 1] = 0b1000_0000  # flip 7 bridges the two lesions: one region of 4 + 4 + 3 voxels
+    a, b = quantify_arrays(np.ones(mask.shape), mask, np.eye(4), flip_masks=bits).lesions
+    v = np.array([4] * 7 + [7], float)
+    assert a.tta_volume_cv == pytest.approx(v.std() / v.mean()) == b.tta_volume_cv
+
+
+def test_confidence_cells_are_empty_without_a_probability(tmp_path: Path) -> None:
+    mask, suv = _two_lesions()
+    q = quantify_arrays(suv, mask, _affine((2.0, 2.0, 2.0)))
+    (path, _) = write_to_dir(q, tmp_path)
+    rows = list(csv.DictReader(path.open()))
+    assert len(rows) == 2 and all(
+        (r["prob_mean"], r["prob_max"], r["tta_volume_cv"]) == ("", "", "") for r in rows
+    )
+    q = quantify_arrays(suv, mask, _affine((2.0, 2.0, 2.0)), probability=np.full(mask.shape, 0.5))
+    (path, _) = write_to_dir(q, tmp_path / "p")
+    rows = list(csv.DictReader(path.open()))
+    assert [(r["prob_mean"], r["prob_max"], r["tta_volume_cv"]) for r in rows] == [("0.5", "0.5", "")] * 2
+
+
+def test_probability_and_flip_masks_are_checked_naming_the_file(tmp_path: Path) -> None:
+    from h2aseg.data.io import read_volume
+    from h2aseg.evaluation.quantify import quantify_volumes
+
+    mask, suv = _two_lesions()
+    affine = _affine((2.0, 2.0, 2.0))
+    for name, arr, aff in (
+        ("suv", suv, affine),
+        ("mask", mask, affine),
+        ("high", np.full(mask.shape, 1.5, np.float32), affine),
+        ("nan", np.full(mask.shape, np.nan, np.float32), affine),
+        ("moved", np.full(mask.shape, 0.5, np.float32), _affine((2.0, 2.0, 3.0))),
+        ("fraction", np.full(mask.shape, 0.5, np.float32), affine),
+    ):
+        write_volume(tmp_path / f"{name}.nii.gz", arr, aff)
+    suv_v, mask_v = (read_volume(tmp_path / f"{n}.nii.gz", dtype=None) for n in ("suv", "mask"))
+
+    def vol(name: str) -> Volume:
+        return read_volume(tmp_path / f"{name}.nii.gz", dtype=None)
+
+    with pytest.raises(ImageError, match=r"high\.nii\.gz: the probability map has values outside \[0, 1\]"):
+        quantify_volumes(suv_v, mask_v, probability=vol("high"))
+    with pytest.raises(ImageError, match=r"nan\.nii\.gz: the probability map has .*NaN"):
+        quantify_volumes(suv_v, mask_v, probability=vol("nan"))
+    with pytest.raises(ImageError, match=r"moved\.nii\.gz: probability-map grid .* differs") as info:
+        quantify_volumes(suv_v, mask_v, probability=vol("moved"))
+    assert "suv.nii.gz" in str(info.value)
+    with pytest.raises(ImageError, match=r"fraction\.nii\.gz: not a flip-mask map"):
+        quantify_volumes(suv_v, mask_v, flip_masks=vol("fraction"))
+    assert quantify_volumes(suv_v, mask_v, probability=vol("fraction")).lesions[0].prob_mean == 0.5
+
+
+def test_prediction_probability_is_mapped_onto_the_pet_grid_like_the_mask(tmp_path: Path) -> None:
+    pet_affine = np.diag([4.0, 4.0, 4.0, 1.0])
+    write_volume(tmp_path / "pet.nii.gz", np.ones((10, 10, 10), np.float32), pet_affine)
+    ct_affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    ct_affine[:3, 3] = -1.0
+    mask = np.zeros((20, 20, 20), np.uint8)
+    mask[6:12, 6:12, 6:12] = 1
+    prob = np.where(mask > 0, 0.8, 0.1).astype(np.float32)
+    bits = np.where(mask > 0, 0xFF, 0).astype(np.uint8)
+    (les,) = quantify_prediction(
+        mask,
+        ct_affine,
+        tmp_path / "pet.nii.gz",
+        case_id="c",
+        mask_path="m.nii.gz",
+        probability=prob,
+        flip_masks=bits,
+    ).lesions
+    assert les.voxels == 27 and les.prob_mean == pytest.approx(0.8) and les.prob_max == pytest.approx(0.8)
+    assert les.tta_volume_cv == 0.0

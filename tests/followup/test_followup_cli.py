@@ -130,7 +130,8 @@ def test_the_page_renders_in_headless_chromium(compared: Path, tmp_path: Path) -
         browser.call("Page.enable")
         browser.call("Page.navigate", {"url": (compared / "compare.html").resolve().as_uri()})
         loaded = browser.wait_for(
-            "document.body.dataset.imagesLoaded !== 'pending' && document.body.dataset.imagesLoaded",
+            "document.body && document.body.dataset.imagesLoaded !== 'pending'"
+            " && document.body.dataset.imagesLoaded",  # the body is null until the page is parsed
             60,
         )
         assert loaded == "true"

@@ -14,9 +14,23 @@ from h2aseg.checkpoint import CheckpointError, save_checkpoint
 from h2aseg.config import load_config
 from h2aseg.data.io import ImageError
 from h2aseg.data.layouts import discover
-from h2aseg.inference.predictor import Predictor, predict_cases, write_prediction
-from h2aseg.inference.sliding import body_box, predict_probabilities
+from h2aseg.inference.predictor import (
+    Predictor,
+    flip_masks_path,
+    predict_cases,
+    probability_path,
+    write_prediction,
+)
+from h2aseg.inference.sliding import (
+    TTA_FLIPS,
+    body_box,
+    flip_sets,
+    predict_probabilities,
+    predict_with_flip_masks,
+    probabilities_to_mask,
+)
 from h2aseg.models.factory import build_from_config
+from h2aseg.models.outputs import class_probabilities
 from h2aseg.synth import write_cohort
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "training"))
@@ -145,3 +159,60 @@ def test_inference_imports_nothing_from_training() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("out_channels", [1, 2])
+def test_flip_masks_hold_each_flips_own_mask(out_channels: int) -> None:
+    cfg = load_config("synthetic", [*TINY, f"model.out_channels={out_channels}", "infer.tta_flips=true"])
+    cfg = cfg.override(["infer.threshold=0.5"])
+    model = build_from_config(cfg.model).eval()
+    image = torch.rand(2, 32, 32, 32)
+    probs, bits = predict_with_flip_masks(model, image, cfg.infer, (32, 32, 32))
+    torch.testing.assert_close(probs, predict_probabilities(model, image, cfg.infer, (32, 32, 32)))
+    assert bits is not None and bits.dtype == torch.uint8 and bits.shape == image.shape[1:]
+    no_tta = cfg.override(["infer.tta_flips=false"]).infer
+    plain, none = predict_with_flip_masks(model, image, no_tta, (32, 32, 32))
+    assert none is None and torch.equal(plain, predict_probabilities(model, image, no_tta, (32, 32, 32)))
+    with torch.no_grad():
+        for k, axes in enumerate(flip_sets(True)):
+            own = class_probabilities(torch.flip(model(torch.flip(image[None], axes)), axes))[0]
+            expected = probabilities_to_mask(own, cfg.infer.threshold) > 0
+            got = ((bits >> k) & 1).bool()
+            assert (got != expected).float().mean() < 1e-3  # equal up to float rounding at the threshold
+    assert TTA_FLIPS == 8 and int(bits.max()) > 0  # random weights: some flip finds something
+
+
+def test_flip_masks_are_background_outside_the_body_box() -> None:
+    cfg = load_config("synthetic", [*TINY, "infer.tta_flips=true", "infer.body_box=true"])
+    model = build_from_config(cfg.model).eval()
+    image = torch.rand(2, 48, 40, 36)
+    image[0] = 0.0
+    image[0, 12:30, 6:34, 4:32] = 0.9
+    _, bits = predict_with_flip_masks(model, image, cfg.infer, (32, 32, 32), body_threshold=0.25)
+    box = body_box(image[0], 0.25, (32, 32, 32))
+    assert bits is not None and box is not None
+    _, inner = predict_with_flip_masks(model, image[(slice(None), *box)], cfg.infer, (32, 32, 32))
+    assert inner is not None and torch.equal(bits[box], inner)
+    outside = torch.ones(bits.shape, dtype=torch.bool)
+    outside[box] = False
+    assert int(bits[outside].max()) == 0
+
+
+def test_tta_prediction_writes_flip_masks_and_drops_stale_sidecars(checkpoint: Path, tmp_path: Path) -> None:
+    cases = write_cohort(
+        tmp_path / "data", 1, "autopet", seed=4, shape=(32, 32, 32), spacing=(10.0, 10.0, 10.0)
+    )
+    predictor = Predictor.from_checkpoint(checkpoint, ["infer.save_probabilities=true"])  # TTA stored on
+    pred = predictor.predict_files(cases[0].ct, cases[0].pet)
+    assert pred.flip_masks is not None and pred.flip_masks.shape == pred.mask.shape
+    assert pred.flip_masks.dtype == np.uint8
+    out = tmp_path / "pred" / "case.nii.gz"
+    write_prediction(pred, out)
+    bits = nib.load(flip_masks_path(out))
+    assert bits.get_data_dtype() == np.uint8 and bits.shape == nib.load(cases[0].ct).shape
+    assert probability_path(out).is_file()
+    # every voxel of the mask is foreground for some flip (the mean is >= threshold only if one flip is)
+    assert not np.any((pred.mask > 0) & (pred.flip_masks == 0))
+    # a later prediction without them removes the old ones: the files beside a mask are its own
+    write_prediction(Predictor.from_checkpoint(checkpoint).predict_files(cases[0].ct, cases[0].pet), out)
+    assert not flip_masks_path(out).exists() and not probability_path(out).exists() and out.is_file()

@@ -36,9 +36,11 @@ from scipy import ndimage
 from h2aseg import __version__
 from h2aseg.analysis.plotting import to_display, to_ras
 from h2aseg.evaluation.quantify import (
+    Lesion,
     Patient,
     Quantification,
     beside_paths,
+    confidence_volumes,
     csv_cell,
     label_lesions,
     mask_on_suv_grid,
@@ -126,6 +128,9 @@ _LESION_COLUMNS: tuple[tuple[str, str, Callable[[object], str]], ...] = (
     ("suv_mean", "SUVmean", _num),
     ("suv_peak", "SUVpeak", _num),
     ("tlg", "TLG (SUV·ml)", _num),
+    ("prob_mean", "p mean", partial(_num, decimals=2)),
+    ("prob_max", "p max", partial(_num, decimals=2)),
+    ("tta_volume_cv", "TTA volume CV", partial(_num, decimals=2)),
 )
 #: The patient summary: (patient.csv column, label, formatter); GT rows only with a ground truth.
 _PATIENT_ROWS: tuple[tuple[str, str, Callable[[object], str]], ...] = (
@@ -151,6 +156,14 @@ _INDEX_COLUMNS = (
 def _td(column: str, value: object, text: str) -> str:
     """A numeric cell: the shown text, the CSV's exact value in ``data-value``."""
     return f'<td data-col="{column}" data-value="{_esc(csv_cell(value))}">{_esc(text)}</td>'
+
+
+def by_confidence(lesions: Sequence[Lesion]) -> list[Lesion]:
+    """Most confident first: ``prob_mean`` descending (lesions without one last), then ``lesion_id``."""
+    return sorted(
+        lesions,
+        key=lambda les: (les.prob_mean is None, -(les.prob_mean or 0.0), les.lesion_id),
+    )
 
 
 def lesion_colour(lesion_id: int) -> str:
@@ -295,7 +308,7 @@ def _lesion_table(q: Quantification) -> str:
         f'<th class="text">{_esc(h)}</th>' if i == 0 else f"<th>{_esc(h)}</th>" for i, h in enumerate(heads)
     )
     rows = []
-    for les in q.lesions:
+    for les in by_confidence(q.lesions):
         swatch = f'<span class="swatch" style="background:{lesion_colour(les.lesion_id)}"></span>'
         cells = [
             f'<td class="text" data-col="lesion_id" data-value="{les.lesion_id}">{swatch}{les.lesion_id}</td>'
@@ -444,13 +457,16 @@ def report_prediction(
     The mask is read, mapped onto the SUV's grid when it is on another one
     (:func:`~h2aseg.evaluation.quantify.mask_on_suv_grid`) and measured as ``--quantify`` measures it; the
     lesion and patient CSVs go beside the mask and the page to ``report/<case>.html`` in the mask's folder.
+    The probability map and flip masks written beside the mask, when there, add the confidence columns
+    (:func:`~h2aseg.evaluation.quantify.confidence_volumes`).
     """
     from h2aseg.data.io import read_volume, strip_image_suffix
 
     case = case_id or strip_image_suffix(Path(mask_path).name)
-    suv = read_volume(suv_path, dtype=None)
-    mask = mask_on_suv_grid(read_volume(mask_path, dtype=None), suv)
-    q = quantify_volumes(suv, mask, case_id=case)
+    suv, written = read_volume(suv_path, dtype=None), read_volume(mask_path, dtype=None)
+    prob, bits = confidence_volumes(written, suv)
+    mask = mask_on_suv_grid(written, suv)
+    q = quantify_volumes(suv, mask, case_id=case, probability=prob, flip_masks=bits)
     write_quantification(q, *beside_paths(mask_path, case))
     page = write_study_report(
         report_dir(mask_path) / f"{case}.html",

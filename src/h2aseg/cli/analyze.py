@@ -5,7 +5,9 @@
 - ``analyze mcsa``: how large MCSA's attention terms are against the features they are added to;
 - ``analyze overlays``: Fig. 3 (several methods' masks side by side on the same cases);
 - ``analyze runs``: several training runs' validation Dice against steps and training time;
-- ``analyze detection``: which ground-truth lesions each method finds, by SUVmax and by volume.
+- ``analyze detection``: which ground-truth lesions each method finds, by SUVmax and by volume;
+- ``analyze confidence``: how well lesion confidence (lesions.csv's prob_mean, prob_max, tta_volume_cv)
+  separates true from false-positive predicted lesions (ROC AUC; docs/quantify.md).
 
 See docs/analysis.md.
 """
@@ -23,7 +25,7 @@ from h2aseg.progress import progress_bar
 analyze_app = typer.Typer(
     name="analyze",
     help="Table 3 (TAMW weights), Fig. 4 (level-2 features), Fig. 3 (method overlays), run curves, "
-    "lesion detection by uptake and size, MCSA attention scale.",
+    "lesion detection by uptake and size, lesion confidence ROC AUC, MCSA attention scale.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -304,6 +306,38 @@ def detection(
     typer.echo(paths[-1].read_text(encoding="utf-8").rstrip("\n"))
     for p in paths:
         err_console.print(f"wrote {p}", highlight=False)
+
+
+@analyze_app.command("confidence")
+def confidence(
+    pred: Path = typer.Option(
+        ...,
+        "--pred",
+        help="A prediction folder with <case>_lesions.csv beside each mask (h2aseg predict --quantify; "
+        "with --tta for tta_volume_cv).",
+    ),
+    gt: Path | None = typer.Option(
+        None,
+        "--gt",
+        help="Ground truth: a dataset folder (any layout) or a folder of masks <case_id>.nii.gz; gives each "
+        "predicted lesion's detected flag where its lesions.csv has none.",
+    ),
+    out: Path = typer.Option(
+        ..., "--out", help="Output folder: confidence.md/.csv and the pooled lesions.csv."
+    ),
+    layout: str = typer.Option("auto", "--layout", help="Layout of --gt (auto | folder | a dataset layout)."),
+    progress: bool = PROGRESS,
+) -> None:
+    """ROC AUC of each lesion-confidence column (and SUVmax, volume) for telling TP from FP lesions."""
+    from h2aseg.analysis.lesion_confidence import analyze_confidence
+    from h2aseg.evaluation.matching import ground_truth_masks
+
+    def run(start: Callable[[int], None], advance: Callable[[str], None]) -> list[Path]:
+        truth = None if gt is None else ground_truth_masks(gt, layout)
+        return analyze_confidence(pred, truth, out, on_case=advance)
+
+    _over_cases("Lesion confidence", progress, run)
+    typer.echo((out / "confidence.md").read_text(encoding="utf-8").rstrip("\n"))
 
 
 def parse_run(text: str) -> tuple[str, Path]:

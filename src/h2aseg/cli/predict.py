@@ -46,10 +46,18 @@ def predict(
     probabilities: bool | None = typer.Option(
         None,
         "--probabilities/--no-probabilities",
-        help="Also write <case>_probability.nii.gz [infer.save_probabilities].",
+        help="Also write <case>_probability.nii.gz and, with --tta, <case>_flip_masks.nii.gz (each flip's "
+        "mask, one bit per flip) [infer.save_probabilities]; on by default with --quantify/--report, whose "
+        "lesion confidence columns they feed (docs/quantify.md).",
     ),
     device: str | None = typer.Option(None, "--device", help="auto | cpu | cuda [infer.device]."),
     amp: str | None = typer.Option(None, "--amp", help="auto | bf16 | fp16 | off [infer.amp]."),
+    cpu_fast_path: bool | None = typer.Option(
+        None,
+        "--cpu-fast-path/--no-cpu-fast-path",
+        help="On the CPU, channels-last weights and windows: the same probabilities to float rounding; "
+        "whether it is faster depends on the machine (docs/benchmarks.md) [infer.cpu_fast_path].",
+    ),
     assignments: list[str] = typer.Option([], "--set", help="Override a stored config field (infer.*)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Recompute cases whose output exists."),
     shard: str | None = typer.Option(
@@ -100,9 +108,10 @@ def predict(
         "infer.overlap": overlap,
         "infer.tta_flips": tta,
         "infer.body_box": body_box,
-        "infer.save_probabilities": probabilities,
+        "infer.save_probabilities": True if probabilities is None and (quantify or report) else probabilities,
         "infer.device": device,
         "infer.amp": amp,
+        "infer.cpu_fast_path": cpu_fast_path,
     }
     overrides = [*assignments, *(f"{k}={_set_value(v)}" for k, v in fields.items() if v is not None)]
     try:

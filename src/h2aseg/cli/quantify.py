@@ -32,6 +32,21 @@ def quantify(
     gt: Path | None = typer.Option(
         None, "--gt", help="Ground-truth mask on the same grid: adds the per-lesion 'detected' flag."
     ),
+    probability: Path | None = typer.Option(
+        None,
+        "--probability",
+        metavar="FILE",
+        help="The network's foreground probability map (values in [0, 1]) on the mask's grid, e.g. "
+        "h2aseg predict --probabilities' <case>_probability.nii.gz: adds prob_mean and prob_max per lesion "
+        "(empty cells without it).",
+    ),
+    flip_masks: Path | None = typer.Option(
+        None,
+        "--flip-masks",
+        metavar="FILE",
+        help="The TTA flip masks on the mask's grid (uint8, bit k = flip k's mask: <case>_flip_masks.nii.gz "
+        "of h2aseg predict --tta --probabilities): adds tta_volume_cv per lesion.",
+    ),
     out: Path = typer.Option(..., "--out", help="Output folder for lesions.csv and patient.csv."),
     case_id: str | None = typer.Option(
         None, "--case-id", help="The case_id column and the report's title [the mask's file name]."
@@ -47,17 +62,28 @@ def quantify(
     docs/quantify.md."""
     from h2aseg.data.io import read_volume
     from h2aseg.errors import H2ASegError
-    from h2aseg.evaluation.quantify import quantify_volumes, write_to_dir
+    from h2aseg.evaluation.quantify import check_grid, quantify_volumes, write_to_dir
 
     if threshold is not None and not (math.isfinite(threshold) and threshold > 0):
         raise fail(f"--threshold must be a number > 0, got {threshold}")
     try:
         suv, lesions = read_volume(pet, dtype=None), _read_mask(mask, threshold)
-        truth = None if gt is None else read_volume(gt, dtype=None)
-        q = quantify_volumes(suv, lesions, truth, case_id=case_id)
+        truth, prob, bits = (
+            None if f is None else read_volume(f, dtype=None) for f in (gt, probability, flip_masks)
+        )
+        for vol, what in ((prob, "probability-map"), (bits, "flip-mask")):
+            if vol is not None:  # named against the mask, the grid the option asks for
+                check_grid(vol, lesions, what, "mask")
+        q = quantify_volumes(suv, lesions, truth, case_id=case_id, probability=prob, flip_masks=bits)
         paths = list(write_to_dir(q, out))
         if report:
-            inputs = {"PET (SUV)": pet, "mask": mask, "ground truth": gt}
+            inputs = {
+                "PET (SUV)": pet,
+                "mask": mask,
+                "ground truth": gt,
+                "probability": probability,
+                "flip masks": flip_masks,
+            }
             paths.append(_report(out / "report.html", suv, lesions, q, inputs, threshold))
     except (H2ASegError, OSError) as e:
         raise fail(str(e)) from None

@@ -21,6 +21,17 @@ the units of the input image (SUV body weight for autoPET; PERCIST's SUL is not 
   sphere (:func:`sphere_kernel`: supersampled on the affine's real, anisotropic voxel shape), i.e.
   ``Σ w_i SUV_i / Σ w_i``, computed with :func:`scipy.ndimage.correlate`. Where the sphere leaves the image
   the missing voxels are left out of both sums (mean over the part inside the image).
+* ``prob_mean``, ``prob_max`` (lesion confidence): the mean and the maximum of the network's foreground
+  probability over the lesion's voxels, on the grid the lesion is measured on (``predict --quantify`` maps
+  the probability map onto the PET grid as it maps the mask: nearest neighbour). Empty cells when no
+  probability map is given (``h2aseg quantify`` without ``--probability``).
+* ``tta_volume_cv`` (with flip TTA): how much the lesion's volume varies over the 8 flips. The flip masks
+  (:func:`h2aseg.inference.sliding.predict_with_flip_masks`) hold each flip's own thresholded mask as one
+  bit of a uint8 map. The lesion's **region** is the 18-connected component of ``(flip masks > 0) or
+  (mask > 0)`` that holds it (a region can hold several lesions that some flip joins; they then share its
+  value); flip ``k``'s volume ``V_k`` is the count of the region's voxels with bit ``k`` set, and
+  ``tta_volume_cv`` = population standard deviation / mean of ``V_0..V_7`` (0 when every flip finds the
+  same volume). Empty cells without flip masks (no TTA).
 * ``detected`` (only with a ground truth): 1 when the lesion has at least one voxel in the ground truth
   (any overlap; the lesion-wise rule of :mod:`h2aseg.evaluation.metrics`), else 0 (a false-positive lesion).
 
@@ -45,7 +56,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial.distance import pdist
 
-from h2aseg.data.geometry import affine_voxel_volume_ml, resample_labels
+from h2aseg.data.geometry import affine_voxel_volume_ml, resample_labels, resample_to_grid
 from h2aseg.data.io import ImageError, Volume, check_finite, describe_grid, read_volume, strip_image_suffix
 from h2aseg.files import atomic_write_text
 
@@ -56,6 +67,10 @@ SUVPEAK_RADIUS_MM = (3.0 * SPHERE_VOLUME_MM3 / (4.0 * math.pi)) ** (1.0 / 3.0)
 #: Sub-points per voxel axis: at least this many, and enough to be at most :data:`MAX_SUBSTEP_MM` apart.
 MIN_SUBSAMPLES = 5
 MAX_SUBSTEP_MM = 0.5
+#: Flip passes of TTA, one bit each of the uint8 flip-mask map (:data:`h2aseg.inference.sliding.TTA_FLIPS`).
+FLIP_BITS = 8
+#: Slack on the [0, 1] range of a probability map (float32 rounding of the flip average).
+PROBABILITY_SLACK = 1e-4
 
 
 @dataclass(frozen=True)
@@ -72,6 +87,9 @@ class Lesion:
     suv_mean: float
     suv_peak: float
     tlg: float
+    prob_mean: float | None = None
+    prob_max: float | None = None
+    tta_volume_cv: float | None = None
     detected: int | None = None
 
 
@@ -216,20 +234,30 @@ def quantify_arrays(
     case_id: str = "case",
     connectivity: int = CONNECTIVITY,
     kernel: np.ndarray | None = None,
+    probability: np.ndarray | None = None,
+    flip_masks: np.ndarray | None = None,
 ) -> Quantification:
-    """Lesion and patient measures of ``mask`` (``> 0``) on ``suv``; arrays on one grid with ``affine``."""
+    """Lesion and patient measures of ``mask`` (``> 0``) on ``suv``; arrays on one grid with ``affine``.
+
+    ``probability`` (foreground probability) and ``flip_masks`` (TTA, bit ``k`` = flip ``k``'s mask) add
+    the confidence columns (:func:`lesion_confidence`)."""
     suv = np.asarray(suv)
     if not np.issubdtype(suv.dtype, np.floating):
         suv = suv.astype(np.float64)
-    shapes = {np.shape(mask), *(() if gt is None else (np.shape(gt),))}
+    extra = [a for a in (gt, probability, flip_masks) if a is not None]
+    shapes = {np.shape(mask), *(np.shape(a) for a in extra)}
     if shapes != {suv.shape}:
-        raise ImageError(f"SUV, mask (and GT) arrays differ in shape: {suv.shape} vs {sorted(shapes)}")
+        raise ImageError(
+            "SUV, mask (and GT, probability, flip-mask) arrays differ in shape: "
+            f"{suv.shape} vs {sorted(shapes)}"
+        )
     affine = np.asarray(affine, dtype=np.float64)
     labels, n = _label(mask, connectivity)
     voxel_ml = affine_voxel_volume_ml(affine)
     counts, sums, maxima, centroids = lesion_measures(suv, labels, n, affine)
     peaks = _lesion_peaks(suv, labels, n, sphere_kernel(affine) if kernel is None else kernel)
-    detected = _detected(labels, n, gt)
+    detected = lesions_detected(labels, n, gt)
+    prob_mean, prob_max, cv = lesion_confidence(labels, n, probability, flip_masks, connectivity)
     lesions = []
     for k in range(n):
         mean, vol = float(sums[k] / counts[k]), float(counts[k] * voxel_ml)
@@ -245,6 +273,9 @@ def quantify_arrays(
                 suv_mean=mean,
                 suv_peak=float(peaks[k]),
                 tlg=mean * vol,
+                prob_mean=_maybe(prob_mean, k),
+                prob_max=_maybe(prob_max, k),
+                tta_volume_cv=_maybe(cv, k),
                 detected=None if detected is None else int(detected[k]),
             )
         )
@@ -252,7 +283,54 @@ def quantify_arrays(
     return Quantification(case_id, lesions, patient, has_gt=gt is not None)
 
 
-def _detected(labels: np.ndarray, n: int, gt: np.ndarray | None) -> np.ndarray | None:
+def _maybe(values: np.ndarray | None, k: int) -> float | None:
+    return None if values is None else float(values[k])
+
+
+def lesion_confidence(
+    labels: np.ndarray,
+    n: int,
+    probability: np.ndarray | None = None,
+    flip_masks: np.ndarray | None = None,
+    connectivity: int = CONNECTIVITY,
+) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """Per lesion 1..n of ``labels``: mean and maximum of ``probability`` over its voxels, and the
+    coefficient of variation of its region's volume over the flips of ``flip_masks`` (see the module
+    docstring); each None when its input is None. Vectorised: bincounts over the labels, no voxel loop."""
+    prob_mean = prob_max = cv = None
+    fg = np.nonzero(labels)
+    lab = np.asarray(labels[fg], dtype=np.int64)
+    if probability is not None:
+        values = np.asarray(probability)[fg].astype(np.float64)
+        counts = np.bincount(lab, minlength=n + 1)[1:]
+        prob_mean = np.bincount(lab, weights=values, minlength=n + 1)[1:] / np.maximum(counts, 1)
+        index = np.arange(1, n + 1)
+        prob_max = np.asarray(ndimage.maximum(values, lab, index) if n else [], dtype=np.float64).reshape(n)
+    if flip_masks is not None:
+        cv = _flip_volume_cv(labels, n, np.asarray(flip_masks), connectivity)
+    return prob_mean, prob_max, cv
+
+
+def _flip_volume_cv(labels: np.ndarray, n: int, bits: np.ndarray, connectivity: int) -> np.ndarray:
+    """``tta_volume_cv`` of lesions 1..n (module docstring): std/mean of the flips' volumes in each region."""
+    if n == 0:
+        return np.zeros(0)
+    bits = bits.astype(np.uint8, copy=False)
+    regions, m = _label((bits > 0) | (labels > 0), connectivity)
+    inside = np.nonzero(regions)
+    reg, reg_bits = regions[inside].astype(np.int64), bits[inside]
+    volumes = np.stack(  # (m + 1, FLIP_BITS): voxels of each region in each flip's mask
+        [np.bincount(reg, weights=(reg_bits >> k) & 1, minlength=m + 1) for k in range(FLIP_BITS)], axis=1
+    )
+    region_of = np.zeros(n + 1, dtype=np.int64)  # every voxel of a lesion lies in one region
+    region_of[labels[inside]] = reg
+    v = volumes[region_of[1:]]
+    mean = v.mean(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(mean > 0, v.std(axis=1) / mean, np.nan)
+
+
+def lesions_detected(labels: np.ndarray, n: int, gt: np.ndarray | None) -> np.ndarray | None:
     """Per lesion 1..n: True when it has a voxel in ``gt > 0``."""
     if gt is None:
         return None
@@ -331,6 +409,34 @@ def _not_labels(arr: np.ndarray) -> str | None:
     )
 
 
+def check_probability(prob: Volume) -> None:
+    """Raise :class:`ImageError` naming the file unless ``prob`` is a finite map of values in [0, 1]."""
+    arr = np.asarray(prob.array)
+    if arr.dtype.kind not in "buif":
+        raise ImageError(f"{prob.path}: the probability map has non-numeric type {arr.dtype}")
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        bad = int(np.count_nonzero(~np.isfinite(arr)))
+        raise ImageError(f"{prob.path}: the probability map has {bad} NaN/Inf voxel(s)")
+    lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+    if lo < -PROBABILITY_SLACK or hi > 1 + PROBABILITY_SLACK:
+        raise ImageError(
+            f"{prob.path}: the probability map has values outside [0, 1] (range {lo:g} to {hi:g}); "
+            "give the foreground probability "
+            "(h2aseg predict --probabilities writes <case>_probability.nii.gz)"
+        )
+
+
+def check_flip_masks(bits: Volume) -> None:
+    """Raise :class:`ImageError` naming the file unless ``bits`` holds whole numbers 0..255 (one bit per
+    TTA flip, as ``<case>_flip_masks.nii.gz``)."""
+    arr = np.asarray(bits.array)
+    problem = None if arr.dtype == np.uint8 else _not_labels(arr)
+    if problem is None and arr.dtype != np.uint8 and arr.size and float(arr.max()) > 255:
+        problem = f"values above 255 (maximum {float(arr.max()):g}): one bit per flip needs 0..255"
+    if problem:
+        raise ImageError(f"{bits.path}: not a flip-mask map: {problem}")
+
+
 def binarise(mask: Volume, threshold: float) -> Volume:
     """``mask >= threshold`` as a 0/1 uint8 mask on the same grid (``h2aseg quantify --threshold``)."""
     return Volume((np.asarray(mask.array) >= threshold).astype(np.uint8), mask.affine, mask.path)
@@ -343,14 +449,23 @@ def quantify_volumes(
     *,
     case_id: str | None = None,
     connectivity: int = CONNECTIVITY,
+    probability: Volume | None = None,
+    flip_masks: Volume | None = None,
 ) -> Quantification:
-    """:func:`quantify_arrays` for volumes read from files; checks that they share the SUV's grid and that
-    the mask holds labels (:func:`check_label_mask`)."""
+    """:func:`quantify_arrays` for volumes read from files; checks that they share the SUV's grid, that
+    the mask holds labels (:func:`check_label_mask`), the probability map values in [0, 1]
+    (:func:`check_probability`) and the flip masks bytes (:func:`check_flip_masks`)."""
     check_finite(suv)
     check_grid(mask, suv, "mask")
     check_label_mask(mask)
     if gt is not None:
         check_grid(gt, suv, "ground-truth")
+    if probability is not None:
+        check_grid(probability, suv, "probability-map")
+        check_probability(probability)
+    if flip_masks is not None:
+        check_grid(flip_masks, suv, "flip-mask")
+        check_flip_masks(flip_masks)
     cid = case_id or (strip_image_suffix(Path(mask.path).name) if mask.path else "case")
     return quantify_arrays(
         suv.array,
@@ -359,6 +474,8 @@ def quantify_volumes(
         None if gt is None else gt.array,
         case_id=cid,
         connectivity=connectivity,
+        probability=None if probability is None else probability.array,
+        flip_masks=None if flip_masks is None else flip_masks.array,
     )
 
 
@@ -424,17 +541,31 @@ def beside_paths(mask_path: str | Path, case_id: str | None = None) -> tuple[Pat
 
 
 def quantify_prediction(
-    mask: np.ndarray, mask_affine: np.ndarray, suv_path: str | Path, *, case_id: str, mask_path: str | Path
+    mask: np.ndarray,
+    mask_affine: np.ndarray,
+    suv_path: str | Path,
+    *,
+    case_id: str,
+    mask_path: str | Path,
+    probability: np.ndarray | None = None,
+    flip_masks: np.ndarray | None = None,
 ) -> Quantification:
-    """Measures of a predicted mask (CT grid) on the case's SUV file.
+    """Measures of a predicted mask (CT grid) on the case's SUV file; ``probability`` and ``flip_masks``
+    (CT grid too, optional) add the confidence columns.
 
     When the PET is on another grid than the CT (HECKTOR), the mask is mapped onto the PET grid (nearest
-    neighbour, through both affines) so that the SUV values are measured unresampled.
+    neighbour, through both affines) so that the SUV values are measured unresampled; the probability map
+    and the flip masks are mapped the same way.
     """
 
     suv = read_volume(suv_path, dtype=None)
-    m = Volume(np.asarray(mask), np.asarray(mask_affine, dtype=np.float64), str(mask_path))
-    return quantify_volumes(suv, mask_on_suv_grid(m, suv), case_id=case_id)
+    affine = np.asarray(mask_affine, dtype=np.float64)
+    m = Volume(np.asarray(mask), affine, str(mask_path))
+    prob, bits = (
+        None if a is None else on_suv_grid(Volume(np.asarray(a), affine, f"{mask_path} ({what})"), suv)
+        for a, what in ((probability, "probability"), (flip_masks, "flip masks"))
+    )
+    return quantify_volumes(suv, mask_on_suv_grid(m, suv), case_id=case_id, probability=prob, flip_masks=bits)
 
 
 def mask_on_suv_grid(mask: Volume, suv: Volume) -> Volume:
@@ -445,11 +576,44 @@ def mask_on_suv_grid(mask: Volume, suv: Volume) -> Volume:
     return Volume(moved, suv.affine.copy(), mask.path)
 
 
+def on_suv_grid(vol: Volume, suv: Volume) -> Volume:
+    """``vol`` itself when on the SUV's grid, else mapped onto it by nearest neighbour with its dtype kept
+    (a probability map, flip masks: each SUV voxel gets the value of the voxel its mask value came from)."""
+    if vol.same_grid(suv):
+        return vol
+    moved = resample_to_grid(np.asarray(vol.array), vol.affine, suv.affine, suv.shape, order=0)
+    return Volume(moved, suv.affine.copy(), vol.path)
+
+
+def confidence_volumes(mask: Volume, suv: Volume) -> tuple[Volume | None, Volume | None]:
+    """The probability map and flip masks ``h2aseg predict`` wrote beside the mask file ``mask.path`` (None
+    where absent), checked to be on the mask's grid and mapped onto the SUV's (:func:`on_suv_grid`)."""
+    from h2aseg.inference.predictor import flip_masks_path, probability_path  # file names only
+
+    if mask.path is None:
+        return None, None
+    mask_path = Path(mask.path)
+    found = []
+    for path, what in (
+        (probability_path(mask_path), "probability-map"),
+        (flip_masks_path(mask_path), "flip-mask"),
+    ):
+        if not path.is_file():
+            found.append(None)
+            continue
+        vol = read_volume(path, dtype=None)
+        check_grid(vol, mask, what, "mask")
+        found.append(on_suv_grid(vol, suv))
+    return found[0], found[1]
+
+
 def quantify_mask_file(
     mask_path: str | Path, suv_path: str | Path, case_id: str | None = None
 ) -> tuple[Path, Path]:
-    """``h2aseg predict --quantify``: measure a written mask on its SUV, CSVs beside the mask."""
-    vol = read_volume(mask_path, dtype=None)
+    """``h2aseg predict --quantify``: measure a written mask on its SUV, CSVs beside the mask; the
+    probability map and flip masks written beside the mask, when there, add the confidence columns."""
     case = case_id or strip_image_suffix(Path(mask_path).name)
-    q = quantify_prediction(vol.array, vol.affine, suv_path, case_id=case, mask_path=mask_path)
+    suv, mask = read_volume(suv_path, dtype=None), read_volume(mask_path, dtype=None)
+    prob, bits = confidence_volumes(mask, suv)
+    q = quantify_volumes(suv, mask_on_suv_grid(mask, suv), case_id=case, probability=prob, flip_masks=bits)
     return write_quantification(q, *beside_paths(mask_path, case))

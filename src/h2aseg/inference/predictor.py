@@ -23,18 +23,26 @@ from h2aseg.data.preprocess import PreprocessedCase, preprocess_images, restore_
 from h2aseg.data.transforms import body_threshold, model_input
 from h2aseg.errors import H2ASegError
 from h2aseg.hardware import resolve_device
-from h2aseg.inference.sliding import check_infer_config, predict_probabilities, probabilities_to_mask
+from h2aseg.inference.sliding import (
+    check_infer_config,
+    predict_probabilities,
+    predict_with_flip_masks,
+    probabilities_to_mask,
+)
 from h2aseg.models.factory import build_from_config
 
 
 @dataclass
 class Prediction:
-    """A case's mask (uint8, original CT shape) and, optionally, its foreground probability map."""
+    """A case's mask (uint8, original CT shape) and, optionally, its foreground probability map and, with
+    flip TTA, its flip masks (uint8, bit ``k`` = flip ``k``'s own mask:
+    :func:`~h2aseg.inference.sliding.predict_with_flip_masks`), both on the CT grid."""
 
     case_id: str
     mask: np.ndarray
     affine: np.ndarray
     probability: np.ndarray | None = None
+    flip_masks: np.ndarray | None = None
 
 
 class Predictor:
@@ -76,46 +84,74 @@ class Predictor:
 
     def probabilities(self, pc: PreprocessedCase) -> torch.Tensor:
         """``(C, X, Y, Z)`` class probabilities on the preprocessed grid."""
-        return predict_probabilities(
-            self.model,
-            model_input(pc),
+        return predict_probabilities(self.model, model_input(pc), *self._window_args())
+
+    def _window_args(self) -> tuple[Any, ...]:
+        return (
             self.cfg.infer,
             self.roi_size,
             self.device,
-            body_threshold=body_threshold(self.cfg.data),
+            body_threshold(self.cfg.data),
         )
 
     def predict_preprocessed(self, pc: PreprocessedCase, *, keep_probability: bool = False) -> Prediction:
-        """Mask (and foreground probability) for a preprocessed case, mapped back to the CT grid."""
-        probs = self.probabilities(pc)
+        """Mask for a preprocessed case, mapped back to the CT grid; with ``keep_probability`` also the
+        foreground probability (linear) and, with flip TTA, the flip masks (nearest)."""
+        bits = None
+        if keep_probability:
+            probs, bits = predict_with_flip_masks(self.model, model_input(pc), *self._window_args())
+        else:
+            probs = self.probabilities(pc)
         mask = probabilities_to_mask(probs, self.cfg.infer.threshold).numpy()
         mask_ct = restore_to_ct_grid(mask, pc.geometry, order=0).astype(np.uint8)
-        prob_ct = None
+        prob_ct = bits_ct = None
         if keep_probability:
             fg = probs[0] if probs.shape[0] == 1 else 1.0 - probs[0]
             prob_ct = restore_to_ct_grid(fg.numpy().astype(np.float32), pc.geometry, order=1)
-        return Prediction(pc.case_id, mask_ct, pc.geometry.ct_affine, prob_ct)
+        if bits is not None:
+            bits_ct = restore_to_ct_grid(bits.numpy(), pc.geometry, order=0).astype(np.uint8)
+        return Prediction(pc.case_id, mask_ct, pc.geometry.ct_affine, prob_ct, bits_ct)
 
     def predict_files(self, ct: str | Path, pet: str | Path, case_id: str = "case") -> Prediction:
         pc = preprocess_images(ct, pet, self.cfg.data, case_id=case_id)
         return self.predict_preprocessed(pc, keep_probability=self.cfg.infer.save_probabilities)
 
 
-def probability_path(mask_path: Path) -> Path:
+def _beside(mask_path: Path, suffix: str) -> Path:
     name = mask_path.name
     stem = name[: -len(".nii.gz")] if name.endswith(".nii.gz") else mask_path.stem
-    return mask_path.with_name(f"{stem}_probability.nii.gz")
+    return mask_path.with_name(f"{stem}_{suffix}.nii.gz")
+
+
+def probability_path(mask_path: Path) -> Path:
+    """``<case>_probability.nii.gz`` beside the mask ``<case>.nii.gz``."""
+    return _beside(mask_path, "probability")
+
+
+def flip_masks_path(mask_path: Path) -> Path:
+    """``<case>_flip_masks.nii.gz`` beside the mask ``<case>.nii.gz``."""
+    return _beside(mask_path, "flip_masks")
 
 
 def write_prediction(pred: Prediction, out: str | Path, *, inputs: Iterable[str | Path] = ()) -> Path:
-    """Write the mask (uint8 NIfTI with the CT's affine) and, if present, the probability map beside it.
+    """Write the mask (uint8 NIfTI with the CT's affine) and, if present, the probability map and the flip
+    masks beside it.
 
     Refuses to overwrite any of ``inputs``. Writes are atomic.
+    A probability map or flip masks left beside ``out`` by an earlier run are removed when ``pred`` has
+    none, so that the files beside a mask are always the ones predicted with it.
     """
     out = Path(out)
     protect = tuple(inputs)
-    if pred.probability is not None:
-        write_volume(probability_path(out), pred.probability.astype(np.float32), pred.affine, protect=protect)
+    sidecars = (
+        (probability_path(out), pred.probability, np.float32),
+        (flip_masks_path(out), pred.flip_masks, np.uint8),
+    )
+    for path, array, dtype in sidecars:
+        if array is not None:
+            write_volume(path, array.astype(dtype), pred.affine, protect=protect)
+        elif path.is_file() and str(path.resolve()) not in {str(Path(p).resolve()) for p in protect}:
+            path.unlink()
     return write_volume(out, pred.mask.astype(np.uint8), pred.affine, protect=protect)
 
 

@@ -11,7 +11,9 @@ data's own label when the layout has one.
 ``case_id`` is the study's; without one, it is computed from the mask and the SUV with the project's own
 :func:`h2aseg.evaluation.quantify.quantify_volumes` (about half a second for a 128x128x160 study; cached).
 Each row gets ``centroid_mm`` (world RAS+ mm, as in ``lesions.csv``, which is NiiVue's world space too) and
-``centroid_vox`` (voxel indices in the CT's grid, the viewer's background volume).
+``centroid_vox`` (voxel indices in the CT's grid, the viewer's background volume). Rows come most confident
+first: by ``prob_mean`` (the network's mean probability in the lesion) descending where the table has it,
+rows without one last, else in the table's order.
 
 Every file must lie inside one of the folders given (resolved, so a symlink out of them is refused);
 :class:`Catalog` knows each file's URL below ``/files/<root>/``.
@@ -65,6 +67,13 @@ def _affine(path: Path) -> np.ndarray:
         # the header only; the affine read_volume gives
         return np.asarray(nib.load(str(path)).affine, dtype=np.float64)
     return read_volume(path, dtype=None).affine
+
+
+def _confidence_order(row: dict[str, Any]) -> tuple[bool, float]:
+    """Sort key: ``prob_mean`` descending, rows without a numeric one last."""
+    p = row.get("prob_mean")
+    numeric = isinstance(p, int | float)
+    return (not numeric, -float(p) if numeric else 0.0)
 
 
 def _number(text: str) -> float | int | str | None:
@@ -224,6 +233,7 @@ class Catalog:
             row["centroid_mm"] = mm
             row["centroid_vox"] = [round(float(v), 3) for v in vox[:3]]
             out.append(row)
+        out.sort(key=_confidence_order)  # stable: the table's order without prob_mean
         return {"source": source, "columns": columns, "rows": out, "error": None}
 
     @staticmethod

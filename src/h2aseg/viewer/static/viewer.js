@@ -3,8 +3,10 @@
 // from the local server (same origin). window.viewerState is what the browser test reads.
 "use strict";
 
+// prob_mean/prob_max: the network's mean/max probability in the lesion; tta_volume_cv: how much its volume
+// varies over the 8 TTA flips (docs/quantify.md). The server sends the rows most confident first.
 const COLUMNS = { lesion_id: "#", volume_ml: "ml", suv_max: "SUVmax", suv_mean: "SUVmean", suv_peak: "SUVpeak",
-  tlg: "TLG", detected: "in GT" };
+  tlg: "TLG", prob_mean: "p mean", prob_max: "p max", tta_volume_cv: "TTA CV", detected: "in GT" };
 const CT_PRESETS = { soft: [400, 40], lung: [1500, -600], bone: [2000, 300] };
 const state = {
   caseId: null,
