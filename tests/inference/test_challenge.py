@@ -85,9 +85,15 @@ def test_challenge_io_end_to_end(checkpoint: Path, tmp_path: Path) -> None:
     np.testing.assert_array_equal(written.array, direct.mask)
     np.testing.assert_allclose(written.affine, read_volume(ct_path).affine, atol=1e-6)
     with (out / OUTPUT_DIR / f"{uuid}_lesions.csv").open() as f:
-        header = next(csv.reader(f))
+        header, *rows = list(csv.reader(f))
     assert header[:3] == ["case_id", "lesion_id", "centroid_x_mm"] and "suv_peak" in header
     assert (out / OUTPUT_DIR / f"{uuid}_patient.csv").is_file()
+    # the confidence columns are filled from the probabilities, which are not written as files
+    p_mean, p_max = header.index("prob_mean"), header.index("prob_max")
+    assert rows  # the untrained test network outlines something
+    for row in rows:
+        assert 0.0 <= float(row[p_mean]) <= float(row[p_max]) <= 1.0
+    assert not list((out / OUTPUT_DIR).glob("*probability*"))
 
 
 def test_pairing_rules(tmp_path: Path) -> None:

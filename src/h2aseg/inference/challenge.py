@@ -103,10 +103,19 @@ def run_challenge(
         target = out_dir / f"{uuid}{SUFFIX}"
         if target.resolve() in inputs:
             raise ImageError(f"{target}: refusing to overwrite an input file")
-        pred = predictor.predict_files(ct, pet, case_id=uuid)
+        # the probability (and flip masks with TTA) feed the confidence columns; only the mask is written
+        pred = predictor.predict_files(ct, pet, case_id=uuid, keep_probability=quantify or None)
         written.append(write_mha_like(pred.mask, ct, target))
         if quantify:
-            q = quantify_prediction(pred.mask, pred.affine, pet, case_id=uuid, mask_path=target)
+            q = quantify_prediction(
+                pred.mask,
+                pred.affine,
+                pet,
+                case_id=uuid,
+                mask_path=target,
+                probability=pred.probability,
+                flip_masks=pred.flip_masks,
+            )
             write_quantification(q, *beside_paths(target, uuid))
         if on_case:
             on_case(target)

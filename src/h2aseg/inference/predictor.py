@@ -112,9 +112,13 @@ class Predictor:
             bits_ct = restore_to_ct_grid(bits.numpy(), pc.geometry, order=0).astype(np.uint8)
         return Prediction(pc.case_id, mask_ct, pc.geometry.ct_affine, prob_ct, bits_ct)
 
-    def predict_files(self, ct: str | Path, pet: str | Path, case_id: str = "case") -> Prediction:
+    def predict_files(
+        self, ct: str | Path, pet: str | Path, case_id: str = "case", *, keep_probability: bool | None = None
+    ) -> Prediction:
+        """``keep_probability``: None follows ``infer.save_probabilities``."""
         pc = preprocess_images(ct, pet, self.cfg.data, case_id=case_id)
-        return self.predict_preprocessed(pc, keep_probability=self.cfg.infer.save_probabilities)
+        keep = self.cfg.infer.save_probabilities if keep_probability is None else keep_probability
+        return self.predict_preprocessed(pc, keep_probability=keep)
 
 
 def _beside(mask_path: Path, suffix: str) -> Path:
