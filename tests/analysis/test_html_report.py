@@ -12,7 +12,7 @@ import subprocess
 import sys
 from html.parser import HTMLParser
 from pathlib import Path
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 import numpy as np
 import pytest
@@ -313,13 +313,17 @@ def test_predict_report_writes_a_page_per_case_and_the_index(checkpoint: Path, t
         doc = Doc(page.read_text())
         settings = dict((cells[0][1], cells[1][1]) for cells in doc.tables["settings-table"])
         assert settings["PET (SUV)"] == str(case.pet) and settings["checkpoint"] == str(checkpoint)
-        assert len(doc.images) == 2 and doc.links == [INDEX_NAME]
+        viewer = f"http://127.0.0.1:8765/study/{quote(case.case_id, safe='')}"  # h2aseg view's page of it
+        assert len(doc.images) == 2 and doc.links == [INDEX_NAME, viewer]
+        command = f"h2aseg view --pred {out.resolve()} --data {(tmp_path / 'data').resolve()}"
+        assert f"<code>{command}</code>" in page.read_text()
     single = tmp_path / "one" / "mask.nii.gz"
     one = ["--ct", str(cases[0].ct), "--pet", str(cases[0].pet), "--out", str(single)]
     result = CliRunner().invoke(app, ["predict", "--checkpoint", str(checkpoint), *one, "--report"])
     assert result.exit_code == 0, result.output
     _assert_page_matches_csv(single.parent / "report" / "mask.html", single.parent / "mask_lesions.csv")
     assert not (single.parent / "report" / INDEX_NAME).exists()
+    assert "viewer-link" not in (single.parent / "report" / "mask.html").read_text()  # no data folder
 
 
 def test_quantify_report(tmp_path: Path, study: tuple) -> None:

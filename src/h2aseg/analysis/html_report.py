@@ -25,6 +25,7 @@ import html
 import io
 import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -92,6 +93,18 @@ _LOADED_SCRIPT = """window.addEventListener("load", function () {
 
 
 # ------------------------------------------------------------------------------------------ formatting
+@dataclass(frozen=True)
+class ViewerLink:
+    """The study's page in ``h2aseg view`` (``base_url`` + the quoted case id) and the command that serves
+    it; the report is a static file, so the page shows the command beside the link."""
+
+    base_url: str
+    command: str
+
+    def href(self, case_id: str) -> str:
+        return self.base_url + quote(case_id, safe="")
+
+
 def _num(value: object, decimals: int | None = None) -> str:
     """A number for people: ``decimals`` fixed, else 3-4 significant digits; ``–`` when undefined."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -343,18 +356,25 @@ def study_page(
     settings: Mapping[str, object],
     *,
     index_href: str | None = None,
+    viewer: ViewerLink | None = None,
     suv_window: tuple[float, float] = DEFAULT_SUV_WINDOW,
     height_px: int = IMAGE_HEIGHT_PX,
 ) -> str:
     """The HTML page of one study: MIPs, patient summary, lesion table (``q``'s rows), ``settings``.
 
     ``suv`` and ``mask`` are on one grid with ``affine`` (the arrays ``q`` was measured on); the lesions of
-    ``mask`` must be ``q``'s lesions, else :class:`ValueError`. ``index_href`` adds a link to the index.
+    ``mask`` must be ``q``'s lesions, else :class:`ValueError`. ``index_href`` adds a link to the index,
+    ``viewer`` one to the study in ``h2aseg view`` (with the command that starts it).
     """
     lesions = _checked_lesions(mask, q)
     images = mip_images(suv, mask, affine, suv_window=suv_window, height_px=height_px, lesions=lesions)
     figures = "".join(_figure(view, png, size, suv_window) for view, (png, size) in images.items())
     back = f' · <a href="{_esc(index_href)}">all studies</a>' if index_href else ""
+    if viewer is not None:
+        back += (
+            f' · <a id="viewer-link" href="{_esc(viewer.href(q.case_id))}">slices in the viewer</a>'
+            f" (served by <code>{_esc(viewer.command)}</code>)"
+        )
     body = (
         f"<header><h1>Lesion report: {_esc(q.case_id)}</h1>"
         f'<p class="meta">{len(q.lesions)} lesion(s){back}</p></header>\n'
@@ -451,6 +471,7 @@ def report_prediction(
     *,
     case_id: str | None = None,
     index_href: str | None = None,
+    viewer: ViewerLink | None = None,
 ) -> tuple[Quantification, Path]:
     """``predict --report`` for one written mask: what ``--quantify`` writes, plus the study page.
 
@@ -476,5 +497,6 @@ def report_prediction(
         q,
         settings,
         index_href=index_href,
+        viewer=viewer,
     )
     return q, page

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -14,6 +15,7 @@ from h2aseg.cli.convert import DOSE_OPTION, INJECTION_OPTION, WEIGHT_OPTION, dic
 from h2aseg.progress import progress_bar
 
 if TYPE_CHECKING:
+    from h2aseg.analysis.html_report import ViewerLink
     from h2aseg.data.layouts import Case
     from h2aseg.data.suv import SuvOverrides
     from h2aseg.inference.predictor import Predictor
@@ -255,7 +257,8 @@ def _predict_folder(
     if quantify or report:
         settings = _report_settings(checkpoint, predictor) if report else None
         studies = [(p, c.pet, c.ct) for c, p in zip(cases, paths, strict=True)]
-        _quantify(studies, settings, index=shard is None)  # a shard's index would list that shard only
+        viewer = viewer_link(out_dir, input_dir, layout) if report else None
+        _quantify(studies, settings, index=shard is None, viewer=viewer)  # a shard's index: that shard only
     return dicom_failed
 
 
@@ -296,12 +299,17 @@ def _folder_cases(
 
 
 def _quantify(
-    studies: list[tuple[Path, Path, Path]], report: dict[str, object] | None, *, index: bool
+    studies: list[tuple[Path, Path, Path]],
+    report: dict[str, object] | None,
+    *,
+    index: bool,
+    viewer: ViewerLink | None = None,
 ) -> None:
     """``--quantify``: ``<case>_lesions.csv`` and ``<case>_patient.csv`` beside each (mask, SUV, CT).
 
     ``--report`` (``report`` = the run's settings): also ``report/<case>.html`` beside the masks, from the
-    same measures, and with ``index`` ``report/index.html`` linking them.
+    same measures, and with ``index`` ``report/index.html`` linking them; ``viewer`` adds to each page the
+    link to the study in ``h2aseg view`` and the command that starts it.
     """
     from h2aseg.analysis.html_report import INDEX_NAME, page_href, report_prediction, write_index
     from h2aseg.evaluation.quantify import quantify_mask_file
@@ -312,7 +320,9 @@ def _quantify(
             quantify_mask_file(mask, suv)
             continue
         settings = {"CT": ct, "PET (SUV)": suv, "mask": mask, **report}
-        q, page = report_prediction(mask, suv, settings, index_href=INDEX_NAME if index else None)
+        q, page = report_prediction(
+            mask, suv, settings, index_href=INDEX_NAME if index else None, viewer=viewer
+        )
         pages.append((q, page))
     err_console.print(f"wrote lesion and patient CSVs beside {len(studies)} mask(s)", highlight=False)
     if not pages:
@@ -322,6 +332,17 @@ def _quantify(
         write_index(where / INDEX_NAME, [(q, page_href(page)) for q, page in pages], settings=report)
     pages_text = f"{len(pages)} report page(s){' and the index' if index else ''}"
     err_console.print(f"wrote {pages_text} to {where}", highlight=False)
+
+
+def viewer_link(out_dir: Path, input_dir: Path, layout: str | None) -> ViewerLink:
+    """Where ``h2aseg view`` on this prediction folder and its data serves a study, and how to start it."""
+    from h2aseg.analysis.html_report import ViewerLink
+    from h2aseg.viewer.server import DEFAULT_PORT, HOST
+
+    parts = ["h2aseg", "view", "--pred", str(out_dir.resolve()), "--data", str(input_dir.resolve())]
+    if layout and layout != "auto":
+        parts += ["--layout", layout]
+    return ViewerLink(f"http://{HOST}:{DEFAULT_PORT}/study/", shlex.join(parts))
 
 
 def _report_settings(checkpoint: Path, predictor: Predictor) -> dict[str, object]:
