@@ -52,6 +52,9 @@ def test_the_page_loads_the_study_and_a_lesion_click_moves_the_crosshair(
     ]
     rows = browser.evaluate("[...document.querySelectorAll('#lesions tbody tr')].map(r => r.dataset.lesion)")
     assert state["lesionCount"] == len(rows) == 2
+    assert browser.wait_for("viewerState.mipsLoaded === 2", 60)  # the server-drawn coronal and sagittal MIPs
+    sizes = browser.evaluate("[...document.querySelectorAll('#mips img')].map(i => i.naturalWidth)")
+    assert len(sizes) == 2 and all(w > 50 for w in sizes), sizes
     study = json.loads(
         browser.evaluate(f"fetch('/api/study/{quote(case.case_id, safe='')}').then(r => r.text())")
     )

@@ -320,3 +320,71 @@ def test_an_unreadable_study_file_is_a_500_naming_it_and_the_server_goes_on(
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
+
+
+# ------------------------------------------------------------------------------------------------ MIPs
+def _png_size(png: bytes) -> tuple[int, int]:
+    """(width, height) from a PNG's IHDR chunk."""
+    return int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+
+
+@pytest.mark.parametrize("index", [0, 1])
+def test_a_study_has_its_pet_mips_as_pngs(
+    served: ViewerServer, viewer_cohort: ViewerCohort, index: int
+) -> None:
+    from h2aseg.analysis.html_report import mip_images
+    from h2aseg.data.io import read_volume
+    from h2aseg.evaluation.quantify import mask_on_suv_grid
+
+    case = viewer_cohort.cases[index]
+    study = _json(served, "/api/study/" + quote(case.case_id, safe=""))
+    mips = study["mips"]
+    assert set(mips) == {"coronal", "sagittal"}
+    suv = read_volume(case.pet, dtype=None)
+    mask = mask_on_suv_grid(read_volume(viewer_cohort.pred / f"{case.case_id}.nii.gz", dtype=None), suv)
+    expected = mip_images(suv.array, mask.array, suv.affine)
+    for view, url in mips.items():
+        assert url == f"/api/mip/{quote(case.case_id, safe='')}/{view}.png"
+        status, headers, body = _get(served, url)
+        assert status == 200 and headers["content-type"] == "image/png", body[:200]
+        assert body[:4] == b"\x89PNG"
+        assert _png_size(body) == expected[view][1]  # (width, height), as mip_images gives it
+        assert body == expected[view][0]  # the report's own picture
+    assert set(served.catalog._mips) == {case.case_id}  # drawn once, cached
+
+
+@pytest.mark.parametrize("name", ["axial.png", "coronal", "coronal.jpg", "", "../coronal.png"])
+def test_a_bad_mip_view_is_a_404(served: ViewerServer, viewer_cohort: ViewerCohort, name: str) -> None:
+    status, _, _ = _get(served, f"/api/mip/{quote(viewer_cohort.cases[0].case_id, safe='')}/{name}")
+    assert status == 404
+
+
+def test_the_mip_of_an_unknown_study_is_a_404(served: ViewerServer, viewer_cohort: ViewerCohort) -> None:
+    unpredicted = viewer_cohort.cases[2].case_id  # a case of the data without a prediction
+    for case_id in ("nobody", unpredicted):
+        assert _get(served, f"/api/mip/{quote(case_id, safe='')}/coronal.png")[0] == 404
+    assert _get(served, "/api/mip/coronal.png")[0] == 404
+
+
+def test_an_unreadable_pet_makes_the_mip_a_500(viewer_cohort: ViewerCohort, tmp_path: Path) -> None:
+    import shutil
+    import threading
+
+    data, pred = tmp_path / "data", tmp_path / "pred"
+    shutil.copytree(viewer_cohort.data, data)
+    shutil.copytree(viewer_cohort.pred, pred)
+    case = viewer_cohort.cases[0]
+    pet = data / case.pet.relative_to(viewer_cohort.data)
+    pet.write_bytes(b"\x1f\x8b not a gzip stream")
+    server = make_server(pred, data, port=0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        status, headers, body = _get(server, f"/api/mip/{quote(case.case_id, safe='')}/coronal.png")
+        assert status == 500 and headers["content-type"] == "application/json"
+        assert pet.name in json.loads(body)["reason"]
+        assert case.case_id not in server.catalog._mips  # not cached: a fixed file is drawn next time
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)

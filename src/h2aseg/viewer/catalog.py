@@ -15,6 +15,12 @@ Each row gets ``centroid_mm`` (world RAS+ mm, as in ``lesions.csv``, which is Ni
 first: by ``prob_mean`` (the network's mean probability in the lesion) descending where the table has it,
 rows without one last, else in the table's order.
 
+**MIPs**: coronal and sagittal PET (SUV) maximum-intensity projections with the predicted mask's lesions
+outlined and numbered (their ``lesion_id``), the report's own pictures
+(:func:`h2aseg.analysis.html_report.mip_images`, the mask mapped onto the PET grid with
+:func:`h2aseg.evaluation.quantify.mask_on_suv_grid`); rendered on the server since NiiVue has no MIP mode,
+once per study (cached).
+
 Every file must lie inside one of the folders given (resolved, so a symlink out of them is refused);
 :class:`Catalog` knows each file's URL below ``/files/<root>/``.
 """
@@ -37,6 +43,7 @@ from h2aseg.errors import InputError
 
 ROOT_KEYS = ("pred", "data", "gt")
 CENTROID_COLUMNS = ("centroid_x_mm", "centroid_y_mm", "centroid_z_mm")
+MIP_VIEWS = ("coronal", "sagittal")
 
 
 class ViewerError(InputError):
@@ -130,6 +137,8 @@ class Catalog:
         self._lesions: dict[str, dict[str, Any]] = {}
         self._world_to_voxel: dict[str, np.ndarray] = {}
         self._lock = threading.Lock()
+        self._mips: dict[str, dict[str, bytes]] = {}
+        self._mip_lock = threading.Lock()  # apart from _lock: a MIP being drawn does not hold up lesions
 
     # ----------------------------------------------------------------------------------------- files
     def _url(self, path: Path) -> str:
@@ -177,6 +186,7 @@ class Catalog:
             "volumes": volumes,
             "ct_world_to_voxel": self.world_to_voxel(case_id).tolist(),
             "lesions": self.lesions(case_id),
+            "mips": {view: self.mip_url(case_id, view) for view in MIP_VIEWS},
         }
 
     def world_to_voxel(self, case_id: str) -> np.ndarray:
@@ -185,6 +195,34 @@ class Catalog:
         if inv is None:  # two threads may both read it: the same matrix either way
             inv = self._world_to_voxel[case_id] = np.linalg.inv(_affine(self.studies[case_id].ct))
         return inv
+
+    # ------------------------------------------------------------------------------------------ MIPs
+    @staticmethod
+    def mip_url(case_id: str, view: str) -> str:
+        return f"/api/mip/{quote(case_id, safe='')}/{view}.png"
+
+    def mip_png(self, case_id: str, view: str) -> bytes:
+        """The study's PET MIP ``view`` (one of :data:`MIP_VIEWS`) as PNG; both views drawn once, cached.
+
+        ``KeyError`` for an unknown study or view; a file that cannot be read raises (not cached).
+        """
+        if view not in MIP_VIEWS:
+            raise KeyError(view)
+        s = self.studies[case_id]
+        with self._mip_lock:  # the page asks for both views at once: the second waits and finds them
+            if case_id not in self._mips:
+                self._mips[case_id] = self._draw_mips(s)
+            return self._mips[case_id][view]
+
+    @staticmethod
+    def _draw_mips(s: Study) -> dict[str, bytes]:
+        from h2aseg.analysis.html_report import mip_images
+        from h2aseg.evaluation.quantify import mask_on_suv_grid
+
+        suv = read_volume(s.pet, dtype=None)
+        mask = mask_on_suv_grid(read_volume(s.mask, dtype=None), suv)
+        images = mip_images(suv.array, mask.array, suv.affine)
+        return {view: png for view, (png, _size) in images.items()}
 
     # --------------------------------------------------------------------------------------- lesions
     def lesion_csv(self, case_id: str) -> tuple[Path, bool] | None:

@@ -7,7 +7,8 @@ serves nothing but
 * ``/`` and ``/study/<case_id>``: the page (``static/index.html``); ``/static/<name>``: the files shipped
   in ``h2aseg/viewer/static`` (the page's script and style, the vendored NiiVue bundle and its licence);
 * ``/api/studies`` (the study list) and ``/api/study/<case_id>`` (a study's volume URLs and lesion rows),
-  JSON;
+  JSON; ``/api/mip/<case_id>/<view>.png`` (``view``: ``coronal`` or ``sagittal``): the study's PET MIP
+  drawn by the server (:meth:`Catalog.mip_png <h2aseg.viewer.catalog.Catalog.mip_png>`), ``image/png``;
 * ``/files/<root>/<path>``: an image file (``.nii.gz``, ``.nii``, ``.mha``, ``.nrrd``) inside the
   predictions, data or ground-truth folder given on the command line, checked by :func:`guarded_path`
   (``..``, absolute paths, backslashes and NUL refused with 403; the resolved path, symlinks followed,
@@ -34,7 +35,7 @@ from urllib.parse import unquote, urlsplit
 
 from h2aseg.data.io import image_suffix
 from h2aseg.errors import H2ASegError
-from h2aseg.viewer.catalog import Catalog
+from h2aseg.viewer.catalog import MIP_VIEWS, Catalog
 
 HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
@@ -144,6 +145,14 @@ class ViewerHandler(BaseHTTPRequestHandler):
                 if case_id not in self.server.catalog.studies:
                     raise Refused(HTTPStatus.NOT_FOUND, "no such study")
                 self._send_json(self.server.catalog.study(case_id), head)
+            elif path.startswith("/api/mip/"):
+                quoted_id, _, name = path[len("/api/mip/") :].rpartition("/")
+                case_id, view = unquote(quoted_id), name.removesuffix(".png")
+                if case_id not in self.server.catalog.studies:
+                    raise Refused(HTTPStatus.NOT_FOUND, "no such study")
+                if not name.endswith(".png") or view not in MIP_VIEWS:
+                    raise Refused(HTTPStatus.NOT_FOUND, f"no such MIP (views: {', '.join(MIP_VIEWS)})")
+                self._send_body(self.server.catalog.mip_png(case_id, view), "image/png", head)
             elif path.startswith("/files/"):
                 key, _, rel = path[len("/files/") :].partition("/")
                 root = self.server.catalog.roots.get(key)
@@ -182,11 +191,13 @@ class ViewerHandler(BaseHTTPRequestHandler):
             if not head:
                 shutil.copyfileobj(fh, self.wfile)
 
-    def _send_json(self, obj: object, head: bool) -> None:
-        body = json.dumps(obj, allow_nan=False).encode()
-        self._headers(HTTPStatus.OK, "application/json", len(body))
+    def _send_body(self, body: bytes, content_type: str, head: bool) -> None:
+        self._headers(HTTPStatus.OK, content_type, len(body))
         if not head:
             self.wfile.write(body)
+
+    def _send_json(self, obj: object, head: bool) -> None:
+        self._send_body(json.dumps(obj, allow_nan=False).encode(), "application/json", head)
 
     def _send_error(self, status: HTTPStatus, reason: str, head: bool) -> None:
         body = json.dumps({"error": status.phrase, "reason": reason}).encode()

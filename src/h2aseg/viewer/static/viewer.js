@@ -17,6 +17,7 @@ const state = {
   crosshair: null, // {mm: [x, y, z], vox: [i, j, k]} in the CT's (background volume's) grid
   selectedLesion: null,
   lesionCount: 0,
+  mipsLoaded: 0, // MIP images (drawn by the server) the page shows
   cspViolations: [],
 };
 window.viewerState = state;
@@ -139,6 +140,15 @@ function lesionTable(lesions) {
   }
 }
 
+function showMips(mips) {
+  for (const [view, url] of Object.entries(mips)) {
+    const img = $(`mip-${view}`);
+    img.onload = () => state.mipsLoaded++;
+    img.onerror = () => (img.alt = `${view} MIP: the server could not draw it (open ${url} for why)`);
+    img.src = url;
+  }
+}
+
 function studyList(studies, current) {
   const ol = $("studies");
   ol.replaceChildren();
@@ -188,6 +198,7 @@ async function main() {
   });
   lesionTable(study.lesions);
   state.lesionCount = study.lesions.rows.length;
+  showMips(study.mips);
 
   const v = study.volumes;
   const list = [
