@@ -244,3 +244,25 @@ def test_tables_only_without_a_done_run_is_an_error(story: Story, tmp_path: Path
     result = CliRunner().invoke(app, [*args[:4], str(split_only), "--tables-only"])
     assert result.exit_code != 0 and "no run of" in result.output and "is done yet" in result.output
     assert sorted(p.name for p in split_only.iterdir()) == ["split.json", "test_cases.csv"]
+
+
+def test_a_config_field_added_since_a_run_was_made_does_not_flag_it(story: Story, tmp_path: Path) -> None:
+    """A new field changes every fingerprint; a run whose stored config lacks only fields now at their
+    default is still done, one that lacks a field set to something else is flagged."""
+    import shutil
+
+    import yaml
+
+    out = tmp_path / "out"
+    shutil.copytree(story.out, out)
+    run_dir = out / "runs" / "full" / "seed0"
+    done = json.loads((run_dir / "done.json").read_text())
+    (run_dir / "done.json").write_text(json.dumps({**done, "fingerprint": "made-before-the-field"}))
+    stored = yaml.safe_load((run_dir / "config.yaml").read_text())
+    del stored["infer"]["cpu_fast_path"]  # as written before the field existed (default False)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(stored))
+    assert plan_lines(story.spec, out)[4] == "run 3/6: full seed 0: done"
+    stored["train"]["epochs"] = 99  # a result-changing field differs: flagged
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(stored))
+    flagged = plan_lines(story.spec, out)[4]
+    assert flagged.startswith("run 3/6: full seed 0: done (made with a different config")

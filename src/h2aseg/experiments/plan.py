@@ -33,7 +33,7 @@ from typing import Any
 from h2aseg.config import Config
 from h2aseg.errors import InputError
 from h2aseg.experiments.spec import ExperimentSpec, MethodSpec
-from h2aseg.files import read_json
+from h2aseg.files import read_json, read_yaml_file
 
 #: The folder suffix of each ``evaluate_on`` part inside a run (``predictions-val/``, ``evaluation-val/``).
 PART_SUFFIX = {"test": "", "validation": "-val"}
@@ -132,17 +132,56 @@ def select_shard(runs: list[Run], shard: tuple[int, int]) -> list[Run]:
     return [r for k, r in enumerate(runs) if k % n == i]
 
 
+#: Config fields that do not change a run's result (where its files are, how many loader workers).
+NOT_RESULT = ("root", "split_file", "cache_dir", "num_workers")
+
+
 def fingerprint(cfg: Config, method: MethodSpec) -> str:
     """A hash of what determines a run's result (not where its files are; only the data settings for a
     training-free method, and those plus the nnU-Net settings for nnU-Net)."""
     d = cfg.to_dict()
-    for key in ("root", "split_file", "cache_dir", "num_workers"):
+    for key in NOT_RESULT:
         d["data"].pop(key, None)
     if method.training_free:
         d = {"data": d["data"]}
     elif method.nnunet is not None:
         d = {"data": d["data"], "nnunet": method.nnunet.identity()}
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _result_dict(cfg: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: {f: v for f, v in sec.items() if f not in _NOT_RESULT}
+        for k, sec in cfg.items()
+        if isinstance(sec, dict)
+    }
+
+
+_NOT_RESULT = ("root", "split_file", "cache_dir", "num_workers")
+
+
+def same_config(done: dict[str, Any], cfg: Config, method: MethodSpec, run_dir: Path) -> bool:
+    """Whether a done run was made with ``cfg``: its fingerprint matches, or (a field added to the config
+    since then changes every fingerprint) its stored ``config.yaml`` equals ``cfg`` in every field it has,
+    and every field it lacks is at its default in ``cfg``."""
+    if done.get("fingerprint") in (None, fingerprint(cfg, method)):
+        return True
+    stored_file = run_dir / "config.yaml"
+    if not stored_file.is_file():
+        return False
+    stored = read_yaml_file(stored_file, InputError, "run config")
+    if not isinstance(stored, dict):
+        return False
+    now, default = _result_dict(cfg.to_dict()), _result_dict(Config().to_dict())
+    then = _result_dict(stored)
+    for section, fields in now.items():
+        for field, value in fields.items():
+            if field in then.get(section, {}):
+                if then[section][field] != value:
+                    return False
+            elif value != default.get(section, {}).get(field):
+                return False
+    return True
 
 
 def read_done(layout: Layout, run: Run) -> dict[str, Any] | None:
@@ -165,8 +204,7 @@ def describe_status(spec: ExperimentSpec, layout: Layout, run: Run) -> str:
     done = read_done(layout, run)
     if done is not None:
         cfg = spec.run_config(run.method, run.seed, layout.out)
-        same = done.get("fingerprint") == fingerprint(cfg, run.method)
-        if not same:
+        if not same_config(done, cfg, run.method, layout.run_dir(run)):
             return "done (made with a different config; delete its folder to redo it)"
         missing = missing_parts(spec, layout, run)
         return f"done; scoring of {', '.join(missing)} pending" if missing else "done"

@@ -26,10 +26,10 @@ from h2aseg.experiments.plan import (
     Layout,
     Run,
     describe_status,
-    fingerprint,
     missing_parts,
     plan_runs,
     read_done,
+    same_config,
     select_shard,
 )
 from h2aseg.experiments.spec import ExperimentSpec
@@ -187,8 +187,7 @@ def _complete(ctx: _Context, run: Run) -> bool:
 
 
 def _changed_note(layout: Layout, run: Run, cfg: Config) -> str:
-    done = read_done(layout, run) or {}
-    if done.get("fingerprint") in (None, fingerprint(cfg, run.method)):
+    if same_config(read_done(layout, run) or {}, cfg, run.method, layout.run_dir(run)):
         return ""
     return f"; made with a different config, delete {layout.run_dir(run)} to redo it"
 
