@@ -1,4 +1,5 @@
-"""``h2aseg evaluate`` (score a prediction folder), ``h2aseg evaluate-table`` (Table 1 from several runs)."""
+"""``h2aseg evaluate`` (score a prediction folder), ``h2aseg evaluate-table`` (Table 1 from several runs),
+``h2aseg evaluate-paired`` (two models on the same studies, and the shipping rule)."""
 
 from __future__ import annotations
 
@@ -253,7 +254,39 @@ def evaluate_table(
         con.print(f"wrote {escape(str(p))}")
 
 
+def evaluate_paired(
+    candidate: Path = typer.Option(
+        ..., "--candidate", help="Evaluation folder (or its per_case.csv) of the model under test."
+    ),
+    reference: Path = typer.Option(
+        ..., "--reference", help="Evaluation folder (or its per_case.csv) of the model it is judged against."
+    ),
+    out: Path = typer.Option(..., "--out", help="Output folder for paired.md and paired.json."),
+    candidate_name: str = typer.Option(
+        "candidate", "--candidate-name", help="The candidate's name in the table."
+    ),
+    reference_name: str = typer.Option(
+        "reference", "--reference-name", help="The reference's name in the table."
+    ),
+) -> None:
+    """Two models on the same studies: paired Dice difference ± SE, lesions found, FP lesions per study,
+    and the shipping rule of docs/training-notes.md section 14."""
+    from h2aseg.errors import H2ASegError
+    from h2aseg.evaluation.paired import compare_evaluations, write_comparison
+
+    try:
+        cmp = compare_evaluations(candidate, reference, candidate_name, reference_name)
+        paths = write_comparison(cmp, out)
+    except (H2ASegError, OSError) as e:
+        raise fail(str(e)) from None
+    con = Console()
+    con.print(escape(paths["markdown"].read_text(encoding="utf-8")))
+    for p in paths.values():
+        con.print(f"wrote {escape(str(p))}")
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``evaluate`` and ``evaluate-table`` to the ``h2aseg`` app."""
+    """Add ``evaluate``, ``evaluate-table`` and ``evaluate-paired`` to the ``h2aseg`` app."""
     app.command("evaluate")(evaluate)
     app.command("evaluate-table")(evaluate_table)
+    app.command("evaluate-paired")(evaluate_paired)

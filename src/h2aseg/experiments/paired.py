@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
+from h2aseg.evaluation.paired import Estimate, estimate
 from h2aseg.evaluation.report import read_per_case_csv
 from h2aseg.experiments.plan import Layout, plan_runs, read_done
 from h2aseg.experiments.spec import ExperimentSpec, MethodSpec
@@ -32,21 +32,6 @@ from h2aseg.files import atomic_write_text
 
 #: ``{seed: {case_id: value}}`` of one method, one part, one metric (studies with lesions only).
 SeedValues = dict[int | None, dict[str, float]]
-
-
-@dataclass(frozen=True)
-class Estimate:
-    """A mean over studies with its standard error (``se`` None below two studies)."""
-
-    mean: float
-    se: float | None
-    n: int
-
-    def text(self, signed: bool = False) -> str:
-        """``"61.2 ± 3.4"`` (the metric's own unit: Dice in percent)."""
-        sign = "+" if signed else ""
-        se = "" if self.se is None else f" ± {self.se:.1f}"
-        return f"{self.mean:{sign}.1f}{se}"
 
 
 @dataclass(frozen=True)
@@ -62,15 +47,6 @@ class PairedRow:
     better: int = 0
     worse: int = 0
     seed_diffs: list[float] | None = None
-
-
-def estimate(values: list[float]) -> Estimate | None:
-    """Mean and standard error of ``values`` (None when empty)."""
-    if not values:
-        return None
-    a = np.asarray(values, dtype=float)
-    se = float(stats.sem(a)) if a.size > 1 else None
-    return Estimate(float(a.mean()), se, int(a.size))
 
 
 def method_values(
