@@ -280,7 +280,7 @@ def evaluate_paired(
     except (H2ASegError, OSError) as e:
         raise fail(str(e)) from None
     con = Console()
-    con.print(escape(paths["markdown"].read_text(encoding="utf-8")))
+    con.print(escape(paths["markdown"].read_text(encoding="utf-8")), soft_wrap=True)
     for p in paths.values():
         con.print(f"wrote {escape(str(p))}")
 
