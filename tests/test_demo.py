@@ -59,6 +59,12 @@ def test_tiny_demo_end_to_end(tmp_path: Path) -> None:
             and sum(r["found"] for r in strata) == found
         )
     assert "| lesion SUVmax |" in report and (out / "detection" / "lesions.csv").is_file()
+    # the network is named for what it is, and its Dice carries its standard error
+    assert summary["labels"]["h2aseg"] == summary["training"]["network"] == "H2ASeg"
+    dice = summary["dice_over_lesion_studies"]["h2aseg"]
+    lesion_dice = [float(r["dice"]) for r in rows if float(r["has_lesion"]) == 1.0]
+    assert dice["n"] == len(lesion_dice) and abs(dice["mean"] - sum(lesion_dice) / len(lesion_dice)) < 1e-9
+    assert f"- H2ASeg: **{dice['mean']:.1f}" in report and "**Model:** H2ASeg (synthetic preset)" in report
 
 
 def _per_case(path: Path) -> list[dict[str, str]]:
@@ -81,6 +87,13 @@ def test_tiny_demo_uses_the_shipped_checkpoint_as_it_is(tmp_path: Path) -> None:
     assert not (opts.out / "run").exists()
     report = (opts.out / "report.md").read_text()
     assert "not fine-tuned on this cohort" in report and "s of training" not in report
+    from h2aseg.config import Config
+    from h2aseg.models.naming import network_title
+
+    shipped = Config.from_dict(load_checkpoint(shipped_checkpoint())["config"]).model
+    assert (
+        t["network"] == network_title(shipped) and f"**Model:** {t['network']} (synthetic preset)" in report
+    )
     n_test = summary["cases"]["test"]
     assert len(list((opts.out / "predictions" / "h2aseg").glob("*.nii.gz"))) == n_test
 
@@ -98,3 +111,15 @@ def test_export_checkpoint_is_small_and_loads(tmp_path: Path) -> None:
     twin = torch.nn.Linear(4, 3)
     twin.load_state_dict(slim["model"])
     torch.testing.assert_close(twin.weight, model.weight, rtol=1e-3, atol=1e-3)
+
+
+def test_fine_tuning_continues_the_shipped_network(tmp_path: Path) -> None:
+    """--fine-tune-epochs trains the network the shipped checkpoint holds, whatever the preset's is."""
+    from h2aseg.config import Config
+    from h2aseg.demo import demo_config, shipped_checkpoint
+
+    opts = DemoOptions(out=tmp_path / "demo", fine_tune_epochs=1, overrides=("model.use_mcsa=true",))
+    cfg, how, do_train = demo_config(opts, tmp_path / "data")
+    shipped = Config.from_dict(load_checkpoint(shipped_checkpoint())["config"]).model
+    assert do_train and "fine-tuned for 1 epochs" in how
+    assert cfg.model == shipped and cfg.train.init_checkpoint == str(shipped_checkpoint())

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -33,14 +34,17 @@ from h2aseg.data.layouts import Case, discover, write_manifest
 from h2aseg.data.preprocess import CaseCache
 from h2aseg.data.splits import make_split
 from h2aseg.evaluation.detection import GtLesion, method_lesions, stratify, write_detection
+from h2aseg.evaluation.paired import estimate
 from h2aseg.evaluation.pipeline import evaluate_folders
 from h2aseg.evaluation.report import write_evaluation
 from h2aseg.files import atomic_write_text
 from h2aseg.inference.predictor import Predictor, predict_cases
 from h2aseg.inference.thresholding import write_threshold_mask
+from h2aseg.models.naming import network_title
 from h2aseg.synth import lesion_sites, write_cohort
 
 SHIPPED_CHECKPOINT = "demo_checkpoint.pt"
+#: The demo's methods; the network's label is replaced by what its checkpoint holds (``network_title``).
 METHODS = {
     "h2aseg": "H2ASeg",
     "suv_2.5": "SUV >= 2.5",
@@ -110,6 +114,9 @@ def demo_config(opts: DemoOptions, data_root: Path) -> tuple[Config, str, bool]:
     cfg = load_config("synthetic", [*overrides, *opts.overrides])
     if init is None:
         how = f"{how} for {cfg.train.epochs} epochs"
+    else:  # fine-tuning continues the shipped network, whatever the preset's is
+        stored = Config.from_dict(load_checkpoint(init)["config"], source=f"{init} (stored config)")
+        cfg = dataclasses.replace(cfg, model=stored.model)
     return cfg, how, True
 
 
@@ -149,7 +156,7 @@ def run_demo(opts: DemoOptions, log: Callable[[str], None] = print) -> dict[str,
         assert ckpt is not None
         log(f"[2/6] using the shipped checkpoint {ckpt.name} as it is (not fine-tuned)")
     else:
-        log(f"[2/6] training H2ASeg ({how}) in {run}")
+        log(f"[2/6] training {network_title(cfg.model)} ({how}) in {run}")
         epochs, best_val, train_s = _train(cfg, run, opts.progress, log)
         ckpt = run / "checkpoints" / ("best.pt" if (run / "checkpoints" / "best.pt").exists() else "last.pt")
         best_epoch = int(load_checkpoint(ckpt)["epoch"])
@@ -167,6 +174,7 @@ def run_demo(opts: DemoOptions, log: Callable[[str], None] = print) -> dict[str,
     log(f"[3/6] predicting {len(test_cases)} held-out test studies with {ckpt.name}")
     t0 = time.perf_counter()
     predictor = Predictor.from_checkpoint(ckpt)
+    labels = {**METHODS, "h2aseg": network_title(predictor.cfg.model)}
     predict_cases(predictor, test_cases, preds / "h2aseg", overwrite=True)
     predict_s = time.perf_counter() - t0
     log("[4/6] SUV thresholding baselines (SUV >= 2.5; 41% of SUVmax per region)")
@@ -184,7 +192,7 @@ def run_demo(opts: DemoOptions, log: Callable[[str], None] = print) -> dict[str,
     lesions = _lesions(test_cases, preds, data, out / "detection")
 
     log("[6/6] figures and report")
-    figures = _figures(out, test_cases, preds, per_case["h2aseg"], run)
+    figures = _figures(out, test_cases, preds, per_case["h2aseg"], run, labels)
     summary = {
         "training": {
             "how": how,
@@ -194,10 +202,13 @@ def run_demo(opts: DemoOptions, log: Callable[[str], None] = print) -> dict[str,
             "best_epoch": best_epoch,
             "checkpoint": str(ckpt),
             "preset": "synthetic",
+            "network": labels["h2aseg"],
         },
+        "labels": labels,
         "cases": {"train": len(split.train), "val": len(split.val), "test": len(split.test)},
         "predict_seconds": round(predict_s, 1),
         "metrics": {m: _metric_table(summaries[m]) for m in METHODS},
+        "dice_over_lesion_studies": {m: _dice_estimate(per_case[m]) for m in METHODS},
         "detection": {m: detection(per_case[m]) for m in METHODS},
         "detection_by_suvmax": _by_suvmax(lesions),
         "evaluation": {m: str(out / "evaluation" / m) for m in METHODS},
@@ -257,6 +268,13 @@ def _by_suvmax(rows: list[GtLesion]) -> list[dict[str, Any]]:
     ]
 
 
+def _dice_estimate(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Mean Dice over the studies with lesions with its standard error over studies (paper protocol)."""
+    values = [r["dice"] for r in rows if r.get("has_lesion") and r.get("dice") == r.get("dice")]
+    est = estimate([float(v) for v in values])
+    return None if est is None else dataclasses.asdict(est)
+
+
 def _metric_table(summary: dict[str, Any]) -> dict[str, Any]:
     metrics = summary.get("metrics", summary)
     out = {}
@@ -275,7 +293,9 @@ def _fmt(stat: Any) -> str:
     return f"{mean:.2f} ± {std:.2f}" if std is not None and std == std else f"{mean:.2f}"
 
 
-def _figures(out: Path, cases: list[Case], preds: Path, rows: list[dict[str, Any]], run: Path) -> list[Path]:
+def _figures(
+    out: Path, cases: list[Case], preds: Path, rows: list[dict[str, Any]], run: Path, labels: dict[str, str]
+) -> list[Path]:
     from h2aseg.analysis.overlays import render_overlay
     from h2aseg.data.io import read_volume
 
@@ -303,7 +323,7 @@ def _figures(out: Path, cases: list[Case], preds: Path, rows: list[dict[str, Any
                 path,
                 spacing=ct.spacing,
                 affine=ct.affine,
-                title=f"{METHODS[method]} — {case.case_id}",
+                title=f"{labels[method]} — {case.case_id}",
             )
             figures.append(path)
     return figures
@@ -314,7 +334,7 @@ def _safe(name: str) -> str:
 
 
 def _model_sentence(t: dict[str, Any]) -> str:
-    text = f"**Model:** H2ASeg ({t['preset']} preset), {t['how']}"
+    text = f"**Model:** {t['network']} ({t['preset']} preset), {t['how']}"
     if not t["epochs"]:
         return text + "."
     text += f"; {t['seconds']:.0f} s of training on this machine"
@@ -325,6 +345,7 @@ def _model_sentence(t: dict[str, Any]) -> str:
 
 def _report(summary: dict[str, Any], figures: list[Path], out: Path) -> str:
     t = summary["training"]
+    labels = summary["labels"]
     lines = [
         "# h2aseg demo report",
         "",
@@ -339,9 +360,14 @@ def _report(summary: dict[str, Any], figures: list[Path], out: Path) -> str:
         "| method | " + " | ".join(label for _, label in REPORT_METRICS) + " |",
         "|---|" + "---|" * len(REPORT_METRICS),
     ]
-    for method, label in METHODS.items():
+    for method, label in labels.items():
         m = summary["metrics"][method]
         lines.append(f"| {label} | " + " | ".join(_fmt(m.get(k)) for k, _ in REPORT_METRICS) + " |")
+    lines += ["", "Dice over the test studies with lesions ± its standard error over studies:", ""]
+    for method, label in labels.items():
+        e = summary["dice_over_lesion_studies"][method]
+        se = "" if e is None or e["se"] is None else f" ± {e['se']:.1f}"
+        lines.append(f"- {label}: " + ("n/a" if e is None else f"**{e['mean']:.1f}{se} %** (n = {e['n']})"))
     lines += [
         "",
         "## Lesion-wise detection (test set; 18-connected lesions, a lesion is found when a predicted voxel "
@@ -350,7 +376,7 @@ def _report(summary: dict[str, Any], figures: list[Path], out: Path) -> str:
         "| method | lesions found | sensitivity (%) | false-positive lesions per study |",
         "|---|---|---|---|",
     ]
-    for method, label in METHODS.items():
+    for method, label in labels.items():
         d = summary["detection"][method]
         sens = "n/a" if d["sensitivity"] is None else f"{d['sensitivity']:.1f}"
         fpc = "n/a" if d["fp_per_case"] is None else f"{d['fp_per_case']:.2f}"
@@ -361,7 +387,7 @@ def _report(summary: dict[str, Any], figures: list[Path], out: Path) -> str:
         "",
         "Lesions found, by their SUVmax (the PET at the lesion's voxels):",
         "",
-        "| lesion SUVmax | " + " | ".join(METHODS.values()) + " |",
+        "| lesion SUVmax | " + " | ".join(labels.values()) + " |",
         "|---|" + "---|" * len(METHODS),
     ]
     for st in strata:

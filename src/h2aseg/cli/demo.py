@@ -53,13 +53,19 @@ def demo(
     except (H2ASegError, OSError) as e:
         raise fail(str(e)) from None
     rows = []
-    for method, metrics in summary["metrics"].items():
-        d = metrics.get("dice", {})
-        rows.append(f"  {method:<10} Dice {d.get('mean', float('nan')):6.2f}%")
+    for method, label in summary["labels"].items():
+        e = summary["dice_over_lesion_studies"][method]
+        dice = (
+            "n/a"
+            if e is None
+            else f"{e['mean']:6.2f}%" + ("" if e["se"] is None else f" ± {e['se']:.2f} (SE)")
+        )
+        rows.append(f"  {dice:>20}  {label}")
     err_console.print(
         "\n".join(
             [
-                f"done in {summary['total_seconds']:.0f} s; test-set Dice (mean over cases with lesions):",
+                f"done in {summary['total_seconds']:.0f} s; test-set Dice (mean over studies with lesions"
+                " ± its standard error):",
                 *rows,
                 f"report:   {out / 'report.md'}",
                 f"summary:  {out / 'summary.json'}",
