@@ -118,7 +118,7 @@ def test_fine_tuning_continues_the_shipped_network(tmp_path: Path) -> None:
     from h2aseg.config import Config
     from h2aseg.demo import demo_config, shipped_checkpoint
 
-    opts = DemoOptions(out=tmp_path / "demo", fine_tune_epochs=1, overrides=("model.use_mcsa=true",))
+    opts = DemoOptions(out=tmp_path / "demo", fine_tune_epochs=1, overrides=("model.use_tamw=false",))
     cfg, how, do_train = demo_config(opts, tmp_path / "data")
     shipped = Config.from_dict(load_checkpoint(shipped_checkpoint())["config"]).model
     assert do_train and "fine-tuned for 1 epochs" in how

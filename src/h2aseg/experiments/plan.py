@@ -151,13 +151,10 @@ def fingerprint(cfg: Config, method: MethodSpec) -> str:
 
 def _result_dict(cfg: dict[str, Any]) -> dict[str, Any]:
     return {
-        k: {f: v for f, v in sec.items() if f not in _NOT_RESULT}
+        k: {f: v for f, v in sec.items() if f not in NOT_RESULT}
         for k, sec in cfg.items()
         if isinstance(sec, dict)
     }
-
-
-_NOT_RESULT = ("root", "split_file", "cache_dir", "num_workers")
 
 
 def same_config(done: dict[str, Any], cfg: Config, method: MethodSpec, run_dir: Path) -> bool:
