@@ -8,11 +8,13 @@ states, the split and the metrics history (see :mod:`h2aseg.training.trainer`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from h2aseg.config import Config
 from h2aseg.errors import H2ASegError
 from h2aseg.files import atomic_write
 
@@ -28,22 +30,43 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
     return atomic_write(path, lambda tmp: torch.save({"format": FORMAT, **payload}, tmp), suffix=".tmp")
 
 
-def export_checkpoint(src: str | Path, dst: str | Path, *, half: bool = True, note: str = "") -> Path:
+def export_checkpoint(
+    src: str | Path,
+    dst: str | Path,
+    *,
+    half: bool = True,
+    note: str = "",
+    overrides: Sequence[str] = (),
+) -> Path:
     """Keep what prediction and fine-tuning need (config, weights, version, provenance), drop optimizer
-    and RNG states; ``half`` stores floating-point weights as float16 (loaded back into float32 models)."""
+    and RNG states; ``half`` stores floating-point weights as float16 (loaded back into float32 models).
+
+    ``overrides`` (``section.key=value``, as for ``--set``) change the stored config, e.g. the prediction
+    settings or ``data.target_spacing``; the weights stay as they are. Exporting an exported checkpoint keeps
+    its provenance and appends this export (note, overrides) to ``provenance["changes"]``; ``dst`` may be
+    ``src`` (the file is replaced atomically).
+    """
     payload = load_checkpoint(src)
+    config = payload["config"]
+    if overrides:
+        stored = Config.from_dict(config, source=f"{src} (stored config)")
+        config = stored.override(list(overrides)).to_dict()
     weights = {k: v.half() if half and v.is_floating_point() else v for k, v in payload["model"].items()}
-    slim = {
-        "version": payload.get("version"),
-        "config": payload["config"],
-        "model": weights,
-        "provenance": {
+    before = payload.get("provenance")
+    if isinstance(before, dict):  # already exported: keep where it came from, record this change
+        provenance = {
+            **before,
+            "changes": [*before.get("changes", []), {"note": note, "overrides": list(overrides)}],
+        }
+    else:
+        provenance = {
             "source": str(src),
             "epoch": payload.get("epoch"),
             "best_val_dice": payload.get("best_val_dice"),
             "note": note,
-        },
-    }
+            **({"overrides": list(overrides)} if overrides else {}),
+        }
+    slim = {"version": payload.get("version"), "config": config, "model": weights, "provenance": provenance}
     return save_checkpoint(slim, dst)
 
 

@@ -90,6 +90,24 @@ def test_point_source_with_target_spacing(point_source) -> None:
     assert dice > 0.8
 
 
+def test_target_spacing_equal_to_the_ct_spacing_keeps_the_grid(tmp_path: Path) -> None:
+    """A CT already at the target spacing is used as it is: the arrays equal those without a target (no
+    interpolation, no change of grid), so a checkpoint that names its training spacing predicts on studies
+    of that spacing exactly as before."""
+    shape = (20, 18, 12)
+    aff = _affine((4.0, 4.0, 5.0), (-40.0, -36.0, -30.0), perm=(1, 0, 2), signs=(1, -1, 1))
+    rng = np.random.default_rng(3)
+    ct_p = _save(tmp_path / "ct.nii.gz", _ct(shape) + rng.normal(0, 30, shape).astype(np.float32), aff)
+    pet_p = _save(tmp_path / "pet.nii.gz", rng.random(shape).astype(np.float32) * 8, aff)
+    lab_p = _save(tmp_path / "lab.nii.gz", (rng.random(shape) > 0.8).astype(np.uint8), aff)
+    plain = preprocess_images(ct_p, pet_p, DataConfig(), label_path=lab_p)
+    same = preprocess_images(ct_p, pet_p, DataConfig(target_spacing=(4.0, 4.0, 5.0)), label_path=lab_p)
+    assert np.array_equal(same.image, plain.image) and np.array_equal(same.label, plain.label)
+    assert np.array_equal(same.geometry.grid_affine, plain.geometry.grid_affine)
+    other = preprocess_images(ct_p, pet_p, DataConfig(target_spacing=(2.0, 2.0, 2.5)), label_path=lab_p)
+    assert other.image.shape[1:] == (36, 40, 24)  # a different spacing still resamples (axes to R, A, S)
+
+
 def test_permuted_orientation_round_trip(tmp_path: Path) -> None:
     """A CT stored with axes permuted and flipped comes back voxel-exact."""
     shape = (20, 26, 32)

@@ -1,4 +1,5 @@
-"""``h2aseg export-nnunet``: a cohort as an nnU-Net v2 raw dataset with h2aseg's split (docs/nnunet.md)."""
+"""``h2aseg export-nnunet``: a cohort as an nnU-Net v2 raw dataset with h2aseg's split (docs/nnunet.md);
+``h2aseg export-checkpoint``: a training checkpoint as a small file for prediction (docs/model-card.md)."""
 
 from __future__ import annotations
 
@@ -107,6 +108,31 @@ def _report(res: ExportResult, dataset_id: int) -> None:
     )
 
 
+def export_checkpoint(
+    src: Path = typer.Argument(..., help="A checkpoint (a run's best.pt, or an exported file)."),
+    dst: Path = typer.Argument(..., help="The file to write (may be SRC: replaced atomically)."),
+    note: str = typer.Option("", "--note", help="Provenance note stored in the file (how it was made)."),
+    assignments: list[str] = typer.Option(
+        [],
+        "--set",
+        help="Change a field of the stored config: section.key=value (e.g. data.target_spacing=[4,4,5], "
+        "infer.overlap=0.5); the weights are not changed.",
+    ),
+    half: bool = typer.Option(True, "--half/--full-precision", help="Store the weights as float16."),
+) -> None:
+    """Keep what prediction and fine-tuning need (config, weights, provenance); drop the optimizer state."""
+    from h2aseg.checkpoint import CheckpointError
+    from h2aseg.checkpoint import export_checkpoint as export
+    from h2aseg.config import ConfigError
+
+    try:
+        out = export(src, dst, half=half, note=note, overrides=assignments)
+    except (CheckpointError, ConfigError, OSError) as e:
+        raise fail(str(e)) from None
+    err_console.print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)", highlight=False)
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``export-nnunet`` to the ``h2aseg`` app."""
+    """Add ``export-nnunet`` and ``export-checkpoint`` to the ``h2aseg`` app."""
     app.command("export-nnunet")(export_nnunet)
+    app.command("export-checkpoint")(export_checkpoint)

@@ -7,7 +7,8 @@ Steps of :func:`preprocess_images`:
    :class:`~h2aseg.data.io.ImageError` naming the file.
 2. Reorient the CT (and label) to the closest RAS+ axis order (a permutation / flip, no interpolation).
 3. The working grid is that reoriented CT grid, or, with ``cfg.target_spacing``, a grid of that spacing
-   covering the same physical extent (CT linear with anti-aliasing, labels nearest).
+   covering the same physical extent (CT linear with anti-aliasing, labels nearest); a CT whose voxels already
+   have that spacing (within 1 micrometre) keeps its own grid, uninterpolated.
 4. The PET is resampled onto the working grid through both images' physical geometry (affines), so PET and CT
    on different grids, spacings and origins (HECKTOR) line up; outside the PET field of view SUV = 0.
 5. Intensities: CT clipped to ``cfg.ct_window`` (HU) and PET to ``cfg.pet_window`` (SUV), each scaled to
@@ -24,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -132,6 +134,13 @@ def _target_grid(
     return canon_affine @ scale, shape  # type: ignore[return-value]
 
 
+def on_spacing(affine: np.ndarray, spacing: Sequence[float], tol_mm: float = 1e-3) -> bool:
+    """Whether the grid of ``affine`` already has voxels of ``spacing`` (mm, per axis, within ``tol_mm``):
+    such images are used as they are instead of being interpolated onto an identical grid."""
+    have = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
+    return bool(np.all(np.abs(have - np.asarray(spacing, dtype=np.float64)) <= tol_mm))
+
+
 def _scale(array: np.ndarray, window: tuple[float, float]) -> np.ndarray:
     lo, hi = float(window[0]), float(window[1])
     out = np.clip(array, lo, hi, dtype=np.float32)
@@ -190,8 +199,8 @@ def preprocess_images(
     lab_arr = reorient(label.array, label.affine, ornt)[0] if label is not None else None
     lab_arr = lab_arr.astype(np.uint8) if lab_arr is not None else None
 
-    if cfg.target_spacing is None:
-        grid_aff, grid_shape = canon_aff, canon_shape
+    if cfg.target_spacing is None or on_spacing(canon_aff, cfg.target_spacing):
+        grid_aff, grid_shape = canon_aff, canon_shape  # already on the working grid: no interpolation
     else:
         grid_aff, grid_shape = _target_grid(canon_aff, canon_shape, tuple(cfg.target_spacing))  # type: ignore[arg-type]
         ct_arr = resample_to_grid(ct_arr, canon_aff, grid_aff, grid_shape, order=1, mode="nearest")
