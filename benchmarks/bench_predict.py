@@ -5,10 +5,12 @@ synthetic whole-body case of that size as NIfTI, and times ``Predictor.predict_f
 (reading, preprocessing, sliding-window inference, mapping back to the CT grid) for several overlap and
 precision settings. The AutoPET III challenge allowed 5 minutes per case.
 
-The rows ``shipped ...`` predict with the shipped demo checkpoint (its trained weights); a row whose name
-ends in `` cpu-fast-path`` runs ``infer.cpu_fast_path=true`` and its mask is compared (Dice) with that of
-the row of the same name without the suffix, measured before it in the same run (``--rounds`` alternates
-the two several times).
+The rows ``shipped ...`` predict with the shipped demo checkpoint (its trained weights) at its stored
+settings; a row whose name ends in `` cpu-fast-path`` runs ``infer.cpu_fast_path=true`` and its mask is
+compared (Dice) with that of the row of the same name without the suffix, measured before it in the same
+run (``--rounds`` alternates the two several times). ``shipped fp32 overlap-0.25 native-grid`` predicts on
+the case's own 2.04 x 2.04 x 3 mm grid (``data.target_spacing=null``) instead of the checkpoint's training
+grid; its mask is compared with the ``shipped fp32 overlap-0.25`` row's.
 
     python benchmarks/bench_predict.py [--shape 400 400 326] [--rows "released bf16 overlap-0.25,..."]
         [--threads 2] [--rounds 1]
@@ -27,8 +29,9 @@ import torch
 #: a row whose "preset" is this runs the shipped demo checkpoint instead of random weights
 SHIPPED = "shipped-checkpoint"
 SHIPPED_PATH = Path(__file__).resolve().parents[1] / "src/h2aseg/assets/demo_checkpoint.pt"
-#: a row named like another plus this suffix runs the CPU fast path; its mask is compared with the other's
+#: a row named like another plus one of these suffixes is compared (Dice of the masks) with the other
 FAST = " cpu-fast-path"
+NATIVE = " native-grid"
 
 ROWS = {
     # name: (preset, overrides)
@@ -48,7 +51,18 @@ ROWS = {
         SHIPPED,
         ["infer.amp=off", "infer.overlap=0.25", "infer.cpu_fast_path=true"],
     ),
+    f"shipped fp32 overlap-0.25{NATIVE}": (
+        SHIPPED,
+        ["infer.amp=off", "infer.overlap=0.25", "infer.cpu_fast_path=false", "data.target_spacing=null"],
+    ),
 }
+
+
+def grid_shape(shape: list[int], spacing: list[float], target: tuple[float, ...] | None) -> list[int]:
+    """The working grid's shape: the case's own, or that of ``data.target_spacing`` over the same extent."""
+    if target is None:
+        return list(shape)
+    return [max(1, round(n * s / t)) for n, s, t in zip(shape, spacing, target, strict=True)]
 
 
 def main() -> None:
@@ -105,10 +119,12 @@ def main() -> None:
                 masks[name] = mask
                 roi = predictor.roi_size
                 steps = [max(1, int(r * (1 - cfg.infer.overlap))) for r in roi]
+                grid = grid_shape(args.shape, args.spacing, cfg.data.target_spacing)
                 n = 1
-                for s, r, st in zip(args.shape, roi, steps, strict=True):
+                for s, r, st in zip(grid, roi, steps, strict=True):
                     n *= max(1, -(-(s - r) // st) + 1)
-                ref = masks.get(name.removesuffix(FAST)) if name.endswith(FAST) else None
+                base = name.removesuffix(FAST).removesuffix(NATIVE)
+                ref = masks.get(base) if base != name else None
                 agreement = "-" if ref is None else f"{dice(mask, ref) / 100:.4f}"  # NaN: both empty
                 table.add_row(
                     name, "x".join(map(str, roi)), str(n), f"{seconds:.0f}", f"{seconds / 60:.1f}", agreement
