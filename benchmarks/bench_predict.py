@@ -37,6 +37,11 @@ ROWS = {
     # name: (preset, overrides)
     "paper fp32 overlap-0.5": ("autopet2", ["infer.amp=off", "infer.overlap=0.5"]),
     "paper bf16 overlap-0.25": ("autopet2", ["infer.amp=bf16", "infer.overlap=0.25"]),
+    "paper fp32 overlap-0.25": ("autopet2", ["infer.amp=off", "infer.overlap=0.25"]),
+    "released fp32 overlap-0.25": (
+        "autopet2",
+        ["model.variant=released", "model.out_channels=2", "infer.amp=off", "infer.overlap=0.25"],
+    ),
     "released bf16 overlap-0.25": (
         "autopet2",
         ["model.variant=released", "model.out_channels=2", "infer.amp=bf16", "infer.overlap=0.25"],
