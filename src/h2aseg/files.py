@@ -1,14 +1,17 @@
 """Atomic writes: a temporary file in the same folder, then a rename; the one writer every output uses.
 
 A crash never leaves a half-written config, split, metrics table, checkpoint, image, cache entry or figure
-behind: the target either keeps its old content or gets the whole new one.
+behind: the target either keeps its old content or gets the whole new one. The file gets the permissions
+any new file of the user gets (``0o666`` less the umask), or, when it replaces a file, that file's: outputs
+in a shared folder stay readable by whoever could read them before.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
+import stat
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,12 +25,13 @@ def atomic_write(path: str | Path, write: Callable[[Path], object], *, suffix: s
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".tmp-{path.name}.", suffix=path.suffix if suffix is None else suffix, dir=path.parent
-    )
-    os.close(fd)
+    end = path.suffix if suffix is None else suffix
+    tmp = path.parent / f".tmp-{path.name}.{uuid.uuid4().hex[:12]}{end}"
+    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))  # the umask applies, as for any file
     try:
-        write(Path(tmp))
+        write(tmp)
+        if path.exists():
+            os.chmod(tmp, stat.S_IMODE(path.stat().st_mode))
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
