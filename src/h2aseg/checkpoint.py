@@ -67,6 +67,8 @@ def export_checkpoint(
             **({"overrides": list(overrides)} if overrides else {}),
         }
     slim = {"version": payload.get("version"), "config": config, "model": weights, "provenance": provenance}
+    if payload.get("grid_spacing") is not None:  # the training voxel size, for prediction's scale check
+        slim["grid_spacing"] = payload["grid_spacing"]
     return save_checkpoint(slim, dst)
 
 

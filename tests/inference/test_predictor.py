@@ -216,3 +216,33 @@ def test_tta_prediction_writes_flip_masks_and_drops_stale_sidecars(checkpoint: P
     # a later prediction without them removes the old ones: the files beside a mask are its own
     write_prediction(Predictor.from_checkpoint(checkpoint).predict_files(cases[0].ct, cases[0].pet), out)
     assert not flip_masks_path(out).exists() and not probability_path(out).exists() and out.is_file()
+
+
+def test_a_study_at_another_scale_than_training_warns_with_the_fix(tmp_path: Path) -> None:
+    """A checkpoint that records its training voxel size and sets no target spacing warns, naming the CT
+    file and the --set that resamples; at the training voxel size, or with a target spacing, it is quiet."""
+    import warnings
+
+    from h2aseg.inference.predictor import ScaleWarning
+
+    cfg = load_config("synthetic", list(TINY))
+    model = build_from_config(cfg.model)
+    ckpt = tmp_path / "model.pt"
+    payload = {"config": cfg.to_dict(), "model": model.state_dict(), "grid_spacing": [10.0, 10.0, 12.0]}
+    save_checkpoint(payload, ckpt)
+    for name, spacing in (("same", (10.0, 10.0, 12.0)), ("fine", (5.0, 5.0, 6.0))):
+        write_cohort(tmp_path / name, 1, "autopet", seed=4, shape=(24, 24, 20), spacing=spacing)
+    same, fine = discover(tmp_path / "same")[0], discover(tmp_path / "fine")[0]
+    predictor = Predictor.from_checkpoint(ckpt)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ScaleWarning)
+        predictor.predict_files(same.ct, same.pet)
+    with pytest.warns(ScaleWarning) as seen:
+        predictor.predict_files(fine.ct, fine.pet)
+    message = str(seen[0].message)
+    assert str(fine.ct) in message and "5.00 x 5.00 x 6.00" in message and "10.00 x 10.00 x 12.00" in message
+    assert "data.target_spacing=[10,10,12]" in message
+    resampling = Predictor.from_checkpoint(ckpt, ["data.target_spacing=[10,10,12]"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ScaleWarning)
+        resampling.predict_files(fine.ct, fine.pet)

@@ -44,6 +44,7 @@ def test_two_epochs_loss_falls_and_checkpoints_reload(cohort: Path, tmp_path: Pa
     assert all(r["val_dice"] != "" for r in rows)
     ckpt = load_checkpoint(result.last_checkpoint)
     assert ckpt["epoch"] == 4 and ckpt["version"] and "optimizer" in ckpt and "rng" in ckpt
+    assert ckpt["grid_spacing"] == pytest.approx([10.0, 10.0, 12.0])  # write_tiny_cohort's voxel size
     model = build_from_config(Config.from_dict(ckpt["config"]).model)
     model.load_state_dict(ckpt["model"], strict=True)
     assert result.best_checkpoint is not None and result.best_checkpoint.is_file()

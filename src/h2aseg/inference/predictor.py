@@ -6,7 +6,8 @@ one the model was trained with (``config.data``). Nothing here imports :mod:`h2a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import warnings
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,13 @@ from h2aseg.inference.sliding import (
 )
 from h2aseg.models.factory import build_from_config
 
+#: relative difference of a study's voxel size from the training grid's (any axis) that gets a warning
+SCALE_TOLERANCE = 0.2
+
+
+class ScaleWarning(UserWarning):
+    """A study's voxels differ from those the network was trained on, and no target spacing resamples it."""
+
 
 @dataclass
 class Prediction:
@@ -49,16 +57,24 @@ class Predictor:
     """``Predictor.from_checkpoint(path)`` then :meth:`predict_files` or :meth:`predict_preprocessed`.
 
     ``stored_split``: the train/val/test split a training checkpoint holds (None otherwise), for
-    :mod:`h2aseg.inference.case_selection`.
+    :mod:`h2aseg.inference.case_selection`. ``grid_spacing``: the voxel size (mm) of the grid the network
+    was trained on, when the checkpoint records it; with no ``data.target_spacing``, a study whose voxels
+    differ from it by more than :data:`SCALE_TOLERANCE` gets a warning naming the file and the fix.
     """
 
     def __init__(
-        self, model: nn.Module, cfg: Config, device: torch.device, stored_split: dict[str, Any] | None = None
+        self,
+        model: nn.Module,
+        cfg: Config,
+        device: torch.device,
+        stored_split: dict[str, Any] | None = None,
+        grid_spacing: Sequence[float] | None = None,
     ) -> None:
         self.model = model.to(device).eval()
         self.cfg = cfg
         self.device = device
         self.stored_split = stored_split
+        self.grid_spacing = None if grid_spacing is None else tuple(float(v) for v in grid_spacing)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, cfg_overrides: list[str] | None = None) -> Predictor:
@@ -75,6 +91,7 @@ class Predictor:
             cfg,
             resolve_device(cfg.infer.device, "infer.device"),
             split if isinstance(split, dict) else None,
+            payload.get("grid_spacing"),
         )
 
     @property
@@ -97,6 +114,7 @@ class Predictor:
     def predict_preprocessed(self, pc: PreprocessedCase, *, keep_probability: bool = False) -> Prediction:
         """Mask for a preprocessed case, mapped back to the CT grid; with ``keep_probability`` also the
         foreground probability (linear) and, with flip TTA, the flip masks (nearest)."""
+        self._check_scale(pc)
         bits = None
         if keep_probability:
             probs, bits = predict_with_flip_masks(self.model, model_input(pc), *self._window_args())
@@ -112,6 +130,23 @@ class Predictor:
             bits_ct = restore_to_ct_grid(bits.numpy(), pc.geometry, order=0).astype(np.uint8)
         return Prediction(pc.case_id, mask_ct, pc.geometry.ct_affine, prob_ct, bits_ct)
 
+    def _check_scale(self, pc: PreprocessedCase) -> None:
+        """Warn when the network would see ``pc`` at another scale than it was trained on."""
+        if self.cfg.data.target_spacing is not None or self.grid_spacing is None:
+            return
+        have, trained = pc.geometry.spacing, self.grid_spacing
+        if all(abs(h - t) <= SCALE_TOLERANCE * t for h, t in zip(have, trained, strict=True)):
+            return
+        fix = ",".join(f"{t:g}" for t in trained)
+        warnings.warn(
+            f"{pc.geometry.ct_path or pc.case_id}: voxels of {_mm(have)} mm, but the network was trained on "
+            f"{_mm(trained)} mm and the checkpoint sets no data.target_spacing, so it sees this study at "
+            "another scale; predict "
+            f"with --set data.target_spacing=[{fix}] (or store it: h2aseg export-checkpoint --set)",
+            ScaleWarning,
+            stacklevel=3,
+        )
+
     def predict_files(
         self, ct: str | Path, pet: str | Path, case_id: str = "case", *, keep_probability: bool | None = None
     ) -> Prediction:
@@ -119,6 +154,10 @@ class Predictor:
         pc = preprocess_images(ct, pet, self.cfg.data, case_id=case_id)
         keep = self.cfg.infer.save_probabilities if keep_probability is None else keep_probability
         return self.predict_preprocessed(pc, keep_probability=keep)
+
+
+def _mm(spacing: Sequence[float]) -> str:
+    return " x ".join(f"{v:.2f}" for v in spacing)
 
 
 def _beside(mask_path: Path, suffix: str) -> Path:

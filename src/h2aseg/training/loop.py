@@ -265,6 +265,7 @@ def _payload(run: TrainingRun, eng: Engine, ts: TrainState, epoch: int) -> dict[
         "config": run.cfg.to_dict(),
         "model": eng.model.state_dict(),
         "split": asdict(run.split),
+        "grid_spacing": None if run.grid_spacing is None else list(run.grid_spacing),
         "epoch": epoch,
         "step": ts.step,
         "optimizer": eng.optimizer.state_dict(),

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -79,6 +80,7 @@ class TrainingRun:
     val_cases: list[Case]
     cache: CaseCache
     state: dict[str, Any] | None  # the checkpoint a resumed run continues from
+    grid_spacing: tuple[float, float, float] | None = None  # median training voxel size (mm), rank 0
 
     @property
     def ckpt_dir(self) -> Path:
@@ -103,10 +105,20 @@ def setup_run(
         save_config(cfg, run_dir / "config.yaml")
         save_split(split, run_dir / "split.json")
     cache = CaseCache(cfg.data.cache_dir or run_dir / "cache", cfg.data, memory=True)
+    grid = None
     if dd.main:  # preprocess once, on rank 0, before the others read the cache
         _preprocess_all(cache, train_cases + val_cases, progress)
+        grid = training_grid_spacing(cache, train_cases)
     dd.barrier()
-    return TrainingRun(cfg, run_dir, dd, device, split, train_cases, val_cases, cache, state)
+    return TrainingRun(cfg, run_dir, dd, device, split, train_cases, val_cases, cache, state, grid)
+
+
+def training_grid_spacing(cache: CaseCache, cases: list[Case]) -> tuple[float, float, float]:
+    """The median voxel size (mm, per axis) of the training cases on their working grid: what the network
+    learns at; checkpoints record it so that prediction can warn about studies of another scale."""
+    spacings = np.array([cache.get(c).geometry.spacing for c in cases], dtype=np.float64)
+    x, y, z = (round(float(v), 4) for v in np.median(spacings, axis=0))
+    return (x, y, z)
 
 
 def check_settings(cfg: Config) -> None:
