@@ -8,7 +8,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from h2aseg.checkpoint import CheckpointError, export_checkpoint, load_checkpoint, save_checkpoint
+from h2aseg.checkpoint import export_checkpoint, load_checkpoint, save_checkpoint
 from h2aseg.cli import app
 from h2aseg.config import Config, ConfigError
 
@@ -69,5 +69,3 @@ def test_cli_export_checkpoint(trained: Path, tmp_path: Path) -> None:
     assert Config.from_dict(slim["config"]).infer.tta_flips and slim["provenance"]["note"] == "cli"
     res = runner.invoke(app, ["export-checkpoint", str(tmp_path / "missing.pt"), str(dst)])
     assert res.exit_code == 2 and "missing.pt" in res.output and "not found" in res.output
-    with pytest.raises(CheckpointError):
-        load_checkpoint(tmp_path / "missing.pt")

@@ -74,7 +74,7 @@ class CaseGeometry:
     @property
     def spacing(self) -> tuple[float, float, float]:
         """Voxel size (mm) of the working grid."""
-        s = np.linalg.norm(self.grid_affine[:3, :3], axis=0)
+        s = nib.affines.voxel_sizes(self.grid_affine)
         return (float(s[0]), float(s[1]), float(s[2]))
 
     def to_dict(self) -> dict[str, Any]:
@@ -124,7 +124,7 @@ def _target_grid(
     canon_affine: np.ndarray, canon_shape: tuple[int, int, int], spacing: tuple[float, float, float]
 ) -> tuple[np.ndarray, tuple[int, int, int]]:
     """Grid with the canonical CT's axes and ``spacing`` covering the same physical extent."""
-    old = np.linalg.norm(canon_affine[:3, :3], axis=0)
+    old = nib.affines.voxel_sizes(canon_affine)
     new = np.asarray(spacing, dtype=np.float64)
     ratio = new / old
     shape = tuple(max(1, round(n * o / s)) for n, o, s in zip(canon_shape, old, new, strict=True))
@@ -137,7 +137,7 @@ def _target_grid(
 def on_spacing(affine: np.ndarray, spacing: Sequence[float], tol_mm: float = 1e-3) -> bool:
     """Whether the grid of ``affine`` already has voxels of ``spacing`` (mm, per axis, within ``tol_mm``):
     such images are used as they are instead of being interpolated onto an identical grid."""
-    have = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
+    have = nib.affines.voxel_sizes(np.asarray(affine, dtype=np.float64))
     return bool(np.all(np.abs(have - np.asarray(spacing, dtype=np.float64)) <= tol_mm))
 
 
