@@ -65,9 +65,9 @@ ROWS = {
 
 def grid_shape(shape: list[int], spacing: list[float], target: tuple[float, ...] | None) -> list[int]:
     """The working grid's shape: the case's own, or that of ``data.target_spacing`` over the same extent."""
-    if target is None:
-        return list(shape)
-    return [max(1, round(n * s / t)) for n, s, t in zip(shape, spacing, target, strict=True)]
+    from h2aseg.data.preprocess import resampled_shape
+
+    return list(shape) if target is None else list(resampled_shape(shape, spacing, target))
 
 
 def main() -> None:

@@ -35,7 +35,9 @@ for _mod in (
 
 
 def main() -> None:
+    from h2aseg.cli.common import show_warnings_plainly
     from h2aseg.hardware import tune_allocator
 
+    show_warnings_plainly()
     tune_allocator()  # keep freed activation memory in the process (CPU steps ~25 % faster on VMs)
     app()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
+from typing import TextIO
 
 import typer
 from rich.console import Console
@@ -17,6 +19,37 @@ def fail(msg: str) -> typer.Exit:
     """Print ``error: msg`` on stderr and return an Exit(2) to raise."""
     err_console.print(f"[red]error:[/red] {escape(str(msg))}")
     return typer.Exit(code=2)
+
+
+def show_warnings_plainly() -> None:
+    """Print the package's own warnings (a study at another scale, PET that looks like activity, ...) as
+    ``warning: message`` on stderr, without Python's source-line decoration; other warnings as Python shows
+    them. For the CLI process only (``h2aseg.cli.main``); library users keep the ``warnings`` module's
+    behaviour and filters."""
+    python_default = warnings.showwarning
+
+    def show(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: TextIO | None = None,
+        line: str | None = None,
+    ) -> None:
+        if issubclass(category, UserWarning) and _from_package(filename):
+            err_console.print(f"[yellow]warning:[/yellow] {escape(str(message))}")
+        else:
+            python_default(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+
+
+def _from_package(filename: str) -> bool:
+    package = Path(__file__).resolve().parents[1]
+    try:
+        return Path(filename).resolve().is_relative_to(package)
+    except (OSError, ValueError):
+        return False
 
 
 def build_config(

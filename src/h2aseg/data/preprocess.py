@@ -120,6 +120,14 @@ class PreprocessedCase:
     geometry: CaseGeometry
 
 
+def resampled_shape(
+    shape: Sequence[int], voxel_size: Sequence[float], spacing: Sequence[float]
+) -> tuple[int, ...]:
+    """The shape of a grid of ``spacing`` (mm) over the extent of ``shape`` voxels of ``voxel_size``: what
+    preprocessing resamples a study to under ``data.target_spacing``."""
+    return tuple(max(1, round(n * o / s)) for n, o, s in zip(shape, voxel_size, spacing, strict=True))
+
+
 def _target_grid(
     canon_affine: np.ndarray, canon_shape: tuple[int, int, int], spacing: tuple[float, float, float]
 ) -> tuple[np.ndarray, tuple[int, int, int]]:
@@ -127,7 +135,7 @@ def _target_grid(
     old = nib.affines.voxel_sizes(canon_affine)
     new = np.asarray(spacing, dtype=np.float64)
     ratio = new / old
-    shape = tuple(max(1, round(n * o / s)) for n, o, s in zip(canon_shape, old, new, strict=True))
+    shape = resampled_shape(canon_shape, old, new)
     scale = np.eye(4)
     scale[:3, :3] = np.diag(ratio)
     scale[:3, 3] = (ratio - 1.0) / 2.0  # first voxel's edge stays at the CT's first edge
