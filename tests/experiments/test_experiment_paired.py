@@ -95,6 +95,39 @@ def test_paired_tables_from_written_evaluations(tmp_path: Path) -> None:
     assert doc["reference"] == "base" and set(doc["parts"]) == {"validation", "test"}
 
 
+def test_a_list_of_references_writes_a_table_against_each(tmp_path: Path) -> None:
+    """``reference: [base, full]``: paired.md against ``base`` as before, and paired-vs-full.md with every
+    other method paired against ``full`` over the seeds each shares with it."""
+    spec = load_spec(_spec(tmp_path, tmp_path, reference=["base", "full"]))
+    assert spec.reference == "base" and spec.also_against == ("full",)
+    layout = Layout(tmp_path / "out")
+    values = {
+        ("base", 0): {"x": 50.0, "y": 50.0, "z": 50.0},
+        ("base", 1): {"x": 70.0, "y": 50.0, "z": 30.0},
+        ("full", 0): {"x": 60.0, "y": 40.0, "z": 80.0},
+        ("full", 1): {"x": 60.0, "y": 60.0, "z": 60.0},
+    }
+    for run in plan_runs(spec):
+        if (run.method.label, run.seed) in values:
+            for part in ("validation", "test"):
+                _write_run(layout, run, part, values[(run.method.label, run.seed)])
+    paths = write_paired(spec, layout)
+    assert [p.name for p in paths] == ["paired.md", "paired.json", "paired-vs-full.md", "paired-vs-full.json"]
+    against_full = (layout.out / "paired-vs-full.md").read_text()
+    assert "paired differences against H2ASeg" in against_full
+    # base - full per study, seeds averaged: x (-10 + 10) / 2 = 0, y (10 - 10) / 2 = 0, z (-30 - 30) / 2 = -30
+    assert (
+        "| Baseline | 0, 1 | 50.0 ± 5.8 | -10.0 ± 10.0 (seeds 0, 1) | 0 / 1 | -10.0, -10.0 |" in against_full
+    )
+    assert "| H2ASeg (reference) | 0, 1 |" in against_full
+    assert json.loads((layout.out / "paired-vs-full.json").read_text())["reference"] == "full"
+    assert "| H2ASeg | 0, 1 |" in (layout.out / "paired.md").read_text()
+    with pytest.raises(SpecError, match=r"reference: a label appears twice"):
+        load_spec(_spec(tmp_path, tmp_path, reference=["base", "base"]))
+    with pytest.raises(SpecError, match=r"reference: 'nope' is not a method label"):
+        load_spec(_spec(tmp_path, tmp_path, reference=["base", "nope"]))
+
+
 def test_spec_checks_evaluate_on_and_reference(tmp_path: Path) -> None:
     with pytest.raises(SpecError, match=r"reference: 'nope' is not a method label"):
         load_spec(_spec(tmp_path, tmp_path, reference="nope"))

@@ -48,7 +48,7 @@ def _from_package(filename: str) -> bool:
     package = Path(__file__).resolve().parents[1]
     try:
         return Path(filename).resolve().is_relative_to(package)
-    except (OSError, ValueError):
+    except OSError:  # an unreadable path (e.g. a symlink loop): not ours
         return False
 
 

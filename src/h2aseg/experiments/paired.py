@@ -96,19 +96,22 @@ def compare(method: SeedValues, reference: SeedValues) -> tuple[Estimate | None,
     return estimate(d), seeds, sum(x > 0 for x in d), sum(x < 0 for x in d), per_seed
 
 
-def paired_rows(spec: ExperimentSpec, layout: Layout, part: str, metric: str = "dice") -> list[PairedRow]:
-    """A row per method (the reference first) on ``part``."""
-    assert spec.reference is not None
+def paired_rows(
+    spec: ExperimentSpec, layout: Layout, part: str, metric: str = "dice", reference: str | None = None
+) -> list[PairedRow]:
+    """A row per method (the reference first: ``reference``, else the experiment's) on ``part``."""
+    reference = reference or spec.reference
+    assert reference is not None
     by_label = {m.label: m for m in spec.methods}
-    ordered = [by_label[spec.reference], *(m for m in spec.methods if m.label != spec.reference)]
+    ordered = [by_label[reference], *(m for m in spec.methods if m.label != reference)]
     values = {m.label: method_values(spec, layout, m, part, metric) for m in ordered}
-    ref = values[spec.reference]
+    ref = values[reference]
     rows = []
     for m in ordered:
         own = values[m.label]
         seeds = sorted(own, key=lambda s: -1 if s is None else s)
         level = estimate(list(seed_mean(own, seeds).values())) if seeds else None
-        if m.label == spec.reference:
+        if m.label == reference:
             rows.append(PairedRow(m.label, m.title, seeds, level))
             continue
         diff, common, better, worse, per_seed = compare(own, ref)
@@ -122,9 +125,12 @@ def _seeds_text(seeds: list[int | None] | None) -> str:
     return "fixed" if seeds == [None] else ", ".join(str(s) for s in seeds if s is not None)
 
 
-def paired_markdown(spec: ExperimentSpec, rows_by_part: dict[str, list[PairedRow]]) -> str:
-    """``paired.md``: one table per part."""
-    ref = next(m.title for m in spec.methods if m.label == spec.reference)
+def paired_markdown(
+    spec: ExperimentSpec, rows_by_part: dict[str, list[PairedRow]], reference: str | None = None
+) -> str:
+    """``paired.md``: one table per part (against ``reference``, else the experiment's)."""
+    reference = reference or spec.reference
+    ref = next(m.title for m in spec.methods if m.label == reference)
     lines = [
         f"# {spec.name}: paired differences against {ref}",
         "",
@@ -144,7 +150,7 @@ def paired_markdown(spec: ExperimentSpec, rows_by_part: dict[str, list[PairedRow
         ]
         for r in rows:
             level = "–" if r.level is None else r.level.text()
-            if r.label == spec.reference:
+            if r.label == reference:
                 lines.append(f"| {r.title} (reference) | {_seeds_text(r.seeds)} | {level} | | | |")
                 continue
             seeds = _seeds_text(r.common_seeds)
@@ -156,16 +162,23 @@ def paired_markdown(spec: ExperimentSpec, rows_by_part: dict[str, list[PairedRow
 
 
 def write_paired(spec: ExperimentSpec, layout: Layout) -> list[Path]:
-    """``paired.md`` and ``paired.json`` when the experiment names a ``reference`` (else nothing)."""
+    """``paired.md`` and ``paired.json`` when the experiment names a ``reference`` (else nothing), and
+    ``paired-vs-<label>.md/.json`` for each further label of ``reference: [...]``."""
     if spec.reference is None:
         return []
-    rows_by_part = {part: paired_rows(spec, layout, part) for part in spec.evaluate_on}
-    doc: dict[str, Any] = {
-        "reference": spec.reference,
-        "metric": "dice",
-        "parts": {part: [asdict(r) for r in rows] for part, rows in rows_by_part.items()},
-    }
-    return [
-        atomic_write_text(layout.out / "paired.md", paired_markdown(spec, rows_by_part)),
-        atomic_write_text(layout.out / "paired.json", json.dumps(doc, indent=2) + "\n"),
-    ]
+    written = []
+    for reference in (spec.reference, *spec.also_against):
+        stem = "paired" if reference == spec.reference else f"paired-vs-{reference}"
+        rows_by_part = {
+            part: paired_rows(spec, layout, part, reference=reference) for part in spec.evaluate_on
+        }
+        doc: dict[str, Any] = {
+            "reference": reference,
+            "metric": "dice",
+            "parts": {part: [asdict(r) for r in rows] for part, rows in rows_by_part.items()},
+        }
+        written += [
+            atomic_write_text(layout.out / f"{stem}.md", paired_markdown(spec, rows_by_part, reference)),
+            atomic_write_text(layout.out / f"{stem}.json", json.dumps(doc, indent=2) + "\n"),
+        ]
+    return written

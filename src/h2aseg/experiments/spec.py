@@ -184,6 +184,8 @@ class ExperimentSpec:
     std_over: str = "cases"  # the tables' ±: std over test cases (the paper) or over seed means
     evaluate_on: tuple[str, ...] = ("test",)  # parts of the split each run is predicted and scored on
     reference: str | None = None  # a method label: paired.md compares every method with it, case by case
+    # further method labels (``reference: [a, b, c]``): paired-vs-<label>.md against each of them too
+    also_against: tuple[str, ...] = ()
 
     def error(self, field: str, msg: str) -> SpecError:
         return SpecError(f"{self.source}: {field}: {msg}")
@@ -302,7 +304,8 @@ def load_spec(path: str | Path) -> ExperimentSpec:
         lock_timeout_s=rd.number(raw.get("lock_timeout_s", 600.0), "lock_timeout_s"),
         std_over=rd.choice(raw.get("std_over", "cases"), "std_over", ("cases", "seeds")),
         evaluate_on=_evaluate_on(rd, raw.get("evaluate_on", ["test"])),
-        reference=_reference(rd, raw.get("reference")),
+        reference=_references(rd, raw.get("reference"))[0],
+        also_against=_references(rd, raw.get("reference"))[1:],
     )
     _check_parts(rd, spec)
     _check_networks(rd, spec.methods)
@@ -339,15 +342,26 @@ def _evaluate_on(rd: _Reader, raw: Any) -> tuple[str, ...]:
     return tuple(p for p in ("validation", "test") if p in raw)
 
 
-def _reference(rd: _Reader, raw: Any) -> str | None:
-    return None if raw is None else rd.string(raw, "reference")
+def _references(rd: _Reader, raw: Any) -> tuple[str | None, ...]:
+    """``reference: label`` or ``reference: [label, ...]`` (the first gives paired.md); (None,) if absent."""
+    if raw is None:
+        return (None,)
+    if not isinstance(raw, list):
+        return (rd.string(raw, "reference"),)
+    if not raw:
+        raise rd.error("reference", "an empty list; give a method label or leave reference out")
+    labels = tuple(rd.string(v, f"reference[{i}]") for i, v in enumerate(raw))
+    if len(set(labels)) != len(labels):
+        raise rd.error("reference", f"a label appears twice in {list(labels)}")
+    return labels
 
 
 def _check_parts(rd: _Reader, spec: ExperimentSpec) -> None:
     """``reference`` names a method; nnU-Net runs predict the test part only."""
     labels = [m.label for m in spec.methods]
-    if spec.reference is not None and spec.reference not in labels:
-        raise rd.error("reference", f"{spec.reference!r} is not a method label (labels: {', '.join(labels)})")
+    for ref in (spec.reference, *spec.also_against):
+        if ref is not None and ref not in labels:
+            raise rd.error("reference", f"{ref!r} is not a method label (labels: {', '.join(labels)})")
     if "validation" in spec.evaluate_on:
         for i, m in enumerate(spec.methods):
             if m.nnunet is not None:
