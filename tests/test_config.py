@@ -70,7 +70,7 @@ def test_every_preset_setting_says_whose_it_is(preset: str) -> None:
     ("assignment", "field", "allowed"),
     [
         ("train.optimizer=sgd", "train.optimizer", "adam, adamw"),
-        ("model.variant=official", "model.variant", "paper, released"),
+        ("model.variant=official", "model.variant", "ours, paper, released"),
         ("data.augment=strict", "data.augment", "configured, paper, released"),
         ("infer.amp=fp8", "infer.amp", "auto, bf16, fp16, off"),
         ("data.layout=nifti", "data.layout", "auto, autopet, autopet-nnunet, hecktor, csv"),

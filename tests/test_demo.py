@@ -60,11 +60,12 @@ def test_tiny_demo_end_to_end(tmp_path: Path) -> None:
         )
     assert "| lesion SUVmax |" in report and (out / "detection" / "lesions.csv").is_file()
     # the network is named for what it is, and its Dice carries its standard error
-    assert summary["labels"]["h2aseg"] == summary["training"]["network"] == "H2ASeg"
+    ours = "H2ASeg [MCSA terms normalised, gains from zero (ours)]"  # from scratch: the default variant
+    assert summary["labels"]["h2aseg"] == summary["training"]["network"] == ours
     dice = summary["dice_over_lesion_studies"]["h2aseg"]
     lesion_dice = [float(r["dice"]) for r in rows if float(r["has_lesion"]) == 1.0]
     assert dice["n"] == len(lesion_dice) and abs(dice["mean"] - sum(lesion_dice) / len(lesion_dice)) < 1e-9
-    assert f"- H2ASeg: **{dice['mean']:.1f}" in report and "**Model:** H2ASeg (synthetic preset)" in report
+    assert f"- {ours}: **{dice['mean']:.1f}" in report and f"**Model:** {ours} (synthetic preset)" in report
 
 
 def _per_case(path: Path) -> list[dict[str, str]]:

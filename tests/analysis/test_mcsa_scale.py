@@ -64,8 +64,8 @@ def test_probe_does_not_change_the_output(tmp_path: Path, variant: str) -> None:
 
 
 def test_a_larger_attention_term_gives_a_larger_ratio(cohort: Path, tmp_path: Path) -> None:
-    plain = write_checkpoint(tmp_path / "plain.pt")
-    grown = write_checkpoint(tmp_path / "grown.pt", mutate=_scale_inter_attention)
+    plain = write_checkpoint(tmp_path / "plain.pt", ["model.variant=paper"])
+    grown = write_checkpoint(tmp_path / "grown.pt", ["model.variant=paper"], mutate=_scale_inter_attention)
     a = _means(analyze_mcsa(plain, cohort, tmp_path / "a", part="all", limit=2))
     b = _means(analyze_mcsa(grown, cohort, tmp_path / "b", part="all", limit=2))
     assert set(a) == {(lv, t) for lv in "2345" for t in ("inter_ct", "inter_pet", "intra_ct", "intra_pet")}

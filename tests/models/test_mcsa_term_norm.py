@@ -1,5 +1,6 @@
 """MCSA's ``term_norm`` option (ours): identity at initialisation, terms at a learned multiple of unit
-scale, gradients reach the gains; off by default, so the paper and released networks are unchanged."""
+scale, gradients reach the gains; on in the default variant (ours), off in the paper and released
+variants, so those networks are unchanged."""
 
 from __future__ import annotations
 
@@ -40,15 +41,37 @@ def test_added_terms_are_the_gain_times_unit_scale() -> None:
         assert math.isclose(float(t.square().mean().sqrt()), 2.0, rel_tol=1e-2)
 
 
-def test_off_by_default_and_reachable_from_the_config() -> None:
-    plain = build_from_config(load_config("synthetic", TINY).model)
-    assert not any("gain" in k for k in plain.state_dict())
-    cfg = load_config("synthetic", [*TINY, "model.extra.mcsa_term_norm=true"])
+def test_on_for_ours_off_for_paper_and_released_settable_for_each() -> None:
+    """The default variant (ours) normalises MCSA's terms; the paper as written and the released code do
+    not; ``model.extra.mcsa_term_norm`` sets it either way for any variant."""
+
+    def gains(overrides: list[str]) -> list[str]:
+        model = build_from_config(load_config("synthetic", [*TINY, *overrides]).model)
+        return [k for k in model.state_dict() if k.endswith(".gain")]
+
+    every_level = [f"encoder.sa{k}.gain" for k in (2, 3, 4, 5)]
+    assert load_config("synthetic").model.variant == "ours" and gains([]) == every_level
+    assert gains(["model.variant=paper"]) == []
+    assert gains(["model.variant=released", "model.out_channels=2"]) == []
+    assert gains(["model.extra.mcsa_term_norm=false"]) == []
+    cfg = load_config("synthetic", [*TINY, "model.variant=paper", "model.extra.mcsa_term_norm=true"])
     model = build_from_config(cfg.model)
-    gains = [k for k in model.state_dict() if k.endswith(".gain")]
-    assert gains == [f"encoder.sa{k}.gain" for k in (2, 3, 4, 5)]
+    assert [k for k in model.state_dict() if k.endswith(".gain")] == every_level
     out = model(torch.rand(1, 2, 32, 32, 32))
     assert out[0].shape == (1, 1, 32, 32, 32) and bool(torch.isfinite(out[0]).all())
+
+
+def test_ours_is_the_paper_network_plus_the_gains() -> None:
+    """``variant="ours"`` changes nothing but MCSA's term normalisation: its weights are the paper
+    variant's plus one gain per MCSA stage, each of the same shape, and the paper's weights load into it."""
+    from h2aseg.models.registry import build_network
+
+    ours, paper = build_network("h2aseg"), build_network("h2aseg", variant="paper")
+    extra = set(ours.state_dict()) - set(paper.state_dict())
+    assert extra == {f"encoder.sa{k}.gain" for k in (1, 2, 3, 4, 5)}
+    assert all(ours.state_dict()[k].shape == v.shape for k, v in paper.state_dict().items())
+    missing, unexpected = ours.load_state_dict(paper.state_dict(), strict=False)
+    assert set(missing) == extra and not unexpected
 
 
 def test_norm_act_follows_the_variant_unless_set() -> None:

@@ -52,7 +52,7 @@ def run_notes(loaded: LoadedModel, where: str, weighting: Weighting) -> list[str
     """The lines under Table 3: model, channel order, cases, windows."""
     infer = loaded.predictor.cfg.infer
     roi = "x".join(str(v) for v in loaded.predictor.roi_size)
-    order = "F = concat(F_pet, F_ct, D~)" if loaded.variant == "paper" else "F = concat(F_ct, F_pet, D~)"
+    order = "F = concat(F_ct, F_pet, D~)" if loaded.variant == "released" else "F = concat(F_pet, F_ct, D~)"
     return [
         f"Model: {loaded.path} ({loaded.describe()}); TAMW channel order {order}.",
         f"Cases: {where}.",

@@ -70,10 +70,10 @@ def tamw_modules(model: nn.Module, source: str = "the model") -> dict[int, TAMW]
 
 def modality_slices(variant: str, skip_channels: int, total: int) -> dict[str, slice]:
     """Where PET, CT and the decoder feature sit among TAMW's ``total`` channels (``skip_channels`` = C_k):
-    paper ``[F_pet, F_ct, D~]``, released ``[F_ct, F_pet, D~]``."""
+    paper and ours ``[F_pet, F_ct, D~]``, released ``[F_ct, F_pet, D~]``."""
     c = int(skip_channels)
     first, second = (slice(0, c), slice(c, 2 * c))
-    pet, ct = (first, second) if variant == "paper" else (second, first)
+    pet, ct = (second, first) if variant == "released" else (first, second)
     return {"pet": pet, "ct": ct, "dec": slice(2 * c, int(total))}
 
 

@@ -1,4 +1,4 @@
-"""Networks: H2ASeg (paper and released variants) and the comparison baselines, built by name.
+"""Networks: H2ASeg (ours, paper and released variants) and the comparison baselines, built by name.
 
 Importing this package registers every network (the modules below call ``register_network``).
 """

@@ -50,8 +50,8 @@ def accepts_keyword(name: str, keyword: str) -> bool:
 
 def resolved_out_channels(cfg: ModelConfig) -> int:
     """The number of output channels the network of ``cfg`` gets: ``cfg.out_channels`` (or
-    ``cfg.extra["out_channels"]``) when set, else the network's default (H2ASeg: 1 for the paper variant,
-    2 for the released one; otherwise the constructor's default). What the loss needs to match."""
+    ``cfg.extra["out_channels"]``) when set, else the network's default (H2ASeg: 1 for the ours and paper
+    variants, 2 for the released one; otherwise the constructor's default). What the loss needs to match."""
     explicit = cfg.extra.get("out_channels", cfg.out_channels)
     if explicit is not None:
         return int(explicit)

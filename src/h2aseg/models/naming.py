@@ -8,6 +8,7 @@ network for what it is, from its configuration alone.
 from __future__ import annotations
 
 from h2aseg.config import ModelConfig
+from h2aseg.models.h2aseg import default_term_norm
 
 #: MCSA changes of ours or of the released code that H2ASeg can carry (``model.extra`` keys), as named.
 MCSA_OPTIONS = {
@@ -18,7 +19,8 @@ MCSA_OPTIONS = {
 
 def network_title(model: ModelConfig) -> str:
     """``"H2ASeg"``, ``"H2ASeg without MCSA (dual-branch ResUNet-3D + TAMW)"``, ..., or another network's
-    registry name; the released variant and the MCSA options are named in parentheses."""
+    registry name; the released variant and the MCSA options in effect (those of ``ours`` by default) are
+    named in brackets."""
     if model.name != "h2aseg":
         return model.name
     if model.use_mcsa and model.use_tamw:
@@ -31,5 +33,6 @@ def network_title(model: ModelConfig) -> str:
         title = "dual-branch ResUNet-3D (H2ASeg without MCSA and TAMW)"
     notes = ["released variant"] if model.variant == "released" else []
     if model.use_mcsa:
-        notes += [text for key, text in MCSA_OPTIONS.items() if model.extra.get(key)]
+        defaults = {"mcsa_term_norm": default_term_norm(model.variant)}
+        notes += [text for key, text in MCSA_OPTIONS.items() if model.extra.get(key, defaults.get(key))]
     return title + (f" [{'; '.join(notes)}]" if notes else "")
