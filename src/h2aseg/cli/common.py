@@ -44,10 +44,12 @@ def show_warnings_plainly() -> None:
     warnings.showwarning = show
 
 
+_PACKAGE = Path(__file__).resolve().parents[1]
+
+
 def _from_package(filename: str) -> bool:
-    package = Path(__file__).resolve().parents[1]
     try:
-        return Path(filename).resolve().is_relative_to(package)
+        return Path(filename).resolve().is_relative_to(_PACKAGE)
     except OSError:  # an unreadable path (e.g. a symlink loop): not ours
         return False
 

@@ -100,11 +100,17 @@ def paired_rows(
     spec: ExperimentSpec, layout: Layout, part: str, metric: str = "dice", reference: str | None = None
 ) -> list[PairedRow]:
     """A row per method (the reference first: ``reference``, else the experiment's) on ``part``."""
-    reference = reference or spec.reference
+    values = {m.label: method_values(spec, layout, m, part, metric) for m in spec.methods}
+    return rows_against(spec, values, reference or spec.reference)
+
+
+def rows_against(
+    spec: ExperimentSpec, values: dict[str, SeedValues], reference: str | None
+) -> list[PairedRow]:
+    """:func:`paired_rows` from each method's values already read (``values``: label -> seed values)."""
     assert reference is not None
     by_label = {m.label: m for m in spec.methods}
     ordered = [by_label[reference], *(m for m in spec.methods if m.label != reference)]
-    values = {m.label: method_values(spec, layout, m, part, metric) for m in ordered}
     ref = values[reference]
     rows = []
     for m in ordered:
@@ -166,12 +172,14 @@ def write_paired(spec: ExperimentSpec, layout: Layout) -> list[Path]:
     ``paired-vs-<label>.md/.json`` for each further label of ``reference: [...]``."""
     if spec.reference is None:
         return []
+    values = {  # read once, paired against each reference
+        part: {m.label: method_values(spec, layout, m, part, "dice") for m in spec.methods}
+        for part in spec.evaluate_on
+    }
     written = []
     for reference in (spec.reference, *spec.also_against):
         stem = "paired" if reference == spec.reference else f"paired-vs-{reference}"
-        rows_by_part = {
-            part: paired_rows(spec, layout, part, reference=reference) for part in spec.evaluate_on
-        }
+        rows_by_part = {part: rows_against(spec, values[part], reference) for part in spec.evaluate_on}
         doc: dict[str, Any] = {
             "reference": reference,
             "metric": "dice",

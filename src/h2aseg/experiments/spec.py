@@ -292,6 +292,7 @@ def load_spec(path: str | Path) -> ExperimentSpec:
     rd = _Reader(source)
     raw = rd.mapping(raw, "", TOP_FIELDS, required=("dataset", "methods"))
     schedule = _schedule(rd, raw.get("schedule", "paper"))
+    reference, also_against = _references(rd, raw.get("reference"))
     spec = ExperimentSpec(
         source=source,
         name=rd.string(raw.get("name", source.stem), "name"),
@@ -304,8 +305,8 @@ def load_spec(path: str | Path) -> ExperimentSpec:
         lock_timeout_s=rd.number(raw.get("lock_timeout_s", 600.0), "lock_timeout_s"),
         std_over=rd.choice(raw.get("std_over", "cases"), "std_over", ("cases", "seeds")),
         evaluate_on=_evaluate_on(rd, raw.get("evaluate_on", ["test"])),
-        reference=_references(rd, raw.get("reference"))[0],
-        also_against=_references(rd, raw.get("reference"))[1:],
+        reference=reference,
+        also_against=also_against,
     )
     _check_parts(rd, spec)
     _check_networks(rd, spec.methods)
@@ -342,18 +343,19 @@ def _evaluate_on(rd: _Reader, raw: Any) -> tuple[str, ...]:
     return tuple(p for p in ("validation", "test") if p in raw)
 
 
-def _references(rd: _Reader, raw: Any) -> tuple[str | None, ...]:
-    """``reference: label`` or ``reference: [label, ...]`` (the first gives paired.md); (None,) if absent."""
+def _references(rd: _Reader, raw: Any) -> tuple[str | None, tuple[str, ...]]:
+    """``reference: label`` or ``reference: [label, ...]``: the label of paired.md (None if absent) and
+    the further labels."""
     if raw is None:
-        return (None,)
+        return None, ()
     if not isinstance(raw, list):
-        return (rd.string(raw, "reference"),)
+        return rd.string(raw, "reference"), ()
     if not raw:
         raise rd.error("reference", "an empty list; give a method label or leave reference out")
     labels = tuple(rd.string(v, f"reference[{i}]") for i, v in enumerate(raw))
     if len(set(labels)) != len(labels):
         raise rd.error("reference", f"a label appears twice in {list(labels)}")
-    return labels
+    return labels[0], labels[1:]
 
 
 def _check_parts(rd: _Reader, spec: ExperimentSpec) -> None:

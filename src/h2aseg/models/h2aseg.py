@@ -60,13 +60,11 @@ from h2aseg.models.registry import register_network
 from h2aseg.models.tamw import TAMW
 
 VARIANTS = ("ours", "paper", "released")
-#: the variants whose MCSA terms are normalised unless ``mcsa_term_norm`` says otherwise
-TERM_NORM_BY_DEFAULT = ("ours",)
 
 
 def default_term_norm(variant: str) -> bool:
     """Whether ``variant``'s MCSA keeps its attention terms in scale when ``mcsa_term_norm`` is not given."""
-    return variant in TERM_NORM_BY_DEFAULT
+    return variant == "ours"
 
 
 def _validate(
