@@ -87,3 +87,44 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         if key not in payload:
             raise CheckpointError(f"{path}: checkpoint lacks its {key!r} entry")
     return payload
+
+
+def _some(keys: Sequence[str], n: int = 3) -> str:
+    return ", ".join(keys[:n]) + (f", ... {len(keys) - n} more" if len(keys) > n else "")
+
+
+def load_weights(model: torch.nn.Module, path: str | Path, *, partial: bool = False) -> tuple[str, ...]:
+    """Load a checkpoint's weights into ``model``; returns the entries left as ``model`` initialised them.
+
+    Strict by default. ``partial``: parameters and buffers the checkpoint lacks keep their fresh values (a
+    module added to a trained network, e.g. MCSA grafted onto one trained without it). Either way, an
+    entry of the checkpoint that the network lacks, or one of another shape, is an error naming them.
+    """
+    weights = load_checkpoint(path)["model"]
+    own = model.state_dict()
+    unexpected = sorted(k for k in weights if k not in own)
+    reshaped = sorted(k for k in weights if k in own and tuple(weights[k].shape) != tuple(own[k].shape))
+    missing = sorted(k for k in own if k not in weights)
+    problems = []
+    if unexpected:
+        problems.append(f"{len(unexpected)} entries the network lacks ({_some(unexpected)})")
+    if reshaped:
+        shapes = [f"{k}: {tuple(weights[k].shape)} vs {tuple(own[k].shape)}" for k in reshaped]
+        problems.append(f"{len(reshaped)} of another shape ({_some(shapes)})")
+    if missing and not partial:
+        problems.append(
+            f"{len(missing)} entries the checkpoint lacks ({_some(missing)}; train.init_partial=true keeps "
+            "those freshly initialised)"
+        )
+    if problems:
+        raise CheckpointError(
+            f"{path}: its weights do not fit the configured network: {'; '.join(problems)}. "
+            "Do the model.* settings match the checkpoint's stored config?"
+        )
+    model.load_state_dict(weights, strict=not partial)
+    return tuple(missing)
+
+
+def module_names(keys: Sequence[str], depth: int = 2) -> list[str]:
+    """The modules that state_dict ``keys`` belong to (``encoder.sa2.gain`` -> ``encoder.sa2``), in order."""
+    return list(dict.fromkeys(".".join(k.split(".")[:depth]) for k in keys))

@@ -215,6 +215,10 @@ class TrainConfig:
     device: str = "auto"
     deterministic: bool = True
     init_checkpoint: str | None = None  # start from these weights (fine-tuning)
+    # True: entries init_checkpoint lacks keep their fresh initialisation (e.g. MCSA grafted onto a network
+    # trained without it: with term-normalised MCSA its gains start at zero, so the network starts as the
+    # checkpoint's); an entry of another shape, or one the network lacks, is still an error
+    init_partial: bool = False
 
 
 @dataclass

@@ -177,3 +177,28 @@ def test_validation_reports_spread_and_case_count(cohort: Path, tmp_path: Path, 
 
     v = Validation(40.0, 10.0, 4)
     assert v.sem == pytest.approx(5.0) and "n=4 cases" in v.describe() and FEW_VAL_CASES > 4
+
+
+def test_fine_tuning_can_graft_modules_the_checkpoint_lacks(cohort: Path, tmp_path: Path, capsys) -> None:
+    """train.init_partial: MCSA added to a network trained without it starts freshly initialised, with the
+    other weights loaded; with term-normalised MCSA (gains from zero) the network starts as the checkpoint's.
+    Without the flag, the mismatch is an error naming the checkpoint and what it lacks."""
+    from h2aseg.checkpoint import CheckpointError
+
+    no_mcsa = ("model.use_mcsa=false", "model.variant=paper", "train.val_every=0")
+    base = train(tiny_config(cohort, epochs=1, extra=no_mcsa), tmp_path / "base", progress=False)
+    graft = (f"train.init_checkpoint={base.last_checkpoint}", "model.variant=ours", "train.lr=0.0")
+    with pytest.raises(CheckpointError, match=r"last\.pt: .*entries the checkpoint lacks .*encoder\.sa"):
+        train(tiny_config(cohort, epochs=1, extra=graft), tmp_path / "strict", progress=False)
+
+    tuned = train(
+        tiny_config(cohort, epochs=1, extra=(*graft, "train.init_partial=true")),
+        tmp_path / "graft",
+        progress=False,
+    )
+    assert "start freshly initialised: encoder.sa" in capsys.readouterr().out
+    best = load_checkpoint(tuned.best_checkpoint)
+    assert best["epoch"] == 0  # the grafted network validates exactly as the checkpoint's did
+    for k, v in _weights(base.last_checkpoint).items():
+        torch.testing.assert_close(best["model"][k], v, rtol=0, atol=0)
+    assert any(k.startswith("encoder.sa") for k in best["model"])

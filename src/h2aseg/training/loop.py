@@ -22,7 +22,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 
 from h2aseg import __version__
-from h2aseg.checkpoint import save_checkpoint
+from h2aseg.checkpoint import module_names, save_checkpoint
 from h2aseg.config import Config
 from h2aseg.data.layouts import Case
 from h2aseg.data.preprocess import CaseCache
@@ -54,6 +54,7 @@ class Engine:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     scaler: torch.amp.GradScaler
     use_scaler: bool  # fp16 on CUDA: the scaler skips non-finite steps itself
+    fresh: tuple[str, ...] = ()  # train.init_partial: the entries init_checkpoint lacked, freshly initialised
 
     @property
     def steps_per_epoch(self) -> int:
@@ -139,6 +140,11 @@ def initial_validation(run: TrainingRun, eng: Engine, ts: TrainState, cbs: Train
     """Fine-tuning: the starting weights are the first candidate for best.pt (saved as epoch 0), so that
     a fine-tune that does not help never replaces them."""
     cfg = run.cfg
+    if eng.fresh and run.state is None and run.dd.main:
+        cbs.on_message(
+            f"{len(eng.fresh)} entries not in {cfg.train.init_checkpoint} start freshly initialised: "
+            + ", ".join(module_names(eng.fresh))
+        )
     if (
         run.state is not None
         or not cfg.train.init_checkpoint

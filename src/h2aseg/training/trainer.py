@@ -44,7 +44,7 @@ import torch.nn as nn
 from monai.data import list_data_collate
 from torch.utils.data import DataLoader
 
-from h2aseg.checkpoint import load_checkpoint
+from h2aseg.checkpoint import load_weights
 from h2aseg.config import Config, ConfigError
 from h2aseg.data.transforms import train_transforms
 from h2aseg.files import atomic_write_text
@@ -152,8 +152,9 @@ def build_model_and_optim(run: TrainingRun) -> Engine:
         torch.backends.cudnn.benchmark = False
         torch.use_deterministic_algorithms(True, warn_only=True)
     model = build_from_config(cfg.model, patch_size=cfg.data.patch_size).to(device)
+    fresh: tuple[str, ...] = ()
     if cfg.train.init_checkpoint and run.state is None:
-        model.load_state_dict(load_checkpoint(cfg.train.init_checkpoint)["model"], strict=True)
+        fresh = load_weights(model, cfg.train.init_checkpoint, partial=cfg.train.init_partial)
     net: nn.Module = model
     if dd.world > 1:
         net = nn.parallel.DistributedDataParallel(
@@ -182,7 +183,9 @@ def build_model_and_optim(run: TrainingRun) -> Engine:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, len(loader)))
     use_scaler = device.type == "cuda" and t.amp in ("auto", "fp16")
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
-    return Engine(model, net, loss_fn, dataset, sampler, loader, optimizer, scheduler, scaler, use_scaler)
+    return Engine(
+        model, net, loss_fn, dataset, sampler, loader, optimizer, scheduler, scaler, use_scaler, fresh
+    )
 
 
 def _case_weights(run: TrainingRun) -> list[float] | None:
