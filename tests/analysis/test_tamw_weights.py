@@ -20,6 +20,7 @@ from h2aseg.analysis.tamw_weights import (
     aggregate_case,
     modality_slices,
     read_table3_csv,
+    tamw_order,
     write_tamw_outputs,
 )
 from h2aseg.cli import app
@@ -41,6 +42,18 @@ def _rows(path: Path) -> list[dict[str, str]]:
 def test_modality_slices_follow_each_variants_concatenation() -> None:
     assert modality_slices("paper", 4, 24) == {"pet": slice(0, 4), "ct": slice(4, 8), "dec": slice(8, 24)}
     assert modality_slices("released", 4, 24) == {"pet": slice(4, 8), "ct": slice(0, 4), "dec": slice(8, 24)}
+    with pytest.raises(AnalysisError, match="channel order must be 'paper' or 'released', got 'ours'"):
+        modality_slices("ours", 4, 24)
+
+
+@pytest.mark.parametrize(
+    ("variant", "order"), [("paper", "paper"), ("ours", "paper"), ("released", "released")]
+)
+def test_the_channel_order_comes_from_the_tamw_modules(variant: str, order: str) -> None:
+    from h2aseg.models.registry import build_network
+
+    net = build_network("h2aseg", variant=variant, channels=(4, 4, 4, 4, 4), window_size=(2, 2, 2))
+    assert tamw_order(net) == order
 
 
 @pytest.mark.parametrize("variant", ["paper", "released"])

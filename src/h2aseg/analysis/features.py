@@ -33,7 +33,7 @@ from h2aseg.analysis.plotting import (
     take_plane,
     to_display,
 )
-from h2aseg.analysis.tamw_weights import TamwRecorder, modality_slices, tamw_modules
+from h2aseg.analysis.tamw_weights import TamwRecorder, modality_slices, tamw_modules, tamw_order
 from h2aseg.hardware import autocast_context
 
 FEATURE_DEPTH = 2
@@ -106,7 +106,7 @@ def case_features(loaded: LoadedModel, case: Any, title: str) -> LevelTwoFeature
     box = crop_box(pc.suv.shape, lesion_centre(pc.label, pc.suv), loaded.predictor.roi_size)
     image = pc.image[(slice(None), *box)]
     f_ct, f_pet, w = capture_level2(loaded, image)
-    sl = modality_slices(loaded.variant, f_ct.shape[0], w.shape[0])
+    sl = modality_slices(tamw_order(loaded.model, str(loaded.path)), f_ct.shape[0], w.shape[0])
     lo, hi = data.ct_window
     ct_range = tuple(float(np.clip((v - lo) / (hi - lo), 0.0, 1.0)) for v in CT_DISPLAY_HU)
     return LevelTwoFeatures(

@@ -20,6 +20,7 @@ from h2aseg.analysis.tamw_weights import (
     Weighting,
     aggregate_case,
     tamw_modules,
+    tamw_order,
     write_tamw_outputs,
 )
 
@@ -28,7 +29,8 @@ def case_weights(loaded: LoadedModel, recorder: TamwRecorder, case: Any, weighti
     """Run the predictor's sliding windows over one case (inside ``recorder``) and average its weights."""
     recorder.take()
     run_case(loaded, case)
-    return aggregate_case(case.case_id, recorder.take(), loaded.variant, weighting)
+    order = tamw_order(loaded.model, str(loaded.path))
+    return aggregate_case(case.case_id, recorder.take(), order, weighting)
 
 
 def analyze_cases(
@@ -52,7 +54,8 @@ def run_notes(loaded: LoadedModel, where: str, weighting: Weighting) -> list[str
     """The lines under Table 3: model, channel order, cases, windows."""
     infer = loaded.predictor.cfg.infer
     roi = "x".join(str(v) for v in loaded.predictor.roi_size)
-    order = "F = concat(F_ct, F_pet, D~)" if loaded.variant == "released" else "F = concat(F_pet, F_ct, D~)"
+    released = tamw_order(loaded.model, str(loaded.path)) == "released"
+    order = "F = concat(F_ct, F_pet, D~)" if released else "F = concat(F_pet, F_ct, D~)"
     return [
         f"Model: {loaded.path} ({loaded.describe()}); TAMW channel order {order}.",
         f"Cases: {where}.",
@@ -111,6 +114,7 @@ class PredictionRecorder:
     def __init__(self, predictor: Any, checkpoint: str | Path, weighting: Weighting = "uniform") -> None:
         self.loaded = LoadedModel(Path(checkpoint), predictor)
         self.recorder = TamwRecorder(predictor.model, str(checkpoint))
+        self.order = tamw_order(predictor.model, str(checkpoint))
         self.weighting = weighting
         self.results: dict[str, CaseWeights] = {}
 
@@ -124,7 +128,7 @@ class PredictionRecorder:
     def on_case(self, case_id: str, status: str) -> None:
         calls = self.recorder.take()
         if status == "done":
-            self.results[case_id] = aggregate_case(case_id, calls, self.loaded.variant, self.weighting)
+            self.results[case_id] = aggregate_case(case_id, calls, self.order, self.weighting)
 
     def write(
         self, cases: Sequence[Any], out_dir: str | Path, *, where: str, on_case: OnCase | None = None

@@ -68,12 +68,24 @@ def tamw_modules(model: nn.Module, source: str = "the model") -> dict[int, TAMW]
     return mods  # type: ignore[return-value]
 
 
-def modality_slices(variant: str, skip_channels: int, total: int) -> dict[str, slice]:
-    """Where PET, CT and the decoder feature sit among TAMW's ``total`` channels (``skip_channels`` = C_k):
-    paper and ours ``[F_pet, F_ct, D~]``, released ``[F_ct, F_pet, D~]``."""
+def tamw_order(model: nn.Module, source: str = "the model") -> str:
+    """The concatenation order of the model's TAMW modules, from the modules themselves: ``"paper"``
+    (the paper's and ours) or ``"released"`` (the authors' code), whatever the network's variant is called."""
+    orders = {m.variant for m in tamw_modules(model, source).values()}
+    if len(orders) != 1:
+        raise AnalysisError(f"{source}: its TAMW modules disagree on the channel order ({sorted(orders)})")
+    return orders.pop()
+
+
+def modality_slices(order: str, skip_channels: int, total: int) -> dict[str, slice]:
+    """Where PET, CT and the decoder feature sit among TAMW's ``total`` channels (``skip_channels`` = C_k),
+    for a TAMW of structural ``order`` (:func:`tamw_order`): paper ``[F_pet, F_ct, D~]``, released
+    ``[F_ct, F_pet, D~]``."""
+    if order not in ("paper", "released"):
+        raise AnalysisError(f"TAMW channel order must be 'paper' or 'released', got {order!r}")
     c = int(skip_channels)
     first, second = (slice(0, c), slice(c, 2 * c))
-    pet, ct = (second, first) if variant == "released" else (first, second)
+    pet, ct = (second, first) if order == "released" else (first, second)
     return {"pet": pet, "ct": ct, "dec": slice(2 * c, int(total))}
 
 
@@ -161,9 +173,10 @@ def _mean(w: torch.Tensor, mass: torch.Tensor | None) -> np.ndarray:
 
 
 def aggregate_case(
-    case_id: str, calls: Sequence[TamwCall], variant: str, weighting: Weighting = "uniform"
+    case_id: str, calls: Sequence[TamwCall], order: str, weighting: Weighting = "uniform"
 ) -> CaseWeights:
-    """A case's :class:`CaseWeights` from its TAMW calls (every window of every depth)."""
+    """A case's :class:`CaseWeights` from its TAMW calls (every window of every depth); ``order``: the
+    TAMW modules' channel order (:func:`tamw_order`)."""
     if weighting not in WEIGHTINGS:
         raise AnalysisError(f"window weighting must be one of {', '.join(WEIGHTINGS)}, got {weighting!r}")
     out = CaseWeights(case_id)
@@ -177,7 +190,7 @@ def aggregate_case(
         out.depths[k] = DepthWeights(
             _mean(fore, frac if mass else None),
             _mean(back, 1.0 - frac if mass else None),
-            modality_slices(variant, mine[0].skip_channels, fore.shape[1]),
+            modality_slices(order, mine[0].skip_channels, fore.shape[1]),
             float(frac.mean()),
             len(frac),
         )
