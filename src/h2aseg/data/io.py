@@ -73,6 +73,20 @@ def strip_image_suffix(name: str) -> str:
     return name[: -len(suf)] if suf else name
 
 
+def _beside(mask_path: Path, suffix: str) -> Path:
+    return mask_path.with_name(f"{strip_image_suffix(mask_path.name)}_{suffix}.nii.gz")
+
+
+def probability_path(mask_path: Path) -> Path:
+    """``<case>_probability.nii.gz`` beside the mask ``<case>.nii.gz`` (written by ``h2aseg predict``)."""
+    return _beside(mask_path, "probability")
+
+
+def flip_masks_path(mask_path: Path) -> Path:
+    """``<case>_flip_masks.nii.gz`` beside the mask ``<case>.nii.gz`` (written by ``h2aseg predict``)."""
+    return _beside(mask_path, "flip_masks")
+
+
 def read_volume(path: str | Path, *, dtype: np.dtype | type | None = np.float32) -> Volume:
     """Read a 3D image with its geometry. Raises :class:`ImageError` naming the file on any problem."""
     path = Path(path)

@@ -57,7 +57,16 @@ from scipy import ndimage
 from scipy.spatial.distance import pdist
 
 from h2aseg.data.geometry import affine_voxel_volume_ml, resample_labels, resample_to_grid
-from h2aseg.data.io import ImageError, Volume, check_finite, describe_grid, read_volume, strip_image_suffix
+from h2aseg.data.io import (
+    ImageError,
+    Volume,
+    check_finite,
+    describe_grid,
+    flip_masks_path,
+    probability_path,
+    read_volume,
+    strip_image_suffix,
+)
 from h2aseg.files import atomic_write_text
 
 CONNECTIVITY = 18
@@ -588,8 +597,6 @@ def on_suv_grid(vol: Volume, suv: Volume) -> Volume:
 def confidence_volumes(mask: Volume, suv: Volume) -> tuple[Volume | None, Volume | None]:
     """The probability map and flip masks ``h2aseg predict`` wrote beside the mask file ``mask.path`` (None
     where absent), checked to be on the mask's grid and mapped onto the SUV's (:func:`on_suv_grid`)."""
-    from h2aseg.inference.predictor import flip_masks_path, probability_path  # file names only
-
     if mask.path is None:
         return None, None
     mask_path = Path(mask.path)

@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from h2aseg.checkpoint import load_checkpoint
 from h2aseg.config import Config
-from h2aseg.data.io import ImageError, write_volume
+from h2aseg.data.io import ImageError, flip_masks_path, probability_path, write_volume
 from h2aseg.data.layouts import Case
 from h2aseg.data.preprocess import PreprocessedCase, preprocess_images, restore_to_ct_grid
 from h2aseg.data.transforms import body_threshold, model_input
@@ -158,22 +158,6 @@ class Predictor:
 
 def _mm(spacing: Sequence[float]) -> str:
     return " x ".join(f"{v:.2f}" for v in spacing)
-
-
-def _beside(mask_path: Path, suffix: str) -> Path:
-    name = mask_path.name
-    stem = name[: -len(".nii.gz")] if name.endswith(".nii.gz") else mask_path.stem
-    return mask_path.with_name(f"{stem}_{suffix}.nii.gz")
-
-
-def probability_path(mask_path: Path) -> Path:
-    """``<case>_probability.nii.gz`` beside the mask ``<case>.nii.gz``."""
-    return _beside(mask_path, "probability")
-
-
-def flip_masks_path(mask_path: Path) -> Path:
-    """``<case>_flip_masks.nii.gz`` beside the mask ``<case>.nii.gz``."""
-    return _beside(mask_path, "flip_masks")
 
 
 def write_prediction(pred: Prediction, out: str | Path, *, inputs: Iterable[str | Path] = ()) -> Path:
