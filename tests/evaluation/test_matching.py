@@ -43,6 +43,19 @@ def test_mask_folder_and_duplicates(tmp_path):
         mask_folder(tmp_path)
 
 
+def test_mask_folder_leaves_out_the_files_predict_writes_beside_a_mask(tmp_path):
+    """``predict --set infer.save_probabilities=true`` (and flip TTA) writes a probability map and flip masks
+    beside each mask: they are not predictions of cases of their own. A file that merely ends like one, with
+    no mask beside it, is still a case."""
+    from h2aseg.data.io import flip_masks_path, probability_path
+
+    mask = _mask(tmp_path / "c1.nii.gz", _blob())
+    write_volume(probability_path(mask), _blob().astype(np.float32) * 0.9, AFF)
+    _mask(flip_masks_path(mask), _blob())
+    _mask(tmp_path / "c2_probability.nii.gz", _blob())
+    assert sorted(mask_folder(tmp_path)) == ["c1", "c2_probability"]
+
+
 def test_match_missing_extra_and_allow_missing(tmp_path):
     gt = {"c1": tmp_path / "c1.nii.gz", "c2": tmp_path / "c2.nii.gz", "c3": tmp_path / "c3.nii.gz"}
     pred = {"c1": tmp_path / "p1.nii.gz", "zz": tmp_path / "zz.nii.gz"}

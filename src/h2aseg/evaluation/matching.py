@@ -15,7 +15,15 @@ from pathlib import Path
 import numpy as np
 
 from h2aseg.data.geometry import resample_labels, voxel_volume_ml
-from h2aseg.data.io import ImageError, Volume, image_suffix, read_volume, strip_image_suffix
+from h2aseg.data.io import (
+    ImageError,
+    Volume,
+    flip_masks_path,
+    image_suffix,
+    probability_path,
+    read_volume,
+    strip_image_suffix,
+)
 from h2aseg.errors import InputError
 
 
@@ -50,13 +58,19 @@ def _list_ids(ids: Sequence[str], limit: int = 8) -> str:
 
 
 def mask_folder(root: str | Path) -> dict[str, Path]:
-    """``{case_id: file}`` for the image files directly inside ``root`` (hidden files ignored)."""
+    """``{case_id: file}`` for the image files directly inside ``root`` (hidden files ignored). The
+    probability map and flip masks ``h2aseg predict`` writes beside a mask (``<case>_probability.nii.gz``,
+    ``<case>_flip_masks.nii.gz``) are not masks of cases of their own and are left out."""
     root = Path(root)
     if not root.is_dir():
         raise EvaluationError(f"{root}: not a folder")
+    files = [
+        f for f in sorted(root.iterdir()) if not f.name.startswith(".") and f.is_file() and image_suffix(f)
+    ]
+    companions = {p for f in files for p in (probability_path(f), flip_masks_path(f))}
     out: dict[str, Path] = {}
-    for f in sorted(root.iterdir()):
-        if f.name.startswith(".") or not f.is_file() or not image_suffix(f):
+    for f in files:
+        if f in companions:
             continue
         cid = strip_image_suffix(f.name)
         if cid in out:
