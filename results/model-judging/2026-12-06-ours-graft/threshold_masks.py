@@ -1,6 +1,7 @@
 """Masks at other foreground thresholds from the probability maps `h2aseg predict --set
 infer.save_probabilities=true` wrote (studies on their working grid, so the map and the mask share a grid):
 mask = probability >= T, as `infer.threshold=T` would give. Checks T=0.5 reproduces the written masks."""
+
 import sys
 from pathlib import Path
 
