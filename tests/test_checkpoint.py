@@ -69,3 +69,34 @@ def test_cli_export_checkpoint(trained: Path, tmp_path: Path) -> None:
     assert Config.from_dict(slim["config"]).infer.tta_flips and slim["provenance"]["note"] == "cli"
     res = runner.invoke(app, ["export-checkpoint", str(tmp_path / "missing.pt"), str(dst)])
     assert res.exit_code == 2 and "missing.pt" in res.output and "not found" in res.output
+
+
+def test_load_weights_strict_partial_and_the_errors_that_name_the_file(trained: Path) -> None:
+    """Strict: the same entries or an error naming the file and what differs. Partial: entries the
+    checkpoint lacks keep their values; an entry the network lacks, or of another shape, is still an error."""
+    from h2aseg.checkpoint import CheckpointError, load_weights
+
+    saved = load_checkpoint(trained)["model"]
+    same = torch.nn.Linear(4, 3)
+    assert load_weights(same, trained) == ()
+    torch.testing.assert_close(same.weight, saved["weight"], rtol=0, atol=0)
+
+    bigger = torch.nn.Sequential()
+    bigger.add_module("weight_holder", torch.nn.Linear(4, 3))
+    with pytest.raises(CheckpointError, match=r"best\.pt: .*2 entries the network lacks \(bias, weight\)"):
+        load_weights(bigger, trained, partial=True)
+
+    class Grafted(torch.nn.Linear):
+        def __init__(self) -> None:
+            super().__init__(4, 3)
+            self.gain = torch.nn.Parameter(torch.zeros(3))
+
+    g = Grafted()
+    with pytest.raises(CheckpointError, match=r"1 entries the checkpoint lacks \(gain; train\.init_partial"):
+        load_weights(g, trained)
+    assert load_weights(g, trained, partial=True) == ("gain",)
+    torch.testing.assert_close(g.weight, saved["weight"], rtol=0, atol=0)
+    assert not g.gain.detach().any()
+
+    with pytest.raises(CheckpointError, match=r"2 of another shape \(bias: \(3,\) vs \(5,\), weight"):
+        load_weights(torch.nn.Linear(4, 5), trained, partial=True)
