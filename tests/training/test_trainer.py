@@ -198,7 +198,25 @@ def test_fine_tuning_can_graft_modules_the_checkpoint_lacks(cohort: Path, tmp_pa
     )
     assert "start freshly initialised: encoder.sa" in capsys.readouterr().out
     best = load_checkpoint(tuned.best_checkpoint)
-    assert best["epoch"] == 0  # the grafted network validates exactly as the checkpoint's did
+    assert best["epoch"] == 0  # lr 0: the starting weights stay the best
     for k, v in _weights(base.last_checkpoint).items():
         torch.testing.assert_close(best["model"][k], v, rtol=0, atol=0)
     assert any(k.startswith("encoder.sa") for k in best["model"])
+
+    # with its MCSA gains at zero, the grafted network computes exactly what the checkpoint's did
+    from h2aseg.checkpoint import load_weights
+
+    cfg = tiny_config(cohort, epochs=1, extra=no_mcsa)
+    donor = build_from_config(cfg.model, patch_size=cfg.data.patch_size).eval()
+    load_weights(donor, base.last_checkpoint)
+    grafted_cfg = tiny_config(cohort, epochs=1, extra=graft).model
+    grafted = build_from_config(grafted_cfg, patch_size=cfg.data.patch_size).eval()
+    assert load_weights(grafted, base.last_checkpoint, partial=True)
+    x = torch.rand(1, 2, *cfg.data.patch_size)
+    with torch.no_grad():
+        a, b = donor(x), grafted(x)
+
+    def first(y):
+        return y if torch.is_tensor(y) else y[0]
+
+    torch.testing.assert_close(first(b), first(a), rtol=0, atol=0)

@@ -29,8 +29,7 @@ def case_weights(loaded: LoadedModel, recorder: TamwRecorder, case: Any, weighti
     """Run the predictor's sliding windows over one case (inside ``recorder``) and average its weights."""
     recorder.take()
     run_case(loaded, case)
-    order = tamw_order(loaded.model, str(loaded.path))
-    return aggregate_case(case.case_id, recorder.take(), order, weighting)
+    return aggregate_case(case.case_id, recorder.take(), recorder.order, weighting)
 
 
 def analyze_cases(
@@ -114,7 +113,6 @@ class PredictionRecorder:
     def __init__(self, predictor: Any, checkpoint: str | Path, weighting: Weighting = "uniform") -> None:
         self.loaded = LoadedModel(Path(checkpoint), predictor)
         self.recorder = TamwRecorder(predictor.model, str(checkpoint))
-        self.order = tamw_order(predictor.model, str(checkpoint))
         self.weighting = weighting
         self.results: dict[str, CaseWeights] = {}
 
@@ -128,7 +126,7 @@ class PredictionRecorder:
     def on_case(self, case_id: str, status: str) -> None:
         calls = self.recorder.take()
         if status == "done":
-            self.results[case_id] = aggregate_case(case_id, calls, self.order, self.weighting)
+            self.results[case_id] = aggregate_case(case_id, calls, self.recorder.order, self.weighting)
 
     def write(
         self, cases: Sequence[Any], out_dir: str | Path, *, where: str, on_case: OnCase | None = None

@@ -71,7 +71,11 @@ def tamw_modules(model: nn.Module, source: str = "the model") -> dict[int, TAMW]
 def tamw_order(model: nn.Module, source: str = "the model") -> str:
     """The concatenation order of the model's TAMW modules, from the modules themselves: ``"paper"``
     (the paper's and ours) or ``"released"`` (the authors' code), whatever the network's variant is called."""
-    orders = {m.variant for m in tamw_modules(model, source).values()}
+    return _order(tamw_modules(model, source), source)
+
+
+def _order(modules: dict[int, TAMW], source: str) -> str:
+    orders = {m.variant for m in modules.values()}
     if len(orders) != 1:
         raise AnalysisError(f"{source}: its TAMW modules disagree on the channel order ({sorted(orders)})")
     return orders.pop()
@@ -106,6 +110,7 @@ class TamwRecorder:
 
     def __init__(self, model: nn.Module, source: str = "the model") -> None:
         self.modules = tamw_modules(model, source)
+        self.order = _order(self.modules, source)  # the channel order of every call it records
         self.calls: list[TamwCall] = []
         self._handles: list[Any] = []
         self._flags: dict[int, bool] = {}

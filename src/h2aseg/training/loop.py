@@ -140,7 +140,7 @@ def initial_validation(run: TrainingRun, eng: Engine, ts: TrainState, cbs: Train
     """Fine-tuning: the starting weights are the first candidate for best.pt (saved as epoch 0), so that
     a fine-tune that does not help never replaces them."""
     cfg = run.cfg
-    if eng.fresh and run.state is None and run.dd.main:
+    if eng.fresh and run.dd.main:  # only a fresh start loads init_checkpoint
         cbs.on_message(
             f"{len(eng.fresh)} entries not in {cfg.train.init_checkpoint} start freshly initialised: "
             + ", ".join(module_names(eng.fresh))
