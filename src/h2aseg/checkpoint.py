@@ -123,8 +123,3 @@ def load_weights(model: torch.nn.Module, path: str | Path, *, partial: bool = Fa
         )
     model.load_state_dict(weights, strict=not partial)
     return tuple(missing)
-
-
-def module_names(keys: Sequence[str], depth: int = 2) -> list[str]:
-    """The modules that state_dict ``keys`` belong to (``encoder.sa2.gain`` -> ``encoder.sa2``), in order."""
-    return list(dict.fromkeys(".".join(k.split(".")[:depth]) for k in keys))

@@ -12,6 +12,7 @@ import io
 import math
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 
 from h2aseg import __version__
-from h2aseg.checkpoint import module_names, save_checkpoint
+from h2aseg.checkpoint import save_checkpoint
 from h2aseg.config import Config
 from h2aseg.data.layouts import Case
 from h2aseg.data.preprocess import CaseCache
@@ -136,6 +137,11 @@ def validate(
 
 
 # ------------------------------------------------------------------------------------------- epoch
+def _module_names(keys: Sequence[str], depth: int = 2) -> list[str]:
+    """The modules that state_dict ``keys`` belong to (``encoder.sa2.gain`` -> ``encoder.sa2``), in order."""
+    return list(dict.fromkeys(".".join(k.split(".")[:depth]) for k in keys))
+
+
 def initial_validation(run: TrainingRun, eng: Engine, ts: TrainState, cbs: TrainingCallbacks) -> None:
     """Fine-tuning: the starting weights are the first candidate for best.pt (saved as epoch 0), so that
     a fine-tune that does not help never replaces them."""
@@ -143,7 +149,7 @@ def initial_validation(run: TrainingRun, eng: Engine, ts: TrainState, cbs: Train
     if eng.fresh and run.dd.main:  # only a fresh start loads init_checkpoint
         cbs.on_message(
             f"{len(eng.fresh)} entries not in {cfg.train.init_checkpoint} start freshly initialised: "
-            + ", ".join(module_names(eng.fresh))
+            + ", ".join(_module_names(eng.fresh))
         )
     if (
         run.state is not None
