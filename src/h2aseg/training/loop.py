@@ -137,9 +137,9 @@ def validate(
 
 
 # ------------------------------------------------------------------------------------------- epoch
-def _module_names(keys: Sequence[str], depth: int = 2) -> list[str]:
+def _module_names(keys: Sequence[str]) -> list[str]:
     """The modules that state_dict ``keys`` belong to (``encoder.sa2.gain`` -> ``encoder.sa2``), in order."""
-    return list(dict.fromkeys(".".join(k.split(".")[:depth]) for k in keys))
+    return list(dict.fromkeys(".".join(k.split(".")[:2]) for k in keys))
 
 
 def initial_validation(run: TrainingRun, eng: Engine, ts: TrainState, cbs: TrainingCallbacks) -> None:
