@@ -7,7 +7,9 @@
 - ``analyze runs``: several training runs' validation Dice against steps and training time;
 - ``analyze detection``: which ground-truth lesions each method finds, by SUVmax and by volume;
 - ``analyze confidence``: how well lesion confidence (lesions.csv's prob_mean, prob_max, tta_volume_cv)
-  separates true from false-positive predicted lesions (ROC AUC; docs/quantify.md).
+  separates true from false-positive predicted lesions (ROC AUC; docs/quantify.md);
+- ``analyze thresholds``: Dice, lesions found and FP lesions at several foreground thresholds, from the
+  probability maps predict saved (choose the operating point on validation studies).
 
 See docs/analysis.md.
 """
@@ -25,7 +27,8 @@ from h2aseg.progress import progress_bar
 analyze_app = typer.Typer(
     name="analyze",
     help="Table 3 (TAMW weights), Fig. 4 (level-2 features), Fig. 3 (method overlays), run curves, "
-    "lesion detection by uptake and size, lesion confidence ROC AUC, MCSA attention scale.",
+    "lesion detection by uptake and size, lesion confidence ROC AUC, MCSA attention scale, operating "
+    "points from probability maps.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -338,6 +341,65 @@ def confidence(
 
     _over_cases("Lesion confidence", progress, run)
     typer.echo((out / "confidence.md").read_text(encoding="utf-8").rstrip("\n"))
+
+
+@analyze_app.command("thresholds")
+def thresholds(
+    pred: Path = typer.Option(
+        ...,
+        "--pred",
+        help="A prediction folder with <case>_probability.nii.gz beside each mask (h2aseg predict "
+        "--probabilities).",
+    ),
+    gt: Path = typer.Option(
+        ..., "--gt", help="Ground truth: a dataset folder (any layout) or a folder of masks <case_id>.nii.gz."
+    ),
+    out: Path = typer.Option(
+        ...,
+        "--out",
+        help="Output folder: thresholds.md/.csv, masks-t<T>/ (mask = probability >= T) and eval-t<T>/.",
+    ),
+    values: str = typer.Option(
+        "0.2,0.3,0.4,0.5", "--thresholds", help="Foreground thresholds to try, between 0 and 1."
+    ),
+    reference: float = typer.Option(
+        0.5,
+        "--reference",
+        help="The threshold the folder's masks were predicted at [infer.threshold]; the table says in how "
+        "many studies the thresholded maps reproduce them.",
+    ),
+    layout: str = typer.Option("auto", "--layout", help="Layout of --gt (auto | folder | a dataset layout)."),
+    protocol: str = typer.Option("paper", "--protocol", help="paper | autopet (binary masks)."),
+    jobs: int = typer.Option(1, "--jobs", min=1, help="Processes scoring cases in parallel."),
+    progress: bool = PROGRESS,
+) -> None:
+    """Dice, lesions found and FP lesions at several thresholds, from saved probability maps: choose the
+    operating point on validation studies (docs/analysis.md)."""
+    from h2aseg.analysis.thresholds import parse_thresholds, probability_maps, sweep_thresholds
+
+    if protocol not in ("paper", "autopet"):
+        raise fail(f"--protocol {protocol!r}: thresholds apply to binary masks (paper | autopet)")
+    if not 0.0 < reference < 1.0:
+        raise fail(f"--reference {reference:g}: a threshold lies strictly between 0 and 1")
+
+    def run(start: Callable[[int], None], advance: Callable[[str], None]) -> list[Path]:
+        ts = parse_thresholds(values)
+        start(len(probability_maps(pred)))
+        _rows, _checks, paths = sweep_thresholds(
+            pred,
+            gt,
+            ts,
+            out,
+            reference=reference,
+            protocol=protocol,
+            gt_layout=layout,
+            jobs=jobs,
+            on_case=advance,
+        )
+        return paths
+
+    _over_cases("Thresholds", progress, run)
+    typer.echo((out / "thresholds.md").read_text(encoding="utf-8").rstrip("\n"))
 
 
 def parse_run(text: str) -> tuple[str, Path]:
