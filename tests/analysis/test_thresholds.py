@@ -63,17 +63,19 @@ def test_each_threshold_scores_the_masks_it_implies(predictions: tuple[Path, Pat
     by_t = {r.threshold: r for r in table}
     assert [r.threshold for r in table] == [0.2, 0.3, 0.5]
     # 0.5: a finds A1 only (Dice 2*8/(8+16) = 66.7), b half of B1 (2*8/(8+16) = 66.7); c's blob is an FP
-    r = by_t[0.5]
-    assert (r.n_cases, r.n_lesion_cases, r.gt_lesions, r.lesions_found) == (3, 2, 3, 2)
-    assert r.dice == pytest.approx(200 * 8 / 24) and r.dice_se == pytest.approx(0.0, abs=1e-9)
-    assert r.fp_lesions_per_study == pytest.approx(1 / 3)
+    r, s = by_t[0.5], by_t[0.5].scores
+    assert s.dice is not None and (r.n_cases, s.dice.n, s.lesions_total, s.lesions_found) == (3, 2, 3, 2)
+    assert s.dice.mean == pytest.approx(200 * 8 / 24) and s.dice.se == pytest.approx(0.0, abs=1e-9)
+    assert s.fp_lesions_per_study == pytest.approx(1 / 3) and s.fp_lesions_per_lesion_free_study == 1.0
     assert r.fp_volume_ml_per_study == pytest.approx(8 * 0.008 / 3)
     # 0.3: a finds both (Dice 100), b all of B1 (100); still c's FP
-    r = by_t[0.3]
-    assert (r.lesions_found, r.studies_dice_zero) == (3, 0) and r.dice == pytest.approx(100.0)
+    s = by_t[0.3].scores
+    assert s.dice is not None and (s.lesions_found, s.studies_at_dice_zero) == (3, 0)
+    assert s.dice.mean == pytest.approx(100.0)
     # 0.2: a's blob joins: Dice 2*16/(16+24) = 80, two FP lesions in three studies
-    r = by_t[0.2]
-    assert r.dice == pytest.approx((80.0 + 100.0) / 2) and r.fp_lesions_per_study == pytest.approx(2 / 3)
+    s = by_t[0.2].scores
+    assert s.dice is not None and s.dice.mean == pytest.approx((80.0 + 100.0) / 2)
+    assert s.fp_lesions_per_study == pytest.approx(2 / 3)
     # the thresholded maps at 0.5 are predict's masks, and each written mask is probability >= T
     assert [c.differing_voxels for c in checks] == [0, 0, 0]
     written = read_volume(out / "masks-t0.3" / "a.nii.gz", dtype=None)
@@ -107,6 +109,8 @@ def test_bad_inputs_name_the_problem(predictions: tuple[Path, Path], tmp_path: P
     with pytest.raises(ThresholdError, match="numbers separated by commas"):
         parse_thresholds("0.3;0.4")
     assert parse_thresholds("0.5, 0.2,0.5") == (0.2, 0.5)
+    with pytest.raises(ThresholdError, match="--reference 1: a threshold lies strictly between 0 and 1"):
+        sweep_thresholds(pred, gt, [0.5], tmp_path / "out", reference=1.0)
     (pred / "c_probability.nii.gz").unlink()
     with pytest.raises(ThresholdError, match=r"1 mask\(s\) without a probability map .* c\.nii\.gz"):
         probability_maps(pred)

@@ -17,20 +17,23 @@ studies' masks the maps reproduce at ``reference`` (predict's threshold), so a r
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from h2aseg.data.io import ImageError, probability_path, read_volume, write_volume
 from h2aseg.errors import InputError
 from h2aseg.evaluation.matching import mask_folder
+from h2aseg.evaluation.paired import SideSummary, side_summary
 from h2aseg.evaluation.pipeline import evaluate_folders
 from h2aseg.evaluation.quantify import check_probability, csv_text
 from h2aseg.evaluation.report import write_evaluation
 from h2aseg.files import atomic_write_text
+
+#: Protocols whose masks are binary (a foreground threshold applies).
+BINARY_PROTOCOLS = ("paper", "autopet")
 
 
 class ThresholdError(InputError):
@@ -47,17 +50,12 @@ class MaskCheck:
 
 @dataclass(frozen=True)
 class ThresholdRow:
-    """One operating point: the masks ``probability >= threshold`` scored against the ground truth."""
+    """One operating point: the masks ``probability >= threshold`` scored against the ground truth (the
+    summary ``h2aseg evaluate-paired`` gives a model, and the false-positive volume per study)."""
 
     threshold: float
     n_cases: int
-    n_lesion_cases: int
-    dice: float
-    dice_se: float
-    studies_dice_zero: int
-    gt_lesions: int
-    lesions_found: int
-    fp_lesions_per_study: float
+    scores: SideSummary
     fp_volume_ml_per_study: float
 
 
@@ -77,10 +75,10 @@ def parse_thresholds(text: str, option: str = "--thresholds") -> tuple[float, ..
     return tuple(sorted(set(values)))
 
 
-def probability_maps(pred_dir: str | Path) -> dict[str, Path]:
-    """``{case_id: <case>_probability.nii.gz}`` for every mask in ``pred_dir`` that has one beside it."""
+def probability_maps(pred_dir: str | Path) -> dict[str, tuple[Path, Path]]:
+    """``{case_id: (mask, <case>_probability.nii.gz)}``; every mask in ``pred_dir`` must have its map."""
     masks = mask_folder(pred_dir)
-    maps = {cid: probability_path(p) for cid, p in masks.items() if probability_path(p).is_file()}
+    maps = {cid: (m, probability_path(m)) for cid, m in masks.items() if probability_path(m).is_file()}
     if not maps:
         raise ThresholdError(
             f"{pred_dir}: no <case>_probability.nii.gz beside the masks "
@@ -101,21 +99,19 @@ def threshold_folder(out: Path, threshold: float, kind: str) -> Path:
 
 
 def write_threshold_masks(
-    pred_dir: str | Path,
+    maps: dict[str, tuple[Path, Path]],
     thresholds: Sequence[float],
     out: Path,
     *,
     reference: float | None = 0.5,
     on_case: Callable[[str], None] | None = None,
 ) -> list[MaskCheck]:
-    """Write ``OUT/masks-t<T>/<case>.nii.gz`` = ``probability >= T`` for every case and threshold (atomic
-    writes on the probability map's grid); with ``reference``, compare that threshold's mask with
-    predict's."""
-    pred_dir = Path(pred_dir)
-    masks = mask_folder(pred_dir)
+    """Write ``OUT/masks-t<T>/<case>.nii.gz`` = ``probability >= T`` for every case of ``maps``
+    (:func:`probability_maps`) and threshold (atomic writes on the probability map's grid); with
+    ``reference``, compare that threshold's mask with predict's."""
     checks: list[MaskCheck] = []
-    inputs = tuple(masks.values()) + tuple(probability_path(p) for p in masks.values())
-    for cid, prob_path in probability_maps(pred_dir).items():
+    inputs = tuple(p for pair in maps.values() for p in pair)
+    for cid, (mask_path, prob_path) in maps.items():
         prob = read_volume(prob_path)
         check_probability(prob)
         for t in thresholds:
@@ -124,10 +120,10 @@ def write_threshold_masks(
                 threshold_folder(out, t, "masks") / f"{cid}.nii.gz", arr, prob.affine, protect=inputs
             )
         if reference is not None:
-            own = read_volume(masks[cid], dtype=None)
+            own = read_volume(mask_path, dtype=None)
             if own.shape != prob.shape:
                 raise ImageError(
-                    f"{masks[cid]}: shape {own.shape}, but its probability map {prob_path.name} has "
+                    f"{mask_path}: shape {own.shape}, but its probability map {prob_path.name} has "
                     f"{prob.shape}; they come from different predictions"
                 )
             differ = int(np.count_nonzero((np.asarray(own.array) > 0) != (prob.array >= reference)))
@@ -135,27 +131,6 @@ def write_threshold_masks(
         if on_case:
             on_case(cid)
     return checks
-
-
-def row_from_evaluation(threshold: float, rows: Sequence[Mapping[str, Any]]) -> ThresholdRow:
-    """One :class:`ThresholdRow` from ``evaluate_folders``' per-case rows (Dice over studies with lesions,
-    its standard error; lesion counts summed; false positives per study over every study)."""
-    lesion = [r for r in rows if int(r["has_lesion"])]
-    dice = np.array([float(r["dice"]) for r in lesion], dtype=np.float64)
-    n = len(dice)
-    se = float(dice.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
-    return ThresholdRow(
-        threshold=threshold,
-        n_cases=len(rows),
-        n_lesion_cases=n,
-        dice=float(dice.mean()) if n else math.nan,
-        dice_se=se,
-        studies_dice_zero=int(np.count_nonzero(dice == 0.0)),
-        gt_lesions=sum(int(r["gt_lesions"]) for r in rows),
-        lesions_found=sum(int(r["tp_lesions"]) for r in rows),
-        fp_lesions_per_study=float(np.mean([float(r["fp_lesions"]) for r in rows])) if rows else math.nan,
-        fp_volume_ml_per_study=float(np.mean([float(r["fp_volume_ml"]) for r in rows])) if rows else math.nan,
-    )
 
 
 def sweep_thresholds(
@@ -168,29 +143,55 @@ def sweep_thresholds(
     protocol: str = "paper",
     gt_layout: str = "auto",
     jobs: int = 1,
+    on_start: Callable[[int], None] | None = None,
     on_case: Callable[[str], None] | None = None,
 ) -> tuple[list[ThresholdRow], list[MaskCheck], list[Path]]:
     """Threshold every probability map at each ``thresholds`` value, score each set of masks (``eval-t<T>``:
     per_case.csv, summary.json/md) and write ``thresholds.csv`` and ``thresholds.md``; returns the rows,
-    the reference checks and the paths written."""
+    the reference checks and the paths written. ``on_start(n)`` once the cases are known."""
+    if protocol not in BINARY_PROTOCOLS:
+        raise ThresholdError(f"--protocol {protocol!r}: thresholds apply to binary masks (paper | autopet)")
+    if reference is not None and not 0.0 < reference < 1.0:
+        raise ThresholdError(f"--reference {reference:g}: a threshold lies strictly between 0 and 1")
     out = Path(out)
     thresholds = tuple(sorted(set(thresholds)))
-    checks = write_threshold_masks(pred_dir, thresholds, out, reference=reference, on_case=on_case)
+    maps = probability_maps(pred_dir)
+    if on_start:
+        on_start(len(maps))
+    checks = write_threshold_masks(maps, thresholds, out, reference=reference, on_case=on_case)
     table: list[ThresholdRow] = []
     paths: list[Path] = []
     for t in thresholds:
-        res = evaluate_folders(
-            threshold_folder(out, t, "masks"), gt_root, protocol=protocol, gt_layout=gt_layout, jobs=jobs
-        )
+        masks = threshold_folder(out, t, "masks")
+        res = evaluate_folders(masks, gt_root, protocol=protocol, gt_layout=gt_layout, jobs=jobs)
         paths += write_evaluation(threshold_folder(out, t, "eval"), res.rows, res.summary).values()
-        table.append(row_from_evaluation(t, res.rows))
+        fp_ml = float(np.mean([float(r["fp_volume_ml"]) for r in res.rows]))
+        table.append(ThresholdRow(t, len(res.rows), side_summary(f"t{t:g}", masks, res.rows), fp_ml))
     paths.append(atomic_write_text(out / "thresholds.csv", table_csv(table)))
     paths.append(atomic_write_text(out / "thresholds.md", table_markdown(table, checks, reference, pred_dir)))
     return table, checks, paths
 
 
+def _csv_row(r: ThresholdRow) -> dict[str, object]:
+    s, d = r.scores, r.scores.dice
+    return {
+        "threshold": r.threshold,
+        "n_cases": r.n_cases,
+        "n_lesion_cases": 0 if d is None else d.n,
+        "dice": None if d is None else d.mean,
+        "dice_se": None if d is None else d.se,
+        "studies_dice_zero": s.studies_at_dice_zero,
+        "gt_lesions": s.lesions_total,
+        "lesions_found": s.lesions_found,
+        "fp_lesions_per_study": s.fp_lesions_per_study,
+        "fp_lesions_per_lesion_free_study": s.fp_lesions_per_lesion_free_study,
+        "fp_volume_ml_per_study": r.fp_volume_ml_per_study,
+    }
+
+
 def table_csv(table: Sequence[ThresholdRow]) -> str:
-    return csv_text([asdict(r) for r in table], [f.name for f in fields(ThresholdRow)])
+    rows = [_csv_row(r) for r in table]
+    return csv_text(rows, list(rows[0]))
 
 
 def table_markdown(
@@ -204,17 +205,15 @@ def table_markdown(
         "|---|---|---|---|---|---|",
     ]
     for r in table:
-        dice = "n/a" if math.isnan(r.dice) else f"{r.dice:.1f} ± {r.dice_se:.1f}"
+        s = r.scores
+        dice, n = ("n/a", 0) if s.dice is None else (s.dice.text(), s.dice.n)
         lines.append(
-            f"| {r.threshold:g} | {dice} | {r.studies_dice_zero} / {r.n_lesion_cases} | "
-            f"{r.lesions_found} / {r.gt_lesions} | {r.fp_lesions_per_study:.2f} | "
+            f"| {r.threshold:g} | {dice} | {s.studies_at_dice_zero} / {n} | "
+            f"{s.lesions_found} / {s.lesions_total} | {s.fp_lesions_per_study:.2f} | "
             f"{r.fp_volume_ml_per_study:.2f} |"
         )
-    lines += [
-        "",
-        f"{table[0].n_cases} studies, {table[0].n_lesion_cases} with lesions; "
-        "mask = probability >= threshold.",
-    ]
+    n_lesion = 0 if table[0].scores.dice is None else table[0].scores.dice.n
+    lines += ["", f"{table[0].n_cases} studies, {n_lesion} with lesions; mask = probability >= threshold."]
     if reference is not None and checks:
         same = sum(c.differing_voxels == 0 for c in checks)
         text = (

@@ -375,25 +375,19 @@ def thresholds(
 ) -> None:
     """Dice, lesions found and FP lesions at several thresholds, from saved probability maps: choose the
     operating point on validation studies (docs/analysis.md)."""
-    from h2aseg.analysis.thresholds import parse_thresholds, probability_maps, sweep_thresholds
-
-    if protocol not in ("paper", "autopet"):
-        raise fail(f"--protocol {protocol!r}: thresholds apply to binary masks (paper | autopet)")
-    if not 0.0 < reference < 1.0:
-        raise fail(f"--reference {reference:g}: a threshold lies strictly between 0 and 1")
+    from h2aseg.analysis.thresholds import parse_thresholds, sweep_thresholds
 
     def run(start: Callable[[int], None], advance: Callable[[str], None]) -> list[Path]:
-        ts = parse_thresholds(values)
-        start(len(probability_maps(pred)))
         _rows, _checks, paths = sweep_thresholds(
             pred,
             gt,
-            ts,
+            parse_thresholds(values),
             out,
             reference=reference,
             protocol=protocol,
             gt_layout=layout,
             jobs=jobs,
+            on_start=start,
             on_case=advance,
         )
         return paths

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -117,19 +117,19 @@ def _per_case(path: Path) -> tuple[Path, dict[str, dict[str, Any]]]:
     return csv_path, by_case
 
 
-def _side(name: str, source: Path, rows: dict[str, dict[str, Any]], cases: list[str]) -> SideSummary:
-    lesion = [c for c in cases if rows[c]["has_lesion"] == 1.0]
-    free = [c for c in cases if rows[c]["has_lesion"] != 1.0]
-    dice = [rows[c]["dice"] for c in lesion if math.isfinite(rows[c]["dice"])]
-    fp = [rows[c]["fp_lesions"] for c in cases]
-    fp_free = [rows[c]["fp_lesions"] for c in free]
+def side_summary(name: str, source: str | Path, rows: Sequence[Mapping[str, Any]]) -> SideSummary:
+    """One model's :class:`SideSummary` from per-case rows (``per_case.csv``'s, or ``evaluate_folders``')."""
+    lesion = [r for r in rows if float(r["has_lesion"]) == 1.0]
+    free = [r for r in rows if float(r["has_lesion"]) != 1.0]
+    dice = [float(r["dice"]) for r in lesion if math.isfinite(float(r["dice"]))]
+    fp_free = [float(r["fp_lesions"]) for r in free]
     return SideSummary(
         name=name,
         source=str(source),
         dice=estimate(dice),
-        lesions_found=int(sum(rows[c]["tp_lesions"] for c in lesion)),
-        lesions_total=int(sum(rows[c]["gt_lesions"] for c in lesion)),
-        fp_lesions_per_study=float(np.mean(fp)),
+        lesions_found=int(sum(float(r["tp_lesions"]) for r in lesion)),
+        lesions_total=int(sum(float(r["gt_lesions"]) for r in lesion)),
+        fp_lesions_per_study=float(np.mean([float(r["fp_lesions"]) for r in rows])),
         fp_lesions_per_lesion_free_study=float(np.mean(fp_free)) if fp_free else None,
         studies_at_dice_zero=sum(1 for d in dice if d == 0.0),
     )
@@ -170,8 +170,8 @@ def compare_evaluations(
         if cand[c]["has_lesion"] == 1.0 and math.isfinite(cand[c]["dice"]) and math.isfinite(ref[c]["dice"])
     ]
     diffs = [cand[c]["dice"] - ref[c]["dice"] for c in lesion]
-    a = _side(candidate_name, cand_csv, cand, cases)
-    b = _side(reference_name, ref_csv, ref, cases)
+    a = side_summary(candidate_name, cand_csv, [cand[c] for c in cases])
+    b = side_summary(reference_name, ref_csv, [ref[c] for c in cases])
     diff = estimate(diffs)
     ships, reason = _rule(diff, a, b)
     return PairedComparison(
