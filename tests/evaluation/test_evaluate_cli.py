@@ -58,6 +58,29 @@ def test_evaluate_missing_prediction_is_an_error_unless_allowed(app, tmp_path):
     assert rows[2].startswith("c2,1,0,nan,0,0,")  # empty prediction: Dice 0, HD95 excluded, P/R 0
 
 
+def test_evaluate_one_part_of_a_split(app, tmp_path):
+    g, p = _data(tmp_path)
+    (p / "c1.nii.gz").unlink()  # as after h2aseg predict --split val: only c2 and c3 predicted
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": ["c1"], "val": ["c2", "c3"], "test": []}))
+    base = ["evaluate", "--pred", str(p), "--gt", str(g), "--out", str(tmp_path / "o")]
+    r = _run(app, base)
+    assert r.exit_code == 2 and "--split PART --split-file" in r.output  # the hint names the way out
+    r = _run(app, [*base, "--split", "val", "--split-file", str(split)])
+    assert r.exit_code == 0, r.output
+    rows = (tmp_path / "o" / "per_case.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in rows[1:]] == ["c2", "c3"]
+    assert "without prediction" not in r.output
+    r = _run(app, [*base, "--split", "test", "--split-file", str(split)])
+    assert r.exit_code == 2 and "none of the 0 selected case(s)" in r.output
+    r = _run(app, [*base, "--split", "val"])
+    assert r.exit_code == 2 and "--split and --split-file go together" in r.output
+    r = _run(app, [*base, "--split", "dev", "--split-file", str(split)])
+    assert r.exit_code == 2 and "choose one of train, val, test" in r.output
+    r = _run(app, [*base, "--split", "val", "--split-file", str(tmp_path / "none.json")])
+    assert r.exit_code == 2 and "none.json: split file not found" in r.output
+
+
 def test_evaluate_grid_mismatch_and_hecktor_labels(app, tmp_path):
     g, p = _data(tmp_path)
     write_volume(p / "c1.nii.gz", np.zeros((12, 10, 9), np.uint8), AFF)

@@ -96,9 +96,19 @@ def evaluate(
         "folder) from export-nnunet: mask files named by an nnU-Net "
         "identifier (in --pred and --gt) count as its case id.",
     ),
+    split: str | None = typer.Option(
+        None,
+        "--split",
+        help="train | val | test: score only the ground-truth cases of that part of --split-file (e.g. "
+        "after h2aseg predict --split val).",
+    ),
+    split_file: Path | None = typer.Option(
+        None, "--split-file", help="The split.json that --split reads (a run folder's, or data.split_file)."
+    ),
 ) -> None:
     """Score predictions against ground truth by case id; writes per-case and summary tables."""
     _check_flags(pred)
+    only_cases = _split_cases(split, split_file)
     res, paths = _score(
         pred,
         gt,
@@ -112,6 +122,7 @@ def evaluate(
         label_map=label_map,
         jobs=jobs,
         nnunet_cases=nnunet_cases,
+        only_cases=only_cases,
     )
     _warn_unmatched(res.matching)
     _print_summary(res.summary, paths)
@@ -121,6 +132,22 @@ def _check_flags(pred: Path) -> None:
     """The flags that can be checked before anything is read (a one-line error)."""
     if not pred.is_dir():
         raise fail(f"{pred}: prediction folder not found")
+
+
+def _split_cases(part: str | None, split_file: Path | None) -> list[str] | None:
+    """The case ids of ``part`` of ``split_file`` (``--split`` / ``--split-file``), or None for every case."""
+    from h2aseg.data.splits import PARTS, SplitError, load_split
+
+    if part is None and split_file is None:
+        return None
+    if part is None or split_file is None:
+        raise fail("--split and --split-file go together: --split PART --split-file SPLIT.json")
+    if part not in PARTS:
+        raise fail(f"--split {part!r}: choose one of {', '.join(PARTS)}")
+    try:
+        return load_split(split_file).part(part)
+    except (SplitError, OSError) as e:
+        raise fail(str(e)) from None
 
 
 def _score(
@@ -137,6 +164,7 @@ def _score(
     label_map: list[str],
     jobs: int,
     nnunet_cases: Path | None,
+    only_cases: list[str] | None = None,
 ) -> tuple[EvaluationResult, dict[str, Path]]:
     """Evaluate every case under a progress bar (:func:`~h2aseg.evaluation.pipeline.evaluate_folders`) and
     write the tables; an input or file error is a one-line error."""
@@ -173,6 +201,7 @@ def _score(
                 allow_missing=allow_missing,
                 label_map=mapping,
                 case_ids=case_ids,
+                only_cases=only_cases,
                 jobs=jobs,
                 on_case=_tick,
             )

@@ -8,7 +8,7 @@ of ``<case_id>.nii.gz`` (what ``h2aseg predict`` writes). Every problem raises :
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -123,6 +123,17 @@ def rename_cases(masks: Mapping[str, Path], case_ids: Mapping[str, str]) -> dict
     return out
 
 
+def select_cases(gt: Mapping[str, Path], keep: Collection[str], gt_root: str | Path) -> dict[str, Path]:
+    """The ground-truth cases whose ids are in ``keep``; an error when none of them is under ``gt_root``."""
+    chosen = {cid: path for cid, path in gt.items() if cid in set(keep)}
+    if not chosen:
+        raise EvaluationError(
+            f"{gt_root}: none of the {len(set(keep))} selected case(s) are there "
+            f"(selected: {_list_ids(sorted(keep))}; ground truth: {_list_ids(sorted(gt))})"
+        )
+    return chosen
+
+
 def match_cases(pred: Mapping[str, Path], gt: Mapping[str, Path], *, allow_missing: bool = False) -> Matching:
     """Pair by case id. Missing predictions raise unless ``allow_missing`` (then ``pred=None``: empty mask).
 
@@ -138,7 +149,8 @@ def match_cases(pred: Mapping[str, Path], gt: Mapping[str, Path], *, allow_missi
     if missing and not allow_missing:
         raise EvaluationError(
             f"{len(missing)} case(s) have no prediction: {_list_ids(missing)} "
-            "(use --allow-missing to score them as empty predictions)"
+            "(use --allow-missing to score them as empty predictions, or --split PART --split-file "
+            "SPLIT.json when you predicted one part of a split)"
         )
     pairs = [CasePair(cid, Path(gt[cid]), Path(pred[cid]) if cid in pred else None) for cid in sorted(gt)]
     return Matching(pairs=pairs, missing=missing, extra=extra)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +16,7 @@ from h2aseg.evaluation.matching import (
     mask_folder,
     match_cases,
     rename_cases,
+    select_cases,
 )
 from h2aseg.evaluation.metrics import HECKTOR_CLASSES, evaluate_case
 from h2aseg.evaluation.report import PROTOCOLS, summarize
@@ -79,6 +80,7 @@ def evaluate_folders(
     allow_missing: bool = False,
     label_map: Mapping[int, int] | None = None,
     case_ids: Mapping[str, str] | None = None,
+    only_cases: Collection[str] | None = None,
     jobs: int = 1,
     on_case: Callable[[str, int, int], None] | None = None,
 ) -> EvaluationResult:
@@ -88,6 +90,8 @@ def evaluate_folders(
     the protocol's :data:`PROTOCOL_LABELS` once ``label_map`` is applied. ``case_ids`` renames mask files on
     both sides before matching (file name -> case id; e.g. nnU-Net identifiers from export-nnunet's
     ``h2aseg_cases.json``, :func:`h2aseg.data.nnunet_export.load_case_map`); other names stay.
+    ``only_cases`` keeps the ground-truth cases with those ids (e.g. one part of a split, as ``h2aseg
+    predict --split`` predicts it); the others are not scored and not missed.
 
     Raises :class:`h2aseg.evaluation.matching.EvaluationError` (one-line message) on any input problem.
     """
@@ -96,11 +100,10 @@ def evaluate_folders(
     if hd95_convention not in HD95_CONVENTIONS:
         raise ValueError(f"unknown HD95 convention {hd95_convention!r} ({', '.join(HD95_CONVENTIONS)})")
     ids = dict(case_ids or {})
-    matching = match_cases(
-        rename_cases(mask_folder(pred_dir), ids),
-        rename_cases(ground_truth_masks(gt_root, gt_layout), ids),
-        allow_missing=allow_missing,
-    )
+    gt = rename_cases(ground_truth_masks(gt_root, gt_layout), ids)
+    if only_cases is not None:
+        gt = select_cases(gt, only_cases, gt_root)
+    matching = match_cases(rename_cases(mask_folder(pred_dir), ids), gt, allow_missing=allow_missing)
     kw = dict(
         protocol=protocol,
         hd95_convention=hd95_convention,
