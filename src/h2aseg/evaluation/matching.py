@@ -125,10 +125,11 @@ def rename_cases(masks: Mapping[str, Path], case_ids: Mapping[str, str]) -> dict
 
 def select_cases(gt: Mapping[str, Path], keep: Collection[str], gt_root: str | Path) -> dict[str, Path]:
     """The ground-truth cases whose ids are in ``keep``; an error when none of them is under ``gt_root``."""
-    chosen = {cid: path for cid, path in gt.items() if cid in set(keep)}
+    keep = set(keep)
+    chosen = {cid: path for cid, path in gt.items() if cid in keep}
     if not chosen:
         raise EvaluationError(
-            f"{gt_root}: none of the {len(set(keep))} selected case(s) are there "
+            f"{gt_root}: none of the {len(keep)} selected case(s) are there "
             f"(selected: {_list_ids(sorted(keep))}; ground truth: {_list_ids(sorted(gt))})"
         )
     return chosen
