@@ -121,3 +121,26 @@ def test_a_figure_that_fails_is_logged_not_raised(experiment: Done, monkeypatch:
     paths = write_figures(spec, Layout(out), cases, logs.append)
     assert logs == ["fig3.png not drawn (RuntimeError: boom)"]
     assert paths and all(p.name.startswith("fig4_") or p.parent.name == "detection" for p in paths)
+
+
+def test_runs_copied_from_another_machine_are_left_out_of_the_figures(
+    experiment: Done, tmp_path: Path
+) -> None:
+    """A done run whose small files were copied in (no predictions, no checkpoint) must not cost the
+    other methods their Fig. 3 and detection tables; the log names it."""
+    import shutil
+
+    from h2aseg.data.layouts import discover
+
+    out = tmp_path / "out"
+    shutil.copytree(experiment.out, out)
+    for name in ("predictions", "checkpoints"):
+        shutil.rmtree(out / "runs" / "full" / "seed0" / name)
+    for old in [out / "fig3.png", *out.glob("fig4_*.png")]:
+        old.unlink()
+    logs: list[str] = []
+    paths = write_figures(experiment.spec, Layout(out), discover(out / "test_cases.csv", "csv"), logs.append)
+    assert len(logs) == 1 and logs[0].startswith("Fig. 3, Fig. 4 and detection/ leave out full:")
+    assert out / "fig3.png" in paths and _is_png(out / "fig3.png")
+    assert {r["method"] for r in _csv(out / "detection" / "lesions.csv")} == {"SUV >= 2.5", "+ TAMW"}
+    assert [p for p in paths if p.name.startswith("fig4_")]  # the TAMW-only run still draws Fig. 4

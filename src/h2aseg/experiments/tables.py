@@ -303,14 +303,21 @@ def write_table3(spec: ExperimentSpec, layout: Layout) -> list[Path]:
 def write_figures(
     spec: ExperimentSpec, layout: Layout, cases: list[Case], log: Callable[[str], None], n_cases: int = 3
 ) -> list[Path]:
-    """Fig. 3 (``fig3.png``: every method with a done run, its first seed's predictions) and Fig. 4
-    (``fig4_<case>.png``: a row per H2ASeg method with TAMW, TAMW only first) on the ``n_cases`` test cases
-    with the most ground truth, and the lesion detection tables of those predictions on every test case
-    (``detection/``). Not under the tables lock (they read images and run models); an output that cannot
-    be made is logged, not raised."""
+    """Fig. 3 (``fig3.png``: every method with a done run, the predictions of its first seed predicted
+    on this machine) and Fig. 4 (``fig4_<case>.png``: a row per H2ASeg method with TAMW whose checkpoint is
+    here, TAMW only first) on the ``n_cases`` test cases with the most ground truth, and the lesion
+    detection tables of those predictions on every test case (``detection/``). Runs finished elsewhere and
+    copied as small files (no predictions) are left out, and the log names their methods. Not under the
+    tables lock (they read images and run models); an output that cannot be made is logged, not raised."""
     from h2aseg.analysis.overlays import method_comparison, pick_cases
+    from h2aseg.experiments.steps import run_checkpoint
 
-    firsts = [runs[0] for m in spec.methods if (runs := done_runs(spec, layout, m))]
+    firsts, elsewhere = _runs_with_predictions(spec, layout)
+    if elsewhere:
+        log(
+            f"Fig. 3, Fig. 4 and detection/ leave out {', '.join(elsewhere)}: no done run of theirs has its "
+            "predictions here (made on another machine: only their small files were copied)"
+        )
     chosen = pick_cases(cases, n_cases, _gt_volumes(layout, firsts)) if firsts else []
     if not chosen:
         return []
@@ -326,7 +333,12 @@ def write_figures(
         paths += _detection(spec, dirs, cases, layout.out / "detection")
     except Exception as e:
         log(f"detection tables not written ({type(e).__name__}: {e})")
-    tamw = [run for run in firsts if (layout.run_dir(run) / "analysis" / "table3.csv").is_file()]
+    tamw = [
+        run
+        for run in firsts
+        if (layout.run_dir(run) / "analysis" / "table3.csv").is_file()
+        and run_checkpoint(layout.run_dir(run)).is_file()
+    ]
     if tamw:
         try:
             tamw.sort(key=lambda r: bool(r.method.ablation and r.method.ablation.mcsa))  # TAMW only first
@@ -334,6 +346,25 @@ def write_figures(
         except Exception as e:
             log(f"fig4 not drawn ({type(e).__name__}: {e})")
     return paths
+
+
+def _runs_with_predictions(spec: ExperimentSpec, layout: Layout) -> tuple[list[Run], list[str]]:
+    """Per method, its first done run whose test predictions are on this machine; and the labels of the
+    methods with done runs but none of them predicted here (their figures' column would be empty)."""
+    firsts: list[Run] = []
+    elsewhere: list[str] = []
+    for m in spec.methods:
+        runs = done_runs(spec, layout, m)
+        here = [r for r in runs if _has_masks(layout.run_dir(r) / "predictions")]
+        if here:
+            firsts.append(here[0])
+        elif runs:
+            elsewhere.append(m.label)
+    return firsts, elsewhere
+
+
+def _has_masks(folder: Path) -> bool:
+    return folder.is_dir() and any(p.name.endswith((".nii.gz", ".nii")) for p in folder.iterdir())
 
 
 def _detection(spec: ExperimentSpec, dirs: dict[str, Path], cases: list[Case], out: Path) -> list[Path]:
