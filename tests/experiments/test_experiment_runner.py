@@ -266,3 +266,26 @@ def test_a_config_field_added_since_a_run_was_made_does_not_flag_it(story: Story
     (run_dir / "config.yaml").write_text(yaml.safe_dump(stored))
     flagged = plan_lines(story.spec, out)[4]
     assert flagged.startswith("run 3/6: full seed 0: done (made with a different config")
+
+
+def test_the_default_variant_and_its_spelled_out_twin_are_one_config(story: Story, tmp_path: Path) -> None:
+    """``variant: ours`` is ``variant: paper`` with ``extra.mcsa_term_norm: true``: a run stored under one
+    spelling is done for a method written in the other; the paper's MCSA as written is not."""
+    import shutil
+
+    import yaml
+
+    out = tmp_path / "out"
+    shutil.copytree(story.out, out)
+    run_dir = out / "runs" / "full" / "seed0"
+    done = json.loads((run_dir / "done.json").read_text())
+    (run_dir / "done.json").write_text(json.dumps({**done, "fingerprint": "made-under-the-other-name"}))
+    stored = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert stored["model"]["variant"] == "ours" and not stored["model"]["extra"]
+    stored["model"] |= {"variant": "paper", "extra": {"mcsa_term_norm": True}}
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(stored))
+    assert plan_lines(story.spec, out)[4] == "run 3/6: full seed 0: done"
+    stored["model"]["extra"] = {}  # the paper's MCSA as written: another network
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(stored))
+    flagged = plan_lines(story.spec, out)[4]
+    assert flagged.startswith("run 3/6: full seed 0: done (made with a different config")

@@ -150,11 +150,26 @@ def fingerprint(cfg: Config, method: MethodSpec) -> str:
 
 
 def _result_dict(cfg: dict[str, Any]) -> dict[str, Any]:
-    return {
+    out = {
         k: {f: v for f, v in sec.items() if f not in NOT_RESULT}
         for k, sec in cfg.items()
         if isinstance(sec, dict)
     }
+    if "model" in out:
+        out["model"] = _one_spelling(out["model"])
+    return out
+
+
+def _one_spelling(model: dict[str, Any]) -> dict[str, Any]:
+    """H2ASeg's ``variant: ours`` is the paper variant with ``extra.mcsa_term_norm`` on (the variant only
+    sets that default, :func:`h2aseg.models.h2aseg.default_term_norm`): one network, two spellings. Both
+    become ``variant: paper`` with the switch written out, so a run made under either counts as done for
+    the other."""
+    if model.get("variant") != "ours":
+        return model
+    extra = dict(model.get("extra") or {})
+    extra.setdefault("mcsa_term_norm", True)
+    return {**model, "variant": "paper", "extra": extra}
 
 
 def same_config(done: dict[str, Any], cfg: Config, method: MethodSpec, run_dir: Path) -> bool:
