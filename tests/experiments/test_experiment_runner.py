@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -246,46 +247,49 @@ def test_tables_only_without_a_done_run_is_an_error(story: Story, tmp_path: Path
     assert sorted(p.name for p in split_only.iterdir()) == ["split.json", "test_cases.csv"]
 
 
-def test_a_config_field_added_since_a_run_was_made_does_not_flag_it(story: Story, tmp_path: Path) -> None:
-    """A new field changes every fingerprint; a run whose stored config lacks only fields now at their
-    default is still done, one that lacks a field set to something else is flagged."""
-    import shutil
-
+def _stored_elsewhere(story: Story, tmp_path: Path) -> tuple[Path, Callable[[dict[str, Any]], str]]:
+    """A copy of the story's output whose run "full seed 0" has a fingerprint from another config; returns
+    that run's folder and ``restore(config)``: write its stored config.yaml, return its dry-run line."""
     import yaml
 
     out = tmp_path / "out"
     shutil.copytree(story.out, out)
     run_dir = out / "runs" / "full" / "seed0"
     done = json.loads((run_dir / "done.json").read_text())
-    (run_dir / "done.json").write_text(json.dumps({**done, "fingerprint": "made-before-the-field"}))
+    (run_dir / "done.json").write_text(json.dumps({**done, "fingerprint": "made-with-another-config"}))
+
+    def restore(config: dict[str, Any]) -> str:
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+        return plan_lines(story.spec, out)[4]
+
+    return run_dir, restore
+
+
+FLAGGED = "run 3/6: full seed 0: done (made with a different config"
+
+
+def test_a_config_field_added_since_a_run_was_made_does_not_flag_it(story: Story, tmp_path: Path) -> None:
+    """A new field changes every fingerprint; a run whose stored config lacks only fields now at their
+    default is still done, one that lacks a field set to something else is flagged."""
+    import yaml
+
+    run_dir, restore = _stored_elsewhere(story, tmp_path)
     stored = yaml.safe_load((run_dir / "config.yaml").read_text())
     del stored["infer"]["cpu_fast_path"]  # as written before the field existed (default False)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(stored))
-    assert plan_lines(story.spec, out)[4] == "run 3/6: full seed 0: done"
+    assert restore(stored) == "run 3/6: full seed 0: done"
     stored["train"]["epochs"] = 99  # a result-changing field differs: flagged
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(stored))
-    flagged = plan_lines(story.spec, out)[4]
-    assert flagged.startswith("run 3/6: full seed 0: done (made with a different config")
+    assert restore(stored).startswith(FLAGGED)
 
 
 def test_the_default_variant_and_its_spelled_out_twin_are_one_config(story: Story, tmp_path: Path) -> None:
     """``variant: ours`` is ``variant: paper`` with ``extra.mcsa_term_norm: true``: a run stored under one
     spelling is done for a method written in the other; the paper's MCSA as written is not."""
-    import shutil
-
     import yaml
 
-    out = tmp_path / "out"
-    shutil.copytree(story.out, out)
-    run_dir = out / "runs" / "full" / "seed0"
-    done = json.loads((run_dir / "done.json").read_text())
-    (run_dir / "done.json").write_text(json.dumps({**done, "fingerprint": "made-under-the-other-name"}))
+    run_dir, restore = _stored_elsewhere(story, tmp_path)
     stored = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert stored["model"]["variant"] == "ours" and not stored["model"]["extra"]
     stored["model"] |= {"variant": "paper", "extra": {"mcsa_term_norm": True}}
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(stored))
-    assert plan_lines(story.spec, out)[4] == "run 3/6: full seed 0: done"
+    assert restore(stored) == "run 3/6: full seed 0: done"
     stored["model"]["extra"] = {}  # the paper's MCSA as written: another network
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(stored))
-    flagged = plan_lines(story.spec, out)[4]
-    assert flagged.startswith("run 3/6: full seed 0: done (made with a different config")
+    assert restore(stored).startswith(FLAGGED)
