@@ -34,6 +34,7 @@ from h2aseg.config import Config
 from h2aseg.errors import InputError
 from h2aseg.experiments.spec import ExperimentSpec, MethodSpec
 from h2aseg.files import read_json, read_yaml_file
+from h2aseg.models.naming import one_spelling
 
 #: The folder suffix of each ``evaluate_on`` part inside a run (``predictions-val/``, ``evaluation-val/``).
 PART_SUFFIX = {"test": "", "validation": "-val"}
@@ -156,20 +157,8 @@ def _result_dict(cfg: dict[str, Any]) -> dict[str, Any]:
         if isinstance(sec, dict)
     }
     if "model" in out:
-        out["model"] = _one_spelling(out["model"])
+        out["model"] = one_spelling(out["model"])
     return out
-
-
-def _one_spelling(model: dict[str, Any]) -> dict[str, Any]:
-    """H2ASeg's ``variant: ours`` is the paper variant with ``extra.mcsa_term_norm`` on (the variant only
-    sets that default, :func:`h2aseg.models.h2aseg.default_term_norm`): one network, two spellings. Both
-    become ``variant: paper`` with the switch written out, so a run made under either counts as done for
-    the other."""
-    if model.get("variant") != "ours":
-        return model
-    extra = dict(model.get("extra") or {})
-    extra.setdefault("mcsa_term_norm", True)
-    return {**model, "variant": "paper", "extra": extra}
 
 
 def same_config(done: dict[str, Any], cfg: Config, method: MethodSpec, run_dir: Path) -> bool:

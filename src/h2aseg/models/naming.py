@@ -2,10 +2,13 @@
 
 The MCSA study (docs/results.md) ships H2ASeg-family networks without one of the paper's modules; a report
 that labels such a network "H2ASeg" would tell its reader the wrong thing. ``network_title`` names the
-network for what it is, from its configuration alone.
+network for what it is, from its configuration alone; ``one_spelling`` gives the one spelling of two
+that build the same network (``variant: ours`` and the paper variant with its terms in scale).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from h2aseg.config import ModelConfig
 from h2aseg.models.h2aseg import default_term_norm
@@ -36,3 +39,15 @@ def network_title(model: ModelConfig) -> str:
         defaults = {"mcsa_term_norm": default_term_norm(model.variant)}
         notes += [text for key, text in MCSA_OPTIONS.items() if model.extra.get(key, defaults.get(key))]
     return title + (f" [{'; '.join(notes)}]" if notes else "")
+
+
+def one_spelling(model: dict[str, Any]) -> dict[str, Any]:
+    """The one spelling of an H2ASeg model section (a ``config.yaml`` dict): ``variant: ours`` is the paper
+    variant whose ``extra.mcsa_term_norm`` defaults to on (:func:`h2aseg.models.h2aseg.default_term_norm`,
+    the only thing the variant sets), so it becomes ``variant: paper`` with that switch written out, and a
+    run made under either spelling is the same network for the other."""
+    if model.get("variant") != "ours":
+        return model
+    extra = dict(model.get("extra") or {})
+    extra.setdefault("mcsa_term_norm", default_term_norm("ours"))
+    return {**model, "variant": "paper", "extra": extra}
