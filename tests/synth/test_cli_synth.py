@@ -42,6 +42,8 @@ def test_synth_writes_a_cohort(tmp_path: Path) -> None:
             "16",
             "16",
             "20",
+            "--jobs",
+            "2",
         ],
     )
     assert res.exit_code == 0, res.output
@@ -69,6 +71,7 @@ def test_synth_errors_are_one_line(tmp_path: Path) -> None:
     assert "folder is not empty" in res.output and str(out) in res.output
     for args in (
         ["--cases", "0"],
+        ["--jobs", "0"],
         ["--layout", "nifti"],
         ["--shape", "4", "4", "4"],
         ["--spacing", "1", "0", "1"],

@@ -13,23 +13,42 @@ import pytest
 
 from h2aseg.data.io import read_volume
 from h2aseg.data.layouts import discover
-from h2aseg.synth import PhantomError, cohort_plan, write_cohort
+from h2aseg.synth import PhantomError, cohort_plan, resolve_variability, write_cohort
 from h2aseg.synth.cohort import case_paths
 
 
-def test_write_cohort_is_byte_identical(tmp_path: Path) -> None:
-    def digest(root: Path) -> dict[str, str]:
-        return {
-            str(p.relative_to(root)): hashlib.md5(p.read_bytes()).hexdigest()
-            for p in root.rglob("*")
-            if p.is_file()
-        }
+def _digest(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.md5(p.read_bytes()).hexdigest()
+        for p in root.rglob("*")
+        if p.is_file()
+    }
 
+
+def test_write_cohort_is_byte_identical(tmp_path: Path) -> None:
+    digest = _digest
     for layout in ("autopet-nnunet", "hecktor"):
         write_cohort(tmp_path / f"a-{layout}", 3, layout, seed=21, shape=(16, 16, 20))
         write_cohort(tmp_path / f"b-{layout}", 3, layout, seed=21, shape=(16, 16, 20))
         da, db = digest(tmp_path / f"a-{layout}"), digest(tmp_path / f"b-{layout}")
         assert da == db and len(da) == 3 * 3 + 1 + (layout == "autopet-nnunet")
+
+
+def test_processes_write_the_same_files(tmp_path: Path) -> None:
+    # follow-ups (made from their baseline, in its process) and wide ranges: every drawn value must come
+    # from the study's own seeds for this to hold
+    kw = dict(seed=4, shape=(16, 16, 20), followup=True, variability=resolve_variability("wide"))
+    done: list[tuple[int, str]] = []
+    one = write_cohort(tmp_path / "one", 7, "csv", **kw)
+    three = write_cohort(
+        tmp_path / "three", 7, "csv", jobs=3, progress=lambda d, n, cid: done.append((d, cid)), **kw
+    )
+    assert [c.case_id for c in one] == [c.case_id for c in three]
+    assert [d for d, _ in done] == list(range(1, 8)) and {cid for _, cid in done} == {c.case_id for c in one}
+    da, db = _digest(tmp_path / "one"), _digest(tmp_path / "three")
+    assert da == db and len(da) == 7 * 3 + 2  # images, phantom.json, manifest.csv
+    with pytest.raises(PhantomError, match="jobs must be >= 1, got 0"):
+        write_cohort(tmp_path / "zero", 2, "autopet", seed=0, jobs=0)
 
 
 def test_cohort_plan_lesion_free_half_and_multi_study_patients() -> None:

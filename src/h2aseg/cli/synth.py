@@ -39,6 +39,9 @@ def synth(
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty folder."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
+    jobs: int = typer.Option(
+        1, "--jobs", "-j", help="Processes writing studies at once (the files are the same for any number)."
+    ),
     variability: SynthVariability = typer.Option(
         SynthVariability.default,
         "--variability",
@@ -65,6 +68,8 @@ def synth(
     console = Console(stderr=True)
     if cases < 1:
         raise typer.BadParameter(f"must be >= 1, got {cases}", param_hint="--cases")
+    if jobs < 1:
+        raise typer.BadParameter(f"must be >= 1, got {jobs}", param_hint="--jobs")
     if shape is not None and any(v < 8 for v in shape):
         raise typer.BadParameter(
             f"each size must be >= 8 voxels, got {' '.join(map(str, shape))}", param_hint="--shape"
@@ -108,6 +113,7 @@ def synth(
                 progress=lambda done, total, cid: bar.update(task, completed=done),
                 variability=ranges,
                 followup=followup,
+                jobs=jobs,
             )
         except (PhantomError, OSError) as e:
             bar.stop()

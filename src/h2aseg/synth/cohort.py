@@ -7,7 +7,8 @@ cohort is always found again by :func:`h2aseg.data.layouts.discover`.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -216,6 +217,61 @@ def _write_study(
     return Case(p["case_id"], p["patient_id"], ct_p, pet_p, lab_p), record, Followup.of(res)
 
 
+def _chains(plan: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """The plan cut into runs of studies that must be made in order: a study and the follow-ups after it."""
+    chains: list[list[dict[str, Any]]] = []
+    for p in plan:
+        if "followup_of" in p and chains:
+            chains[-1].append(p)
+        else:
+            chains.append([p])
+    return chains
+
+
+def _write_chain(
+    out: Path,
+    layout: str,
+    chain: list[dict[str, Any]],
+    shape: Sequence[int],
+    spacing: Sequence[float],
+    variability: Variability,
+) -> list[tuple[Case, dict[str, Any]]]:
+    """Write one chain's studies in order (each follow-up from the study before it)."""
+    written, previous = [], None
+    for p in chain:
+        case, record, previous = _write_study(out, layout, p, shape, spacing, variability, previous)
+        written.append((case, record))
+    return written
+
+
+def _write_chains(
+    out: Path,
+    layout: str,
+    plan: list[dict[str, Any]],
+    shape: Sequence[int],
+    spacing: Sequence[float],
+    variability: Variability,
+    jobs: int,
+) -> Iterator[tuple[Case, dict[str, Any]]]:
+    """Every planned study written, yielded in plan order as it is done (in ``jobs`` processes if > 1)."""
+    chains = _chains(plan)
+    if jobs == 1 or len(chains) == 1:
+        for chain in chains:
+            yield from _write_chain(out, layout, chain, shape, spacing, variability)
+        return
+    with ProcessPoolExecutor(max_workers=min(jobs, len(chains))) as pool:
+        futures = [
+            pool.submit(_write_chain, out, layout, chain, shape, spacing, variability) for chain in chains
+        ]
+        try:
+            for fut in futures:
+                yield from fut.result()
+        except BaseException:
+            for fut in futures:
+                fut.cancel()  # the studies not started yet; the error (one line, its file) goes up
+            raise
+
+
 def _write_index_files(out: Path, layout: str, cases: list[Case]) -> None:
     """nnU-Net's ``dataset.json`` or the CSV ``manifest.csv``, as the layout needs."""
     if layout == "autopet-nnunet":
@@ -243,6 +299,7 @@ def write_cohort(
     progress: Callable[[int, int, str], None] | None = None,
     variability: Variability = DEFAULT,
     followup: bool = False,
+    jobs: int = 1,
 ) -> list[Case]:
     """Write ``n_cases`` phantom studies under ``out`` in ``layout`` and return them as cases (sorted by id).
 
@@ -259,7 +316,12 @@ def write_cohort(
     (:mod:`~h2aseg.synth.lesion_changes`), patient repositioned (:mod:`~h2aseg.synth.repositioning`);
     ``phantom.json`` then has ``"followup": true`` and each follow-up's ``followup_of``, ``repositioning``,
     per-lesion changes and ``vanished_lesions`` (read back by :func:`h2aseg.synth.followup.followup_pairs`).
+
+    ``jobs`` > 1 writes patients' studies in that many processes (a follow-up in the process of its
+    baseline); every study draws from its own seeds, so the files are the same as with one.
     """
+    if jobs < 1:
+        raise PhantomError(f"jobs must be >= 1, got {jobs}")
     out = Path(out)
     plan = cohort_plan(int(n_cases), layout, seed, followup=followup)
     kind = LAYOUT_KIND[layout]
@@ -269,14 +331,11 @@ def write_cohort(
     check_output_dir(out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     cases, records = [], []
-    previous: Followup | None = None
-    for i, p in enumerate(plan):
-        base = previous if "followup_of" in p else None
-        case, record, previous = _write_study(out, layout, p, shp, sp, variability, base)
+    for case, record in _write_chains(out, layout, plan, shp, sp, variability, jobs):
         cases.append(case)
         records.append(record)
         if progress is not None:
-            progress(i + 1, len(plan), p["case_id"])
+            progress(len(cases), len(plan), case.case_id)
     _write_index_files(out, layout, cases)
     doc = {
         "generator": GENERATOR,
