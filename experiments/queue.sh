@@ -84,7 +84,7 @@ if [ -n "$dest" ]; then
       find "$base" \( -name cache -o -name checkpoints -o -name 'predictions*' -o -name tb -o -name nnunet \
         -o -name nnUNet_results -o -name nnunet_pred \) -prune -o -type f \
         \( -name '*.json' -o -name '*.csv' -o -name '*.md' -o -name '*.tex' -o -name '*.yaml' -o -name '*.log' \
-        -o -name 'error.txt' \) -size -2M -print
+        -o -name 'error.txt' \) ! -name tamw_weights_channels.csv -size -2M -print
     ) | while read -r f; do
       mkdir -p "$dest/$(dirname "$f")"
       cp "$(dirname "$out")/$f" "$dest/$f"
