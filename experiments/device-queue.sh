@@ -7,8 +7,8 @@
 #
 #   experiments/device-queue.sh [-p PROCS] [-t SECONDS] CONFIG=results/NAME ...   (as experiments/queue.sh)
 #
-# From the development machine (the device tool; the deadline leaves a minute for install, cohort, tables):
-#   run(command="experiments/device-queue.sh -p 4 -t 420 experiments/table1-240-synth.yaml=results/table1-240",
+# From the development machine (device tool; the deadline leaves 3 minutes: install, cohort, tables, archive):
+#   run(command="experiments/device-queue.sh -p 4 -t 400 experiments/table1-240-synth.yaml=results/table1-240",
 #       carry=[".whl"], timeout_s=590)
 # then, in the repository root here:
 #   cat FILES_AT/results.tar.xz* | tar -xJf - -C results && h2aseg experiment --config ... --tables-only
