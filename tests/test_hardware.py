@@ -87,3 +87,15 @@ def test_tune_allocator_applies_on_glibc(monkeypatch) -> None:
         assert applied is True
     x = torch.ones(64, 1024, 1024)  # 256 MB: allocations keep working afterwards
     assert float(x.sum()) == 64 * 1024 * 1024
+
+
+def test_usable_cpus_follow_the_affinity_mask(monkeypatch) -> None:
+    import os
+
+    from h2aseg.hardware import usable_cpus
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 3}, raising=False)
+    assert usable_cpus() == 2
+    monkeypatch.delattr(os, "sched_getaffinity", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: None)
+    assert usable_cpus() == 1

@@ -38,6 +38,7 @@ from h2aseg.evaluation.paired import estimate
 from h2aseg.evaluation.pipeline import evaluate_folders
 from h2aseg.evaluation.report import write_evaluation
 from h2aseg.files import atomic_write_text
+from h2aseg.hardware import usable_cpus
 from h2aseg.inference.predictor import Predictor, predict_cases
 from h2aseg.inference.thresholding import write_threshold_mask
 from h2aseg.models.naming import network_title
@@ -140,7 +141,10 @@ def run_demo(opts: DemoOptions, log: Callable[[str], None] = print) -> dict[str,
     if not (data / "phantom.json").exists():
         shutil.rmtree(data, ignore_errors=True)
         log(f"[1/6] writing {opts.cases} synthetic whole-body PET/CT studies to {data}")
-        write_cohort(data, opts.cases, "autopet", opts.seed, shape=opts.shape, spacing=opts.spacing)
+        jobs = min(4, usable_cpus())  # the same files for any number of processes
+        write_cohort(
+            data, opts.cases, "autopet", opts.seed, shape=opts.shape, spacing=opts.spacing, jobs=jobs
+        )
     else:
         log(f"[1/6] reusing the synthetic cohort in {data}")
     cases = discover(data, "autopet")

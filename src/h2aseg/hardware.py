@@ -61,6 +61,14 @@ def _torch_reports_bf16() -> bool | None:
         return None
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask where the system has one (a container's or a
+    batch job's cpuset), else the machine's count."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
 @functools.cache
 def cpu_has_bf16() -> bool:
     """Whether this CPU computes bf16 natively (so that bf16 autocast speeds convolutions up)."""
