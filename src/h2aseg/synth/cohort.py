@@ -6,6 +6,7 @@ cohort is always found again by :func:`h2aseg.data.layouts.discover`.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -229,9 +230,10 @@ def _chains(plan: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
 
 
 def _write_chain(
+    chain: list[dict[str, Any]],
+    *,
     out: Path,
     layout: str,
-    chain: list[dict[str, Any]],
     shape: Sequence[int],
     spacing: Sequence[float],
     variability: Variability,
@@ -244,25 +246,19 @@ def _write_chain(
     return written
 
 
-def _write_chains(
-    out: Path,
-    layout: str,
-    plan: list[dict[str, Any]],
-    shape: Sequence[int],
-    spacing: Sequence[float],
-    variability: Variability,
+def _in_order(
+    write: Callable[[list[dict[str, Any]]], list[tuple[Case, dict[str, Any]]]],
+    chains: list[list[dict[str, Any]]],
     jobs: int,
 ) -> Iterator[tuple[Case, dict[str, Any]]]:
-    """Every planned study written, yielded in plan order as it is done (in ``jobs`` processes if > 1)."""
-    chains = _chains(plan)
+    """``write(chain)`` for every chain, its studies yielded in plan order as they are done (in ``jobs``
+    processes if > 1; ``write`` must then pickle, e.g. a ``functools.partial`` of a module function)."""
     if jobs == 1 or len(chains) == 1:
         for chain in chains:
-            yield from _write_chain(out, layout, chain, shape, spacing, variability)
+            yield from write(chain)
         return
     with ProcessPoolExecutor(max_workers=min(jobs, len(chains))) as pool:
-        futures = [
-            pool.submit(_write_chain, out, layout, chain, shape, spacing, variability) for chain in chains
-        ]
+        futures = [pool.submit(write, chain) for chain in chains]
         try:
             for fut in futures:
                 yield from fut.result()
@@ -331,7 +327,10 @@ def write_cohort(
     check_output_dir(out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     cases, records = [], []
-    for case, record in _write_chains(out, layout, plan, shp, sp, variability, jobs):
+    write = functools.partial(
+        _write_chain, out=out, layout=layout, shape=shp, spacing=sp, variability=variability
+    )
+    for case, record in _in_order(write, _chains(plan), jobs):
         cases.append(case)
         records.append(record)
         if progress is not None:
