@@ -242,6 +242,9 @@ class InferConfig:
     # (h2aseg.models.fast_eval; the same probabilities to float rounding). Off by default: it did not win on
     # the development machine (docs/benchmarks.md "CPU inference"); benchmarks/cpu_candidates.py measures it
     cpu_fast_path: bool = False
+    # True: every MCSA stage adds no attention term (its inputs pass through, the released variant's
+    # norms stay), to measure what MCSA contributes to a trained model (docs/analysis.md, "MCSA knockout")
+    mcsa_knockout: bool = False
 
 
 @dataclass

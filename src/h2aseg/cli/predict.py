@@ -60,6 +60,12 @@ def predict(
         help="On the CPU, channels-last weights and windows: the same probabilities to float rounding; "
         "whether it is faster depends on the machine (docs/benchmarks.md) [infer.cpu_fast_path].",
     ),
+    mcsa_knockout: bool | None = typer.Option(
+        None,
+        "--mcsa-knockout",
+        help="An analysis: every MCSA stage adds no attention term, to measure what MCSA contributes "
+        "(docs/analysis.md) [infer.mcsa_knockout].",
+    ),
     assignments: list[str] = typer.Option([], "--set", help="Override a stored config field (infer.*)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Recompute cases whose output exists."),
     shard: str | None = typer.Option(
@@ -114,6 +120,7 @@ def predict(
         "infer.device": device,
         "infer.amp": amp,
         "infer.cpu_fast_path": cpu_fast_path,
+        "infer.mcsa_knockout": mcsa_knockout,
     }
     overrides = [*assignments, *(f"{k}={_set_value(v)}" for k, v in fields.items() if v is not None)]
     try:
@@ -357,6 +364,7 @@ def _report_settings(checkpoint: Path, predictor: Predictor) -> dict[str, object
         "sliding window": f"ROI {roi}, overlap {infer.overlap}, {infer.blend} blending"
         + (", over the body's bounding box" if infer.body_box else ""),
         "flip TTA": infer.tta_flips,
+        **({"MCSA knocked out (an analysis, not the model)": True} if infer.mcsa_knockout else {}),
         "threshold": infer.threshold,
         "precision (amp)": infer.amp,
         "device": predictor.device,

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from h2aseg.checkpoint import load_checkpoint
-from h2aseg.config import Config
+from h2aseg.config import Config, ConfigError
 from h2aseg.data.io import ImageError, flip_masks_path, probability_path, write_volume
 from h2aseg.data.layouts import Case
 from h2aseg.data.preprocess import PreprocessedCase, preprocess_images, restore_to_ct_grid
@@ -31,6 +31,8 @@ from h2aseg.inference.sliding import (
     probabilities_to_mask,
 )
 from h2aseg.models.factory import build_from_config
+from h2aseg.models.mcsa import knock_out
+from h2aseg.models.naming import network_title
 
 #: relative difference of a study's voxel size from the training grid's (any axis) that gets a warning
 SCALE_TOLERANCE = 0.2
@@ -85,6 +87,11 @@ class Predictor:
         check_infer_config(cfg.infer)  # before any case is read
         model = build_from_config(cfg.model, patch_size=cfg.data.patch_size)  # the training patch
         model.load_state_dict(payload["model"], strict=True)
+        if cfg.infer.mcsa_knockout and not knock_out(model):
+            raise ConfigError(
+                f"{path}: infer.mcsa_knockout=true, but its network ({network_title(cfg.model)}) has no MCSA "
+                "stage to knock out"
+            )
         split = payload.get("split")
         return cls(
             model,

@@ -68,9 +68,14 @@ class MCSA(nn.Module):
     ``probe`` (None by default; set per instance by :mod:`h2aseg.analysis.mcsa_scale`) is called on every
     forward with the stage inputs and attention terms: ``probe(self, (E_ct, E_pet), (inter_ct, inter_pet),
     (Ê_ct, Ê_pet), (intra_ct, intra_pet))``, the terms as they are added (before any norm of the sum).
+
+    ``knockout`` (False by default; :func:`knock_out`, ``infer.mcsa_knockout``): the stage adds no attention
+    term, its inputs pass through (the released variant's norms still apply), to measure what MCSA
+    contributes to a trained model.
     """
 
     probe: Callable[..., None] | None = None
+    knockout: bool = False
 
     def __init__(
         self,
@@ -112,6 +117,10 @@ class MCSA(nn.Module):
 
     def forward(self, e_ct: torch.Tensor, e_pet: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``E_ct, E_pet``: ``(B, C, X, Y, Z)`` -> ``(F_ct, F_pet)`` of the same shape."""
+        if self.knockout:
+            if not self.norm_act:
+                return e_ct, e_pet
+            return self.IR_ct2(self.IR_ct1(e_ct)), self.IR_pet2(self.IR_pet1(e_pet))
         sx, sy, sz = e_ct.shape[2:]
         # inter-window: pool each window to a token, BDSA across the tokens, window up-sampling
         e_ct_p = pad_to_multiple(e_ct, self.pool_window)  # type: ignore[arg-type]
@@ -132,3 +141,12 @@ class MCSA(nn.Module):
         if self.norm_act:
             f_ct, f_pet = self.IR_ct2(f_ct), self.IR_pet2(f_pet)
         return f_ct, f_pet
+
+
+def knock_out(model: nn.Module, on: bool = True) -> int:
+    """Switch every MCSA stage of ``model`` to add no attention term (``on=False``: back); returns how many
+    stages there are (0: the network has no MCSA)."""
+    stages = [m for m in model.modules() if isinstance(m, MCSA)]
+    for m in stages:
+        m.knockout = on
+    return len(stages)
