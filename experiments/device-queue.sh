@@ -51,8 +51,10 @@ print(f"torch {torch.__version__}, {name}")
 EOF
 
 if [ ! -f "$cohort/phantom.json" ]; then
-  rm -rf "$cohort"  # a cohort cut off before its phantom.json: written again, whole
-  $h2aseg synth --out "$cohort" --cases 240 --layout autopet --seed 26 --no-progress --jobs "$(nproc)"
+  again=()  # a cohort cut off before its phantom.json: written again over itself (the same bytes), not deleted
+  [ -d "$cohort" ] && again=(--overwrite)
+  $h2aseg synth --out "$cohort" --cases 240 --layout autopet --seed 26 --no-progress --jobs "$(nproc)" \
+    "${again[@]}"
 fi
 echo "set-up: $(( $(date +%s) - started )) s"
 

@@ -1,7 +1,8 @@
-"""``experiments/device-queue.sh`` (one call on a GPU machine) with a stand-in ``h2aseg``: it makes the cohort
-when it is missing, runs the queue through ``experiments/queue.sh``, and brings back one archive of the
-small files of the finished runs (no checkpoints, predictions or raw TAMW CSVs) that unpacks into
-``results/``; an OUT outside ``results/`` is refused before anything runs."""
+"""``experiments/device-queue.sh`` (one call on a GPU machine) with a stand-in ``h2aseg``: it makes the
+cohort when it is missing (over a cut-off one, deleting nothing), runs the queue through
+``experiments/queue.sh``, and brings back one archive of the small files of the finished runs (no
+checkpoints, predictions or raw TAMW CSVs) that unpacks into ``results/``; an OUT outside ``results/`` is
+refused before anything runs."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ log = Path(__file__).with_name("calls.txt")
 log.write_text(log.read_text() + " ".join(args) + "\n" if log.exists() else " ".join(args) + "\n")
 if args[0] == "synth":
     out = Path(args[args.index("--out") + 1])
-    out.mkdir(parents=True)
+    out.mkdir(parents=True, exist_ok="--overwrite" in args)
     (out / "phantom.json").write_text("{}")
     sys.exit(0)
 out = Path(args[args.index("--out") + 1])
@@ -103,3 +104,15 @@ def test_an_out_outside_results_is_refused(tmp_path: Path) -> None:
     assert res.returncode == 2
     assert f"{config}={tmp_path / 'elsewhere' / 'study'}: OUT must be a folder results/NAME" in res.stderr
     assert not (tmp_path / "calls.txt").exists() and not (tmp_path / "cohort").exists()
+
+
+def test_a_cohort_cut_off_is_written_again_not_deleted(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    (tmp_path / "cohort").mkdir()
+    (tmp_path / "cohort" / "kept.txt").write_text("x")  # no phantom.json: cut off, or not a cohort
+    config = tmp_path / "study.yaml"
+    config.write_text("name: x\n")
+    res = _call(tmp_path, f"{config}={tmp_path / 'results' / 'study'}")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert (tmp_path / "calls.txt").read_text().splitlines()[0].endswith("--overwrite")
+    assert (tmp_path / "cohort" / "kept.txt").read_text() == "x"
