@@ -59,7 +59,10 @@ for pair in "$@"; do
 done
 
 if [ -n "$deadline" ]; then
-  ( sleep "$deadline"; kill -TERM "${pids[@]}" 2>/dev/null ) &
+  # the sleep is waited for, so the watchdog's own kill ends it too (no orphan sleep holding our output)
+  ( trap 'kill "$sleeper" 2>/dev/null; exit 0' TERM
+    sleep "$deadline" & sleeper=$!
+    wait "$sleeper" && kill -TERM "${pids[@]}" 2>/dev/null ) > /dev/null 2>&1 &
   watchdog=$!
 fi
 wait "${pids[@]}"
