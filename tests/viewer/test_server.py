@@ -272,30 +272,43 @@ def test_the_cli_explains_and_refuses_bad_folders(viewer_cohort: ViewerCohort, t
     assert result.exit_code == 2 and "does not exist" in result.output
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known, under investigation (session note, 2026-12-06): in the full suite the `h2aseg view` "
-    "child sometimes does not end within 60 s of SIGINT; alone it passes",
+# The child's SIGINT disposition is set explicitly: a process inherits an ignored SIGINT across exec, and
+# a test suite run as a background job of a script (``make test &``, some CI runners) has it ignored; the
+# viewer started there ignored Ctrl-C and this test waited out its timeout (sessions 25-26).
+@pytest.mark.parametrize(
+    ("sigint", "stop", "hint"),
+    [
+        (signal.SIG_DFL, signal.SIGINT, "Ctrl-C stops it"),  # an interactive terminal
+        (signal.SIG_IGN, signal.SIGTERM, "kill {pid} stops it"),  # a script's background job
+    ],
+    ids=["ctrl-c", "background-job"],
 )
-def test_the_command_prints_the_address_and_serves(viewer_cohort: ViewerCohort) -> None:
+def test_the_command_prints_the_address_and_how_to_stop_it_and_serves(
+    viewer_cohort: ViewerCohort, sigint: signal.Handlers, stop: signal.Signals, hint: str
+) -> None:
     args = ["view", "--pred", str(viewer_cohort.pred), "--data", str(viewer_cohort.data), "--port", "0"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "h2aseg", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-m", "h2aseg", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, sigint),
     )
     try:
         line = proc.stdout.readline() if proc.stdout else ""
-        match = re.search(r"open (http://127\.0\.0\.1:(\d+)/)", line)
+        match = re.search(r"open (http://127\.0\.0\.1:(\d+)/) \((.*)\)", line)
         assert match, line + (proc.stderr.read() if proc.poll() is not None and proc.stderr else "")
+        assert match.group(3) == hint.format(pid=proc.pid)
         with urllib.request.urlopen(match.group(1) + "api/studies", timeout=30) as resp:
             assert len(json.load(resp)["studies"]) == 2
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:  # a loaded CI machine once needed more than 20 s to see the process out
+        proc.send_signal(stop)
+        try:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-    assert proc.returncode == 0
+    assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
 
 
 def test_an_unreadable_study_file_is_a_500_naming_it_and_the_server_goes_on(

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import signal
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
@@ -13,6 +16,30 @@ from rich.markup import escape
 from h2aseg.config import Config, ConfigError, load_config
 
 err_console = Console(stderr=True, soft_wrap=True)
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (``kill``, ``timeout``, a cluster's time limit) stops the invocation as Ctrl-C does (a
+    KeyboardInterrupt in the main thread), so that the command's own clean-up runs: ``h2aseg experiment``
+    releases its run's lock and stops nnU-Net's processes, ``h2aseg view`` closes its socket. The previous
+    handler is restored afterwards."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def ctrl_c_is_ignored() -> bool:
+    """Whether this process was started with SIGINT ignored (``h2aseg view ... &`` in a script or any
+    other background job of a non-interactive shell): Ctrl-C then does not reach it, and a command must
+    say how else to stop it."""
+    return signal.getsignal(signal.SIGINT) is signal.SIG_IGN
 
 
 def fail(msg: str) -> typer.Exit:

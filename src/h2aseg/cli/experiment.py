@@ -2,33 +2,14 @@
 
 from __future__ import annotations
 
-import signal
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import typer
 
-from h2aseg.cli.common import err_console, fail
+from h2aseg.cli.common import err_console, fail, sigterm_as_interrupt
 
 #: Exit status of an invocation stopped by Ctrl-C or SIGTERM (128 + SIGINT, as shells report it).
 STOPPED = 130
-
-
-@contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (``kill``, ``timeout``, a cluster's time limit) stops the invocation as Ctrl-C does: the
-    run's lock is released, nnU-Net's processes are stopped with it, and the next invocation continues the
-    run from its last checkpoint. The previous handler is restored afterwards."""
-
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def experiment(

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
 
-from h2aseg.cli.common import err_console, fail
+from h2aseg.cli.common import ctrl_c_is_ignored, err_console, fail, sigterm_as_interrupt
 
 
 def view(
@@ -24,7 +25,9 @@ def view(
     layout: str = typer.Option("auto", "--layout", help="Layout of --data."),
     port: int = typer.Option(8765, "--port", min=0, max=65535, help="Port on 127.0.0.1 (0: any free port)."),
 ) -> None:
-    """Serve a viewer for the predictions on http://127.0.0.1:PORT/ (this machine only) until Ctrl-C.
+    """Serve a viewer for the predictions on http://127.0.0.1:PORT/ (this machine only) until Ctrl-C or
+    SIGTERM (``kill PID``; a background job started by a script ignores Ctrl-C, and then the line that
+    gives the address says ``kill PID``).
 
     One page per study: CT (window presets), PET as SUV fused over it, the predicted mask and the ground
     truth in axial, coronal, sagittal and 3D render views (NiiVue, shipped with the package: nothing is
@@ -43,9 +46,11 @@ def view(
     err_console.print(
         f"{n} stud{'y' if n == 1 else 'ies'}; serving only {pred}, {data}" + (f", {gt}" if gt else "")
     )
-    print(f"h2aseg view: open {server.url} (Ctrl-C stops it)", flush=True)
+    how = f"kill {os.getpid()} stops it" if ctrl_c_is_ignored() else "Ctrl-C stops it"
+    print(f"h2aseg view: open {server.url} ({how})", flush=True)
     try:
-        server.serve_forever()
+        with sigterm_as_interrupt():
+            server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
