@@ -121,22 +121,20 @@ def features(
     from h2aseg.analysis.features import feature_figures
 
     ckpts = [checkpoint] if compare is None else [checkpoint, compare]
-    try:
-        with progress_bar("Fig. 4", progress, console=err_console) as bar:
-            task = bar.add_task("", total=len(case_ids))
-            paths = feature_figures(
-                ckpts,
-                data,
-                case_ids,
-                out,
-                top_k=top_k,
-                view=view,  # type: ignore[arg-type]
-                on_case=lambda cid, _s: bar.update(task, advance=1, description=cid),
-            )
-    except _errors() as e:
-        raise fail(str(e)) from None
-    for p in paths:
-        err_console.print(f"wrote {p}", highlight=False)
+
+    def run(start: Callable[[int], None], advance: Callable[[str], None]) -> list[Path]:
+        start(len(case_ids))
+        return feature_figures(
+            ckpts,
+            data,
+            case_ids,
+            out,
+            top_k=top_k,
+            view=view,  # type: ignore[arg-type]
+            on_case=lambda cid, _s: advance(cid),
+        )
+
+    _over_cases("Fig. 4", progress, run)
 
 
 @analyze_app.command("mcsa")
