@@ -270,15 +270,17 @@ def detection(
     sites_file: Path | None = typer.Option(
         None,
         "--sites",
-        help="A synthetic cohort's phantom.json: adds each lesion's anatomical site and a per-site table "
+        help="A synthetic cohort's phantom.json: adds each lesion's anatomical site and a per-site table, "
+        "and, for a cohort with symmetric decoys, decoys.md/.csv: which decoys each method marks "
         "(default: DATA/phantom.json when it exists).",
     ),
     progress: bool = PROGRESS,
 ) -> None:
     """Which ground-truth lesions each method finds, by SUVmax, volume and site (docs/evaluation.md)."""
     from h2aseg.data.layouts import discover
+    from h2aseg.evaluation.decoys import method_decoys, write_decoys
     from h2aseg.evaluation.detection import method_lesions, parse_edges, predicted_cases, write_detection
-    from h2aseg.synth.cohort import lesion_sites
+    from h2aseg.synth.cohort import decoy_sites, lesion_sites
 
     try:
         dirs = dict(parse_pred(p) for p in preds)
@@ -302,9 +304,14 @@ def detection(
                     on_case=lambda _cid, task=task: bar.update(task, advance=1),
                 )
         paths = write_detection(rows, list(dirs), out, suv_edges=suv, volume_edges_ml=vol)
+        decoys = decoy_sites(data if sites_file is None else sites_file)
+        if decoys:  # a cohort with symmetric decoys (h2aseg synth --symmetric-decoys)
+            marks = [r for label, folder in dirs.items() for r in method_decoys(label, folder, decoys)]
+            paths += write_decoys(marks, list(dirs), out)
     except _errors() as e:
         raise fail(str(e)) from None
-    typer.echo(paths[-1].read_text(encoding="utf-8").rstrip("\n"))
+    for table in (p for p in paths if p.suffix == ".md"):  # detection.md, then decoys.md if any
+        typer.echo(table.read_text(encoding="utf-8").rstrip("\n"))
     for p in paths:
         err_console.print(f"wrote {p}", highlight=False)
 

@@ -61,9 +61,18 @@ def synth(
         "shrink, grow, change uptake, vanish or appear; patient slightly repositioned), recorded in "
         "phantom.json. docs/phantom.md.",
     ),
+    symmetric_decoys: str = typer.Option(
+        "0",
+        "--symmetric-decoys",
+        help="LO,HI: whole-body single studies get LO-HI pairs of node-like hot spots at mirrored stations, "
+        "never labelled (symmetric uptake is physiological; a lesion never has such a partner): a phantom "
+        "where only context across the body tells lesion from look-alike. 0: none (identical files). "
+        "docs/phantom.md.",
+    ),
 ) -> None:
     """Write N synthetic PET/CT studies (whole body for AutoPET layouts, head and neck for HECKTOR)."""
     from h2aseg.synth import LAYOUT_KIND, PhantomError, check_output_dir, resolve_variability, write_cohort
+    from h2aseg.synth.decoys import parse_pairs
 
     console = Console(stderr=True)
     if cases < 1:
@@ -91,6 +100,7 @@ def synth(
         )
     try:
         ranges = resolve_variability(variability.value, variability_file)
+        decoys = parse_pairs(symmetric_decoys)
     except PhantomError as e:
         console.print(f"[red]error:[/red] {e}", highlight=False)
         raise typer.Exit(code=2) from None
@@ -114,6 +124,7 @@ def synth(
                 variability=ranges,
                 followup=followup,
                 jobs=jobs,
+                symmetric_decoys=decoys,
             )
         except (PhantomError, OSError) as e:
             bar.stop()
@@ -124,6 +135,7 @@ def synth(
         f"wrote {len(written)} studies of {patients} patients to {out} (layout {layout.value}"
         + ("" if ranges.is_default else f", variability {ranges.level}")
         + (f", {len(written) - patients} follow-ups" if followup else "")
+        + (f", {decoys[0]}-{decoys[1]} symmetric decoy pairs a study" if decoys != (0, 0) else "")
         + ")",
         highlight=False,
     )

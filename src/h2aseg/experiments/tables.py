@@ -368,12 +368,19 @@ def _has_masks(folder: Path) -> bool:
 
 
 def _detection(spec: ExperimentSpec, dirs: dict[str, Path], cases: list[Case], out: Path) -> list[Path]:
+    from h2aseg.evaluation.decoys import method_decoys, write_decoys
     from h2aseg.evaluation.detection import method_lesions, write_detection
-    from h2aseg.synth.cohort import lesion_sites
+    from h2aseg.synth.cohort import decoy_sites, lesion_sites
 
-    sites = lesion_sites(spec.dataset.root) if spec.dataset.root.is_dir() else {}
+    root = spec.dataset.root if spec.dataset.root.is_dir() else None
+    sites = lesion_sites(root) if root else {}
     rows = [les for name, d in dirs.items() for les in method_lesions(name, d, cases, sites=sites)]
-    return write_detection(rows, list(dirs), out)
+    paths = write_detection(rows, list(dirs), out)
+    decoys = decoy_sites(root) if root else {}
+    if decoys:  # a cohort with symmetric decoys: which of them each method outlines
+        marks = [r for name, d in dirs.items() for r in method_decoys(name, d, decoys)]
+        paths += write_decoys(marks, list(dirs), out)
+    return paths
 
 
 def _gt_volumes(layout: Layout, runs: list[Run]) -> dict[str, float] | None:

@@ -19,7 +19,9 @@ Modules: :mod:`~h2aseg.synth.shapes` (analytic shapes, grids), :mod:`~h2aseg.syn
 ``out-of-range``) and :mod:`~h2aseg.synth.variability_file` (the same from YAML); follow-up studies
 (``write_cohort(..., followup=True)``): :mod:`~h2aseg.synth.lesion_changes` (how lesions change),
 :mod:`~h2aseg.synth.repositioning` (the patient's rigid motion) and :mod:`~h2aseg.synth.followup`
-(:func:`followup_pairs`: the known correspondences, read back from ``phantom.json``). This package uses
+(:func:`followup_pairs`: the known correspondences, read back from ``phantom.json``). Symmetric decoys
+(``write_cohort(..., symmetric_decoys=(LO, HI))``): :mod:`~h2aseg.synth.decoys`, read back by
+:func:`decoy_sites`. This package uses
 :mod:`h2aseg.data`; :mod:`h2aseg.data` does not import it.
 """
 
@@ -29,6 +31,7 @@ from h2aseg.synth.cohort import (
     LesionSite,
     check_output_dir,
     cohort_plan,
+    decoy_sites,
     lesion_sites,
     write_cohort,
 )
@@ -59,6 +62,7 @@ __all__ = [
     "Variability",
     "check_output_dir",
     "cohort_plan",
+    "decoy_sites",
     "followup_pairs",
     "lesion_sites",
     "load_variability",

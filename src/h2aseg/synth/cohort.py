@@ -195,6 +195,7 @@ def _write_study(
     spacing: Sequence[float],
     variability: Variability,
     followup: Followup | None = None,
+    symmetric_decoys: tuple[int, int] = (0, 0),
 ) -> tuple[Case, dict[str, Any], Followup]:
     """Synthesise and write planned study ``p`` (a follow-up of ``followup``'s study when given); returns its
     case, its ``phantom.json`` record and what a follow-up of it starts from."""
@@ -207,6 +208,7 @@ def _write_study(
         lesion_free=p.get("lesion_free"),
         variability=variability,
         followup=followup,
+        symmetric_decoys=symmetric_decoys,
     )
     ct_p, pet_p, lab_p = (out / q for q in case_paths(layout, p))
     write_volume(ct_p, res["ct"], res["ct_affine"])
@@ -237,11 +239,14 @@ def _write_chain(
     shape: Sequence[int],
     spacing: Sequence[float],
     variability: Variability,
+    symmetric_decoys: tuple[int, int] = (0, 0),
 ) -> list[tuple[Case, dict[str, Any]]]:
     """Write one chain's studies in order (each follow-up from the study before it)."""
     written, previous = [], None
     for p in chain:
-        case, record, previous = _write_study(out, layout, p, shape, spacing, variability, previous)
+        case, record, previous = _write_study(
+            out, layout, p, shape, spacing, variability, previous, symmetric_decoys
+        )
         written.append((case, record))
     return written
 
@@ -296,6 +301,7 @@ def write_cohort(
     variability: Variability = DEFAULT,
     followup: bool = False,
     jobs: int = 1,
+    symmetric_decoys: tuple[int, int] = (0, 0),
 ) -> list[Case]:
     """Write ``n_cases`` phantom studies under ``out`` in ``layout`` and return them as cases (sorted by id).
 
@@ -313,6 +319,10 @@ def write_cohort(
     ``phantom.json`` then has ``"followup": true`` and each follow-up's ``followup_of``, ``repositioning``,
     per-lesion changes and ``vanished_lesions`` (read back by :func:`h2aseg.synth.followup.followup_pairs`).
 
+    ``symmetric_decoys`` (whole-body layouts, not with ``followup``): LO-HI pairs of unlabelled node-like hot
+    spots at mirrored stations per study (:mod:`~h2aseg.synth.decoys`); ``phantom.json`` then has
+    ``"symmetric_decoys": [LO, HI]`` and each study's ``decoys``.
+
     ``jobs`` > 1 writes patients' studies in that many processes (a follow-up in the process of its
     baseline); every study draws from its own seeds, so the files are the same as with one.
     """
@@ -321,6 +331,10 @@ def write_cohort(
     out = Path(out)
     plan = cohort_plan(int(n_cases), layout, seed, followup=followup)
     kind = LAYOUT_KIND[layout]
+    decoys = tuple(symmetric_decoys) != (0, 0)
+    if decoys and (kind != "wholebody" or followup):
+        what = "follow-up cohorts" if followup else f"the {layout} layout (head and neck)"
+        raise PhantomError(f"symmetric decoys are for whole-body single-study cohorts, not {what}")
     shp = tuple(DEFAULT_SHAPE if shape is None else shape)
     sp = tuple(DEFAULT_SPACING[kind] if spacing is None else spacing)
     check_shape_spacing(shp, sp)
@@ -328,7 +342,13 @@ def write_cohort(
     out.mkdir(parents=True, exist_ok=True)
     cases, records = [], []
     write = functools.partial(
-        _write_chain, out=out, layout=layout, shape=shp, spacing=sp, variability=variability
+        _write_chain,
+        out=out,
+        layout=layout,
+        shape=shp,
+        spacing=sp,
+        variability=variability,
+        symmetric_decoys=tuple(symmetric_decoys),
     )
     for case, record in _in_order(write, _chains(plan), jobs):
         cases.append(case)
@@ -349,6 +369,8 @@ def write_cohort(
         doc["variability"] = variability.to_record()
     if followup:
         doc["followup"] = True
+    if decoys:
+        doc["symmetric_decoys"] = list(symmetric_decoys)
     atomic_write_text(out / "phantom.json", json.dumps(doc, indent=1, sort_keys=True))
     return sorted(cases, key=lambda c: c.case_id)
 
@@ -368,6 +390,17 @@ def lesion_sites(path: str | Path) -> dict[str, list[LesionSite]]:
     A cohort folder without the file gives ``{}``; a named file that is missing, or a file that is not a
     phantom record, raises :class:`PhantomError` naming it and what is wrong.
     """
+    return _recorded_sites(path, "lesions")
+
+
+def decoy_sites(path: str | Path) -> dict[str, list[LesionSite]]:
+    """``{case_id: [LesionSite, ...]}`` of the unlabelled decoys (``h2aseg synth --symmetric-decoys``) that a
+    ``phantom.json`` records, as :func:`lesion_sites` reads lesions; sites are ``decoy:<station>``. A cohort
+    without decoys gives no entries."""
+    return {k: v for k, v in _recorded_sites(path, "decoys").items() if v}
+
+
+def _recorded_sites(path: str | Path, key: str) -> dict[str, list[LesionSite]]:
     path = Path(path)
     if path.is_dir():
         path = path / "phantom.json"
@@ -388,7 +421,7 @@ def lesion_sites(path: str | Path) -> dict[str, list[LesionSite]]:
                     diameter_mm=float(les["diameter_mm"]),
                     site=str(les["site"]),
                 )
-                for les in c.get("lesions", [])
+                for les in c.get(key, [])
             ]
             for c in doc["cases"]
         }

@@ -94,13 +94,49 @@ def inside_point(rng: np.random.Generator, e: Ellipsoid, frac: float) -> np.ndar
     return e.c + (local if e.rot is None else e.rot @ local)
 
 
+def mirror_station(name: str) -> str | None:
+    """The node station on the other side of the body (``cervical_r`` -> ``cervical_l``); ``None`` for a
+    station on the midline."""
+    side = name[-2:]
+    return name[:-2] + {"_r": "_l", "_l": "_r"}[side] if side in ("_r", "_l") else None
+
+
+def lesion_diameter(rng: np.random.Generator, d_lo: float, d_mid: float, d_hi: float) -> float:
+    """A whole-body lesion diameter: 30 % small (log-uniform ``d_lo``-``d_mid``), else ``d_mid``-``d_hi``."""
+    if rng.random() < 0.3:  # small lesions (partial-volume loss), log-uniform
+        return float(math.exp(rng.uniform(math.log(d_lo), math.log(d_mid))))
+    return float(rng.uniform(d_mid, d_hi))
+
+
+def wholebody_suv(rng: np.random.Generator) -> float:
+    """A whole-body lesion's SUV: 25 % faint (2-3.5), the rest log-normal around 6, within 3-15."""
+    if rng.random() < 0.25:
+        return float(rng.uniform(2.0, 3.5))
+    return float(np.clip(rng.lognormal(math.log(6.0), 0.45), 3.0, 15.0))
+
+
+def diameter_range(anat: Anatomy, min_spacing: float) -> tuple[float, float, float]:
+    """``(d_lo, d_mid, d_hi)`` of whole-body lesions: 5-50 mm, scaled with the body, at least 1.5 voxels."""
+    F = anat.frame
+    s_mean = math.sqrt(F.sx * F.sz)
+    d_lo = max(5.0, 1.5 * min_spacing)
+    d_hi = max(d_lo + 1.0, 50.0 * float(np.clip(s_mean / 0.7, 0.6, 1.0)))
+    return d_lo, min(max(d_lo + 2.0, 12.0), d_hi), d_hi
+
+
 def _place_wholebody(
-    rng: np.random.Generator, anat: Anatomy, site: str, diam: float, s_mean: float
+    rng: np.random.Generator,
+    anat: Anatomy,
+    site: str,
+    diam: float,
+    s_mean: float,
+    avoid: frozenset[str] = frozenset(),
 ) -> tuple[str, np.ndarray, float]:
-    """Centre of a whole-body lesion at ``site``, its site label and its diameter capped by the host."""
+    """Centre of a whole-body lesion at ``site``, its site label and its diameter capped by the host; a node
+    goes to a station not in ``avoid``."""
     F = anat.frame
     if site == "node":
-        name = str(rng.choice(sorted(NODE_STATIONS)))
+        name = str(rng.choice([n for n in sorted(NODE_STATIONS) if n not in avoid]))
         c = F.p(*NODE_STATIONS[name]) + rng.normal(0, 5 * s_mean, 3)
         return f"node:{name}", c, min(diam, 45.0 * max(s_mean, 0.7))
     if site == "lung":
@@ -116,26 +152,26 @@ def _place_wholebody(
     return site, inside_point(rng, e, 0.3), min(diam, 2.2 * float(e.r[:2].min()))
 
 
-def wholebody_lesions(rng: np.random.Generator, anat: Anatomy, n: int, min_spacing: float) -> list[Lesion]:
-    """``n`` whole-body lesions (label 1): 5-50 mm (scaled with the body), SUV 2-15, some necrotic."""
+def wholebody_lesions(
+    rng: np.random.Generator, anat: Anatomy, n: int, min_spacing: float, one_side: bool = False
+) -> list[Lesion]:
+    """``n`` whole-body lesions (label 1): 5-50 mm (scaled with the body), SUV 2-15, some necrotic.
+
+    ``one_side``: no two nodes at mirrored stations (a phantom with symmetric decoys, :mod:`.decoys`, where
+    a hot node with a matching one on the other side is physiological, never a lesion)."""
     F = anat.frame
     s_mean = math.sqrt(F.sx * F.sz)
-    d_lo = max(5.0, 1.5 * min_spacing)
-    d_hi = max(d_lo + 1.0, 50.0 * float(np.clip(s_mean / 0.7, 0.6, 1.0)))
-    d_mid = min(max(d_lo + 2.0, 12.0), d_hi)
+    d_lo, d_mid, d_hi = diameter_range(anat, min_spacing)
     lesions = []
+    avoid: set[str] = set()
     for _ in range(n):
         site = str(rng.choice(["node", "lung", "liver", "bone"], p=[0.45, 0.2, 0.2, 0.15]))
-        if rng.random() < 0.3:  # small lesions (partial-volume loss), log-uniform
-            diam = float(math.exp(rng.uniform(math.log(d_lo), math.log(d_mid))))
-        else:
-            diam = float(rng.uniform(d_mid, d_hi))
-        site, c, diam = _place_wholebody(rng, anat, site, diam, s_mean)
+        diam = lesion_diameter(rng, d_lo, d_mid, d_hi)
+        site, c, diam = _place_wholebody(rng, anat, site, diam, s_mean, frozenset(avoid))
+        if one_side and site.startswith("node:"):
+            avoid.add(mirror_station(site[5:]) or "")
         diam = max(diam, d_lo)
-        if rng.random() < 0.25:
-            suv = rng.uniform(2.0, 3.5)  # faint
-        else:
-            suv = float(np.clip(rng.lognormal(math.log(6.0), 0.45), 3.0, 15.0))
+        suv = wholebody_suv(rng)
         necrosis = float(rng.uniform(0.25, 0.5)) if diam > 30 and rng.random() < 0.4 else 1.0
         lesions.append(
             Lesion(

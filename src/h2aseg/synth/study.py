@@ -11,9 +11,17 @@ import numpy as np
 
 from h2aseg.synth.anatomy import Anatomy, Frame, build_anatomy, rasterise
 from h2aseg.synth.ct import render_ct
+from h2aseg.synth.decoys import MAX_PAIRS, decoy_stream, symmetric_decoys
 from h2aseg.synth.errors import PhantomError
 from h2aseg.synth.lesion_changes import Followup, evolve
-from h2aseg.synth.lesions import Lesion, count_voxels, headneck_lesions, label_map, wholebody_lesions
+from h2aseg.synth.lesions import (
+    Lesion,
+    body_masks,
+    count_voxels,
+    headneck_lesions,
+    label_map,
+    wholebody_lesions,
+)
 from h2aseg.synth.pet import render_pet, study_suvs
 from h2aseg.synth.shapes import Grid
 from h2aseg.synth.tissues import TISSUE_NAMES
@@ -89,8 +97,10 @@ def _wholebody_labels(
     tissue: np.ndarray,
     lesion_free: bool | None,
     n_lesions: int | None,
+    one_side: bool = False,
 ) -> tuple[np.ndarray, list[Lesion]]:
-    """Whole-body lesions and labels; a planned lesion study keeps at least one lesion inside the body."""
+    """Whole-body lesions and labels; a planned lesion study keeps at least one lesion inside the body
+    (``one_side``: no two nodes at mirrored stations, see :func:`~h2aseg.synth.lesions.wholebody_lesions`)."""
     rng = st.rng
     if lesion_free is None:
         lesion_free = bool(rng.random() < 0.5)
@@ -100,7 +110,7 @@ def _wholebody_labels(
         else (int(n_lesions) if n_lesions is not None else int(rng.choice([1, 2, 2, 3, 3, 4, 5, 6, 8])))
     )
     for _ in range(10):
-        lesions = wholebody_lesions(rng, anat, n, float(st.sp.min()))
+        lesions = wholebody_lesions(rng, anat, n, float(st.sp.min()), one_side=one_side)
         label, lesions = label_map(grid, tissue, lesions)
         if lesions or n == 0:
             break
@@ -162,6 +172,33 @@ def _physiology(
     return apply_uptake(suvs, draws.uptake), physics
 
 
+def _check_decoys(pairs: tuple[int, int], kind: str, followup: Followup | None) -> None:
+    lo, hi = pairs
+    if not 0 <= lo <= hi <= MAX_PAIRS:
+        raise PhantomError(f"symmetric_decoys {pairs}: give (LO, HI) with 0 <= LO <= HI <= {MAX_PAIRS}")
+    if pairs != (0, 0) and (kind != "wholebody" or followup is not None):
+        what = "follow-up studies" if followup is not None else f"{kind!r} studies"
+        raise PhantomError(f"symmetric decoys are for whole-body single studies, not {what}")
+
+
+def _decoys(
+    pairs: tuple[int, int],
+    seed: int,
+    anat: Anatomy,
+    grid: Grid,
+    tissue: np.ndarray,
+    lesions: list[Lesion],
+    min_spacing: float,
+) -> tuple[list[Lesion], list[dict[str, Any]]]:
+    """The study's decoys that reach the body on ``grid`` and their records (pair index, voxels)."""
+    if pairs == (0, 0):
+        return [], []
+    drawn = symmetric_decoys(decoy_stream(seed), anat, pairs, lesions, min_spacing)
+    voxels = {id(d): int(m.sum()) for d, _, m in body_masks(grid, tissue, drawn)}
+    kept = [(i, d) for i, d in enumerate(drawn) if voxels.get(id(d), 0) > 0]
+    return [d for _, d in kept], [{**d.meta(), "pair": i // 2, "voxels": voxels[id(d)]} for i, d in kept]
+
+
 def synth_case(
     kind: str = "wholebody",
     *,
@@ -174,6 +211,7 @@ def synth_case(
     n_lesions: int | None = None,
     variability: Variability = DEFAULT,
     followup: Followup | None = None,
+    symmetric_decoys: tuple[int, int] = (0, 0),
 ) -> dict[str, Any]:
     """Synthesise one PET/CT study.
 
@@ -188,7 +226,9 @@ def synth_case(
     from the baseline's result): a follow-up study of the baseline's patient (give its ``patient_seed``): its
     lesions change, new ones appear and the patient is repositioned, as recorded in ``meta``
     (``repositioning``, each lesion's ``change``, ``vanished_lesions``); ``n_lesions``/``lesion_free`` are
-    then unused.
+    then unused. ``symmetric_decoys`` (whole body, single studies): LO-HI pairs of unlabelled, node-like
+    hot spots at mirrored stations, and no lesion takes both sides of a pair (:mod:`~h2aseg.synth.decoys`;
+    recorded in ``meta["decoys"]``); ``(0, 0)``, the default, leaves the study as it was.
 
     Returns ``ct`` (int16 HU), ``ct_affine``, ``pet`` (float32 SUV), ``pet_affine``, ``label`` (uint8 on the
     CT grid; whole body 0/1, head-and-neck 1 = primary, 2 = nodes), ``label_affine``, ``tissue`` (uint8 tissue
@@ -199,6 +239,7 @@ def synth_case(
         raise PhantomError(f"unknown phantom kind {kind!r}; choose one of {', '.join(KINDS)}")
     if followup is not None and kind != "wholebody":
         raise PhantomError(f"follow-up studies are whole-body only, not {kind!r}")
+    _check_decoys(symmetric_decoys, kind, followup)
     shp, sp = check_shape_spacing(shape, DEFAULT_SPACING[kind] if spacing is None else spacing)
     pseed = int(seed if patient_seed is None else patient_seed)
     if followup is not None and followup.patient_seed != pseed:
@@ -228,18 +269,23 @@ def synth_case(
         label, lesions = label_map(ct_grid, tissue, evolved.lesions)
         pet_grid, pet_tissue = ct_grid, tissue
     elif kind == "wholebody":
-        label, lesions = _wholebody_labels(st, anat, ct_grid, tissue, lesion_free, n_lesions)
+        one_side = symmetric_decoys != (0, 0)
+        label, lesions = _wholebody_labels(st, anat, ct_grid, tissue, lesion_free, n_lesions, one_side)
         pet_grid, pet_tissue = ct_grid, tissue
     else:
         label, lesions = label_map(ct_grid, tissue, headneck_lesions(rng, anat, float(sp.min())))
         pet_grid = _headneck_pet_grid(st, pet_spacing)
         pet_tissue = rasterise(pet_grid, anat)
 
+    decoys, decoy_meta = _decoys(symmetric_decoys, int(seed), anat, ct_grid, tissue, lesions, float(sp.min()))
     blur = 0.5 if kind == "wholebody" else 0.3
-    ct = render_ct(rng, ct_grid, tissue, lesions, physics["noise_hu"], blur)
-    pet = render_pet(rng, pet_grid, pet_tissue, lesions, suvs, physics["fwhm"], physics["count_k"])
+    hot = lesions + decoys
+    ct = render_ct(rng, ct_grid, tissue, hot, physics["noise_hu"], blur)
+    pet = render_pet(rng, pet_grid, pet_tissue, hot, suvs, physics["fwhm"], physics["count_k"])
     lesion_meta = [{**les.meta(), "voxels": int(count_voxels(ct_grid, les, label))} for les in lesions]
     meta = _meta(st, (int(seed), pseed), pet_grid, physics, suvs, lesion_meta, anat, draws)
+    if decoys:
+        meta["decoys"] = decoy_meta
     if evolved is not None:
         meta.update(evolved.meta(lesions, lesion_meta))
     return {

@@ -1,0 +1,183 @@
+"""Which decoys a prediction marks: a synthetic cohort's unlabelled look-alikes (``--symmetric-decoys``).
+
+A phantom written with ``h2aseg synth --symmetric-decoys`` holds pairs of node-like hot spots at mirrored
+stations that are never labelled (:mod:`h2aseg.synth.decoys`); a model that outlines them counts false
+positive lesions, but the lesion-wise metrics do not say that those false positives are the decoys. This
+module does, from the decoys' recorded centres and diameters (``phantom.json``, read by
+:func:`h2aseg.synth.decoy_sites`):
+
+* a decoy is ``marked`` when at least one predicted voxel centre lies within its radius (half its recorded
+  diameter) of its centre; ``marked_voxels`` counts them;
+* a pair (the decoys of one station pair in one study, ``decoy:<station>_r`` and ``_l``) is marked on
+  both sides, one side, or none.
+
+The table (``decoys.md``) gives, per method, the decoys marked and the pairs marked on both / one side: a
+model that tells symmetric uptake from a lesion marks none; one that outlines every hot spot marks both
+sides of every pair (docs/phantom.md, "Symmetric decoys").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from h2aseg.data.io import ImageError, read_volume
+from h2aseg.evaluation.matching import EvaluationError, mask_folder
+from h2aseg.evaluation.quantify import csv_text
+from h2aseg.files import atomic_write_text
+
+
+class DecoyHint(Protocol):
+    """A recorded decoy (:class:`h2aseg.synth.cohort.LesionSite` with a ``decoy:`` site is one)."""
+
+    @property
+    def center_mm(self) -> tuple[float, float, float]: ...
+    @property
+    def diameter_mm(self) -> float: ...
+    @property
+    def site(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class DecoyMark:
+    """One decoy of one study and whether one method's mask marks it."""
+
+    method: str
+    case_id: str
+    site: str
+    diameter_mm: float
+    marked_voxels: int
+    marked: int
+
+    @property
+    def pair(self) -> str:
+        """The station pair (``cervical`` for ``decoy:cervical_r``)."""
+        return self.site.removeprefix("decoy:")[:-2]
+
+
+def marked_voxels(pred: np.ndarray, affine: np.ndarray, center_mm: Sequence[float], radius_mm: float) -> int:
+    """Predicted voxels (``pred > 0``) whose centres lie within ``radius_mm`` of ``center_mm`` (world mm)."""
+    affine = np.asarray(affine, dtype=np.float64)
+    ijk = np.linalg.solve(affine, [*center_mm, 1.0])[:3]
+    reach = radius_mm / np.linalg.norm(affine[:3, :3], axis=0)  # voxels along each axis
+    lo = np.maximum(np.floor(ijk - reach).astype(int), 0)
+    hi = np.minimum(np.ceil(ijk + reach).astype(int) + 1, np.asarray(pred.shape))
+    if np.any(hi <= lo):
+        return 0
+    window = np.asarray(pred[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]) > 0
+    if not window.any():
+        return 0
+    idx = np.argwhere(window) + lo
+    world = idx @ affine[:3, :3].T + affine[:3, 3]
+    return int(np.count_nonzero(np.linalg.norm(world - np.asarray(center_mm), axis=1) <= radius_mm))
+
+
+def case_decoys(
+    case_id: str, pred: np.ndarray, affine: np.ndarray, decoys: Sequence[DecoyHint], *, method: str = ""
+) -> list[DecoyMark]:
+    """Each of ``decoys`` (one study's) as ``pred`` (a mask with its affine) marks it."""
+    rows = []
+    for d in decoys:
+        n = marked_voxels(pred, affine, d.center_mm, d.diameter_mm / 2)
+        rows.append(DecoyMark(method, case_id, d.site, float(d.diameter_mm), n, int(n > 0)))
+    return rows
+
+
+def method_decoys(
+    method: str,
+    pred_dir: Path,
+    decoys: Mapping[str, Sequence[DecoyHint]],
+    *,
+    on_case: Callable[[str], None] | None = None,
+) -> list[DecoyMark]:
+    """The decoys of every study that ``pred_dir`` holds a mask for (by case id); studies without a mask
+    are not scored. A folder that predicts none of the studies with decoys raises, naming it."""
+    masks = mask_folder(pred_dir)
+    scored = sorted(set(masks) & set(decoys))
+    if not scored:
+        raise EvaluationError(
+            f"{pred_dir} ({method}): no mask of a study with decoys ({len(decoys)} such studies recorded)"
+        )
+    rows: list[DecoyMark] = []
+    for cid in scored:
+        try:
+            vol = read_volume(masks[cid], dtype=None)
+        except ImageError as e:
+            raise EvaluationError(str(e)) from e
+        rows += case_decoys(cid, np.asarray(vol.array), vol.affine, decoys[cid], method=method)
+        if on_case is not None:
+            on_case(cid)
+    return rows
+
+
+@dataclass(frozen=True)
+class DecoySummary:
+    """One method's decoys: marked out of all, and its pairs marked on both sides / one side."""
+
+    method: str
+    studies: int
+    decoys: int
+    marked: int
+    pairs: int
+    pairs_both: int
+    pairs_one: int
+
+
+def summarise(rows: Sequence[DecoyMark], methods: Sequence[str]) -> list[DecoySummary]:
+    out = []
+    for m in methods:
+        mine = [r for r in rows if r.method == m]
+        pairs: dict[tuple[str, str], list[int]] = {}
+        for r in mine:
+            pairs.setdefault((r.case_id, r.pair), []).append(r.marked)
+        out.append(
+            DecoySummary(
+                method=m,
+                studies=len({r.case_id for r in mine}),
+                decoys=len(mine),
+                marked=sum(r.marked for r in mine),
+                pairs=len(pairs),
+                pairs_both=sum(len(v) == 2 and all(v) for v in pairs.values()),
+                pairs_one=sum(sum(v) == 1 for v in pairs.values()),
+            )
+        )
+    return out
+
+
+def _pct(k: int, n: int) -> str:
+    return f"{k} / {n} ({100.0 * k / n:.0f} %)" if n else "0 / 0"
+
+
+def table_markdown(summary: Sequence[DecoySummary]) -> str:
+    lines = [
+        "# Decoys marked (symmetric, unlabelled look-alikes of node lesions)",
+        "",
+        "| method | studies | decoys marked | pairs marked on both sides | pairs marked on one side |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for s in summary:
+        lines.append(
+            f"| {s.method} | {s.studies} | {_pct(s.marked, s.decoys)} | {_pct(s.pairs_both, s.pairs)} | "
+            f"{_pct(s.pairs_one, s.pairs)} |"
+        )
+    lines += [
+        "",
+        "A decoy is marked when a predicted voxel centre lies within its radius of its recorded centre "
+        "(phantom.json). Fewer is better: a decoy is physiological uptake, never a lesion.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_decoys(rows: Sequence[DecoyMark], methods: Sequence[str], out_dir: str | Path) -> list[Path]:
+    """Write ``decoys.csv`` (every decoy x method) and ``decoys.md`` (the summary per method)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cols = [f.name for f in fields(DecoyMark)]
+    return [
+        atomic_write_text(out / "decoys.csv", csv_text([asdict(r) for r in rows], cols)),
+        atomic_write_text(out / "decoys.md", table_markdown(summarise(rows, methods))),
+    ]
