@@ -21,25 +21,14 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
 from h2aseg.data.io import ImageError, read_volume
+from h2aseg.evaluation.detection import SiteHint
 from h2aseg.evaluation.matching import EvaluationError, mask_folder
 from h2aseg.evaluation.quantify import csv_text
 from h2aseg.files import atomic_write_text
-
-
-class DecoyHint(Protocol):
-    """A recorded decoy (:class:`h2aseg.synth.cohort.LesionSite` with a ``decoy:`` site is one)."""
-
-    @property
-    def center_mm(self) -> tuple[float, float, float]: ...
-    @property
-    def diameter_mm(self) -> float: ...
-    @property
-    def site(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -77,7 +66,7 @@ def marked_voxels(pred: np.ndarray, affine: np.ndarray, center_mm: Sequence[floa
 
 
 def case_decoys(
-    case_id: str, pred: np.ndarray, affine: np.ndarray, decoys: Sequence[DecoyHint], *, method: str = ""
+    case_id: str, pred: np.ndarray, affine: np.ndarray, decoys: Sequence[SiteHint], *, method: str = ""
 ) -> list[DecoyMark]:
     """Each of ``decoys`` (one study's) as ``pred`` (a mask with its affine) marks it."""
     rows = []
@@ -90,7 +79,7 @@ def case_decoys(
 def method_decoys(
     method: str,
     pred_dir: Path,
-    decoys: Mapping[str, Sequence[DecoyHint]],
+    decoys: Mapping[str, Sequence[SiteHint]],
     *,
     on_case: Callable[[str], None] | None = None,
 ) -> list[DecoyMark]:
