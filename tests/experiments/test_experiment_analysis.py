@@ -144,3 +144,24 @@ def test_runs_copied_from_another_machine_are_left_out_of_the_figures(
     assert out / "fig3.png" in paths and _is_png(out / "fig3.png")
     assert {r["method"] for r in _csv(out / "detection" / "lesions.csv")} == {"SUV >= 2.5", "+ TAMW"}
     assert [p for p in paths if p.name.startswith("fig4_")]  # the TAMW-only run still draws Fig. 4
+
+
+def test_validation_predictions_get_their_own_detection_tables(experiment: Done, tmp_path: Path) -> None:
+    """An experiment that evaluates its validation part writes detection-val/ from predictions-val/ (here
+    the test predictions copied as if they were validation predictions)."""
+    import shutil
+
+    from h2aseg.data.layouts import discover
+
+    out = tmp_path / "out"
+    shutil.copytree(experiment.out, out)
+    cases = discover(out / "test_cases.csv", "csv")
+    without = write_figures(experiment.spec, Layout(out), cases, lambda _m: None, validation=cases)
+    assert not [p for p in without if p.parent.name == "detection-val"]  # no predictions-val/: no tables
+    for run in (out / "runs").glob("*/*"):
+        if (run / "predictions").is_dir():
+            shutil.copytree(run / "predictions", run / "predictions-val")
+    paths = write_figures(experiment.spec, Layout(out), cases, lambda _m: None, validation=cases)
+    val = out / "detection-val"
+    assert {val / "lesions.csv", val / "detection.md"} <= set(paths)
+    assert _csv(val / "lesions.csv") == _csv(out / "detection" / "lesions.csv")

@@ -95,7 +95,8 @@ def run_experiment(
     if any(read_done(layout, r) for r in runs):
         result.tables = write_tables(spec, layout)
         if tables_only or result.done or not (layout.out / "fig3.png").exists():  # Fig. 3, Fig. 4 beside
-            result.tables += write_figures(spec, layout, parts["test"], log)
+            val = parts.get("validation")
+            result.tables += write_figures(spec, layout, parts["test"], log, validation=val)
     return result
 
 

@@ -42,7 +42,7 @@ from h2aseg.evaluation.report import (
 )
 from h2aseg.experiments.locks import held
 from h2aseg.experiments.paired import write_paired
-from h2aseg.experiments.plan import Layout, Run, plan_runs, read_done
+from h2aseg.experiments.plan import PART_SUFFIX, Layout, Run, plan_runs, read_done
 from h2aseg.experiments.spec import Ablation, ExperimentSpec, MethodSpec
 from h2aseg.files import atomic_write_text, read_json
 
@@ -301,12 +301,19 @@ def write_table3(spec: ExperimentSpec, layout: Layout) -> list[Path]:
 
 
 def write_figures(
-    spec: ExperimentSpec, layout: Layout, cases: list[Case], log: Callable[[str], None], n_cases: int = 3
+    spec: ExperimentSpec,
+    layout: Layout,
+    cases: list[Case],
+    log: Callable[[str], None],
+    n_cases: int = 3,
+    validation: list[Case] | None = None,
 ) -> list[Path]:
     """Fig. 3 (``fig3.png``: every method with a done run, the predictions of its first seed predicted
     on this machine) and Fig. 4 (``fig4_<case>.png``: a row per H2ASeg method with TAMW whose checkpoint is
     here, TAMW only first) on the ``n_cases`` test cases with the most ground truth, and the lesion
-    detection tables of those predictions on every test case (``detection/``). Runs finished elsewhere and
+    detection tables of those predictions on every test case (``detection/``); with ``validation`` (the
+    validation cases of an experiment that evaluates them), the same tables of the same runs' validation
+    predictions (``detection-val/``: what a decision may read). Runs finished elsewhere and
     copied as small files (no predictions) are left out, and the log names their methods. Not under the
     tables lock (they read images and run models); an output that cannot be made is logged, not raised."""
     from h2aseg.analysis.overlays import method_comparison, pick_cases
@@ -333,6 +340,13 @@ def write_figures(
         paths += _detection(spec, dirs, cases, layout.out / "detection")
     except Exception as e:
         log(f"detection tables not written ({type(e).__name__}: {e})")
+    val_dirs = {k: d.with_name("predictions" + PART_SUFFIX["validation"]) for k, d in dirs.items()}
+    val_dirs = {k: d for k, d in val_dirs.items() if _has_masks(d)}
+    if validation and val_dirs:
+        try:
+            paths += _detection(spec, val_dirs, validation, layout.out / "detection-val")
+        except Exception as e:
+            log(f"validation detection tables not written ({type(e).__name__}: {e})")
     tamw = [
         run
         for run in firsts
