@@ -82,7 +82,12 @@ def test_a_larger_attention_term_gives_a_larger_ratio(cohort: Path, tmp_path: Pa
 
 def test_summary_is_mean_and_std_over_cases(cohort: Path, tmp_path: Path) -> None:
     loaded = load_model(write_checkpoint(tmp_path / "m.pt"))
-    cases, _ = select_cases(loaded, cohort, "all", 3)
+    cases, where = select_cases(loaded, cohort, "all", 3)
+    fewer, says = select_cases(loaded, cohort, "all", len(cases) - 1)
+    assert (
+        fewer == cases[:-1]
+        and says == where + f"; the first {len(fewer)} in case-id order (--cases {len(fewer)})"
+    )
     results = measure_cases(loaded, cases)
     rows = {(r["level"], r["term"]): r for r in summary_rows(results)}
     vals = [res.ratios["encoder.sa3"]["intra_pet"] for res in results]

@@ -136,7 +136,9 @@ def select_cases(
     if limit is not None:
         if limit < 1:
             raise AnalysisError(f"--cases must be at least 1, got {limit}")
-        chosen = chosen[:limit]
+        if limit < len(chosen):
+            where += f"; the first {limit} in case-id order (--cases {limit})"
+            chosen = chosen[:limit]
     return chosen, where
 
 
