@@ -16,14 +16,16 @@
 # on a machine still warm, the same call again continues them.
 #
 # Environment: OUT (required), WHEELS (default .whl; none there: use what is installed), COHORT (default
-# synth-cohort-240; kept when its phantom.json exists), PYTHON (default python3), H2ASEG (default: $PYTHON
-# -m h2aseg, from src/).
+# synth-cohort-240; kept when its phantom.json exists), DECOYS_COHORT (default synth-cohort-240-decoys, the
+# same with --symmetric-decoys 1,3; made only when a CONFIG names it), PYTHON (default python3), H2ASEG
+# (default: $PYTHON -m h2aseg, from src/).
 set -euo pipefail
 
 : "${OUT:?set OUT, the folder whose files come back}"
 cd "$(dirname "$0")/.."
 wheels="${WHEELS:-.whl}"
 cohort="${COHORT:-synth-cohort-240}"
+decoys="${DECOYS_COHORT:-synth-cohort-240-decoys}"
 python="${PYTHON:-python3}"
 h2aseg="${H2ASEG:-$python -m h2aseg}"
 
@@ -50,12 +52,22 @@ name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
 print(f"torch {torch.__version__}, {name}")
 EOF
 
-if [ ! -f "$cohort/phantom.json" ]; then
-  again=()  # a cohort cut off before its phantom.json: written again over itself (the same bytes), not deleted
-  [ -d "$cohort" ] && again=(--overwrite)
-  $h2aseg synth --out "$cohort" --cases 240 --layout autopet --seed 26 --no-progress --jobs "$(nproc)" \
-    "${again[@]}"
-fi
+make_cohort() {  # FOLDER [synth options]: the 240-study cohort; kept when its phantom.json exists
+  local folder="$1" again=()
+  shift
+  [ -f "$folder/phantom.json" ] && return 0
+  # a cohort cut off before its phantom.json: written again over itself (the same bytes), not deleted
+  [ -d "$folder" ] && again=(--overwrite)
+  $h2aseg synth --out "$folder" --cases 240 --layout autopet --seed 26 --no-progress --jobs "$(nproc)" \
+    "$@" "${again[@]}"
+}
+make_cohort "$cohort"
+for arg in "$@"; do  # step (e)'s cohort, when a config reads it
+  if [[ "$arg" == *=* ]] && grep -q "synth-cohort-240-decoys" "${arg%%=*}"; then
+    make_cohort "$decoys" --symmetric-decoys 1,3
+    break
+  fi
+done
 echo "set-up: $(( $(date +%s) - started )) s"
 
 small="$(mktemp -d)"

@@ -56,6 +56,7 @@ def _call(tmp_path: Path, *pairs: str) -> subprocess.CompletedProcess[str]:
         "OUT": str(tmp_path / "out"),
         "WHEELS": str(tmp_path / "no-wheels"),
         "COHORT": str(tmp_path / "cohort"),
+        "DECOYS_COHORT": str(tmp_path / "decoys"),
         "PYTHON": sys.executable,
         "H2ASEG": f"{sys.executable} {fake}",
     }
@@ -116,3 +117,19 @@ def test_a_cohort_cut_off_is_written_again_not_deleted(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stdout + res.stderr
     assert (tmp_path / "calls.txt").read_text().splitlines()[0].endswith("--overwrite")
     assert (tmp_path / "cohort" / "kept.txt").read_text() == "x"
+
+
+def test_the_decoy_cohort_is_made_only_for_a_config_that_reads_it(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    plain, decoys = tmp_path / "plain.yaml", tmp_path / "decoys.yaml"
+    plain.write_text("name: x\ndataset: {root: ../synth-cohort-240}\n")
+    decoys.write_text("name: y\ndataset: {root: ../synth-cohort-240-decoys}\n")
+    res = _call(tmp_path, f"{plain}={tmp_path / 'results' / 'plain'}")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert not (tmp_path / "decoys").exists()
+    results = tmp_path / "results"
+    res = _call(tmp_path, f"{plain}={results / 'plain'}", f"{decoys}={results / 'd'}")
+    assert res.returncode == 0, res.stdout + res.stderr
+    synths = [c for c in (tmp_path / "calls.txt").read_text().splitlines() if c.startswith("synth")]
+    assert len(synths) == 2 and synths[1].startswith(f"synth --out {tmp_path / 'decoys'} --cases 240")
+    assert synths[1].endswith("--symmetric-decoys 1,3") and (tmp_path / "decoys" / "phantom.json").is_file()
