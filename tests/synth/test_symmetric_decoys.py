@@ -67,12 +67,22 @@ def test_no_lesion_takes_both_sides_of_a_pair_nor_shares_a_pair_with_decoys(
         assert not any(n[:-2] in decoy_pairs for n in nodes if n in NODE_STATIONS and mirror_station(n))
 
 
-def test_without_decoys_a_study_is_unchanged() -> None:
-    a = synth_case("wholebody", seed=4, **GRID)
-    b = synth_case("wholebody", seed=4, symmetric_decoys=(0, 0), **GRID)
-    assert "decoys" not in a["meta"]
-    for key in ("ct", "pet", "label"):
-        np.testing.assert_array_equal(a[key], b[key])
+def test_decoys_change_a_study_only_around_themselves() -> None:
+    """Drawn from their own stream after the lesions: a lesion-free study with decoys has the label, CT and
+    PET of the same study without them, except within reach of a decoy (its radius, the PET's blur)."""
+    plain = synth_case("wholebody", seed=4, lesion_free=True, **GRID)
+    with_decoys = synth_case("wholebody", seed=4, lesion_free=True, symmetric_decoys=(2, 3), **GRID)
+    assert "decoys" not in plain["meta"] and len(with_decoys["meta"]["decoys"]) >= 4
+    np.testing.assert_array_equal(plain["label"], with_decoys["label"])
+    ijk = np.stack(np.meshgrid(*map(np.arange, plain["pet"].shape), indexing="ij"), -1)
+    world = ijk @ plain["pet_affine"][:3, :3].T + plain["pet_affine"][:3, 3]
+    near = np.zeros(plain["pet"].shape, bool)
+    for d in with_decoys["meta"]["decoys"]:  # radius + 3 PET FWHM (7 mm at most) + a voxel diagonal
+        near |= np.linalg.norm(world - d["center_mm"], axis=-1) <= d["diameter_mm"] / 2 + 21 + 16
+    assert near.any() and not near.all()
+    for key in ("ct", "pet"):
+        assert not np.array_equal(plain[key][near], with_decoys[key][near]), key
+        np.testing.assert_array_equal(plain[key][~near], with_decoys[key][~near])
 
 
 @pytest.mark.parametrize(

@@ -62,6 +62,7 @@ def test_default_is_byte_identical_to_the_phantom_before_variability(tmp_path: P
     wb = {"seed": 26, "shape": (24, 24, 32), "n_lesions": 3, "lesion_free": False}
     assert _digest(synth_case("wholebody", **wb)) == PINNED["wholebody"]
     assert _digest(synth_case("wholebody", **wb, variability=LEVELS["default"])) == PINNED["wholebody"]
+    assert _digest(synth_case("wholebody", **wb, symmetric_decoys=(0, 0))) == PINNED["wholebody"]
     assert _digest(synth_case("headneck", seed=26, shape=(24, 24, 28))) == PINNED["headneck"]
     write_cohort(tmp_path / "c", 3, "autopet", seed=26, shape=(16, 16, 20), variability=LEVELS["default"])
     assert (

@@ -33,6 +33,7 @@ from h2aseg.synth.cohort import (
     cohort_plan,
     decoy_sites,
     lesion_sites,
+    phantom_sites,
     write_cohort,
 )
 from h2aseg.synth.errors import PhantomError
@@ -66,6 +67,7 @@ __all__ = [
     "followup_pairs",
     "lesion_sites",
     "load_variability",
+    "phantom_sites",
     "resolve_variability",
     "synth_case",
     "write_cohort",

@@ -31,6 +31,7 @@ from h2aseg.data.layouts import (
     nnunet_patient_id,
 )
 from h2aseg.files import atomic_write_text
+from h2aseg.synth.decoys import check_decoys
 from h2aseg.synth.errors import PhantomError
 from h2aseg.synth.lesion_changes import Followup
 from h2aseg.synth.study import (
@@ -331,10 +332,7 @@ def write_cohort(
     out = Path(out)
     plan = cohort_plan(int(n_cases), layout, seed, followup=followup)
     kind = LAYOUT_KIND[layout]
-    decoys = tuple(symmetric_decoys) != (0, 0)
-    if decoys and (kind != "wholebody" or followup):
-        what = "follow-up cohorts" if followup else f"the {layout} layout (head and neck)"
-        raise PhantomError(f"symmetric decoys are for whole-body single-study cohorts, not {what}")
+    symmetric_decoys = check_decoys(symmetric_decoys, kind, followup)  # before anything is written
     shp = tuple(DEFAULT_SHAPE if shape is None else shape)
     sp = tuple(DEFAULT_SPACING[kind] if spacing is None else spacing)
     check_shape_spacing(shp, sp)
@@ -348,7 +346,7 @@ def write_cohort(
         shape=shp,
         spacing=sp,
         variability=variability,
-        symmetric_decoys=tuple(symmetric_decoys),
+        symmetric_decoys=symmetric_decoys,
     )
     for case, record in _in_order(write, _chains(plan), jobs):
         cases.append(case)
@@ -369,7 +367,7 @@ def write_cohort(
         doc["variability"] = variability.to_record()
     if followup:
         doc["followup"] = True
-    if decoys:
+    if symmetric_decoys != (0, 0):
         doc["symmetric_decoys"] = list(symmetric_decoys)
     atomic_write_text(out / "phantom.json", json.dumps(doc, indent=1, sort_keys=True))
     return sorted(cases, key=lambda c: c.case_id)
@@ -390,40 +388,40 @@ def lesion_sites(path: str | Path) -> dict[str, list[LesionSite]]:
     A cohort folder without the file gives ``{}``; a named file that is missing, or a file that is not a
     phantom record, raises :class:`PhantomError` naming it and what is wrong.
     """
-    return _recorded_sites(path, "lesions")
+    return phantom_sites(path)[0]
 
 
 def decoy_sites(path: str | Path) -> dict[str, list[LesionSite]]:
     """``{case_id: [LesionSite, ...]}`` of the unlabelled decoys (``h2aseg synth --symmetric-decoys``) that a
     ``phantom.json`` records, as :func:`lesion_sites` reads lesions; sites are ``decoy:<station>``. A cohort
     without decoys gives no entries."""
-    return {k: v for k, v in _recorded_sites(path, "decoys").items() if v}
+    return phantom_sites(path)[1]
 
 
-def _recorded_sites(path: str | Path, key: str) -> dict[str, list[LesionSite]]:
+def phantom_sites(path: str | Path) -> tuple[dict[str, list[LesionSite]], dict[str, list[LesionSite]]]:
+    """:func:`lesion_sites` and :func:`decoy_sites` from one reading of the record."""
     path = Path(path)
     if path.is_dir():
         path = path / "phantom.json"
         if not path.is_file():
-            return {}
+            return {}, {}
     elif not path.is_file():
         raise PhantomError(f"{path}: phantom record not found")
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
-        return {
-            str(c["case_id"]): [
-                LesionSite(
-                    center_mm=(
-                        float(les["center_mm"][0]),
-                        float(les["center_mm"][1]),
-                        float(les["center_mm"][2]),
-                    ),
-                    diameter_mm=float(les["diameter_mm"]),
-                    site=str(les["site"]),
-                )
-                for les in c.get(key, [])
-            ]
-            for c in doc["cases"]
-        }
+        lesions = {str(c["case_id"]): _sites(c.get("lesions", [])) for c in doc["cases"]}
+        decoys = {str(c["case_id"]): _sites(c["decoys"]) for c in doc["cases"] if c.get("decoys")}
     except (ValueError, KeyError, TypeError, IndexError) as e:
         raise PhantomError(f"{path}: not a phantom record of h2aseg synth ({type(e).__name__}: {e})") from e
+    return lesions, decoys
+
+
+def _sites(records: list[dict[str, Any]]) -> list[LesionSite]:
+    return [
+        LesionSite(
+            center_mm=(float(r["center_mm"][0]), float(r["center_mm"][1]), float(r["center_mm"][2])),
+            diameter_mm=float(r["diameter_mm"]),
+            site=str(r["site"]),
+        )
+        for r in records
+    ]

@@ -13,7 +13,7 @@ Decoys come from their own random stream, after the study's lesions: a phantom w
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -25,7 +25,7 @@ from h2aseg.synth.lesions import (
     diameter_range,
     lesion_diameter,
     lesion_shape,
-    mirror_station,
+    node_cap_mm,
     wholebody_suv,
 )
 
@@ -39,20 +39,34 @@ PARTNER_SPREAD = 0.15
 MAX_PAIRS = len(DECOY_STATIONS)
 
 
+def check_pairs(pairs: Sequence[int], name: str) -> tuple[int, int]:
+    """``pairs`` as ``(LO, HI)`` with 0 <= LO <= HI <= :data:`MAX_PAIRS`; else a :class:`PhantomError` that
+    starts with ``name``."""
+    if len(pairs) != 2 or not 0 <= pairs[0] <= pairs[1] <= MAX_PAIRS:
+        raise PhantomError(
+            f"{name}: give LO,HI with 0 <= LO <= HI <= {MAX_PAIRS} (one pair per station pair: "
+            f"{', '.join(DECOY_STATIONS)})"
+        )
+    return int(pairs[0]), int(pairs[1])
+
+
+def check_decoys(pairs: Sequence[int], kind: str, followup: bool) -> tuple[int, int]:
+    """The decoy range of a study (``synth_case``) or cohort (``write_cohort``) of ``kind``, checked: decoys
+    are for whole-body single studies."""
+    lo_hi = check_pairs(pairs, f"symmetric_decoys {tuple(pairs)}")
+    if lo_hi != (0, 0) and (kind != "wholebody" or followup):
+        what = "follow-up studies" if followup else f"{kind!r} (head and neck) studies"
+        raise PhantomError(f"symmetric decoys are for whole-body single studies, not {what}")
+    return lo_hi
+
+
 def parse_pairs(text: str, option: str = "--symmetric-decoys") -> tuple[int, int]:
     """``"1,3"`` -> (1, 3), ``"2"`` -> (2, 2): the range of decoy pairs per study."""
     try:
         values = [int(v) for v in text.split(",")]
     except ValueError:
         raise PhantomError(f"{option} {text!r}: give LO,HI pairs per study, e.g. 1,3") from None
-    if len(values) == 1:
-        values *= 2
-    if len(values) != 2 or not 0 <= values[0] <= values[1] <= MAX_PAIRS:
-        raise PhantomError(
-            f"{option} {text!r}: give LO,HI with 0 <= LO <= HI <= {MAX_PAIRS} (one pair per station pair: "
-            f"{', '.join(DECOY_STATIONS)})"
-        )
-    return values[0], values[1]
+    return check_pairs(values * 2 if len(values) == 1 else values, f"{option} {text!r}")
 
 
 def decoy_stream(seed: int) -> np.random.Generator:
@@ -64,10 +78,14 @@ def _sides(station: str) -> tuple[str, str]:
     return f"{station}_r", f"{station}_l"
 
 
+def station_of(site: str) -> str:
+    """The station pair of a recorded site (``cervical`` for ``decoy:cervical_r`` or ``node:cervical_l``)."""
+    return site.split(":", 1)[-1][:-2]
+
+
 def free_pairs(lesions: Iterable[Lesion]) -> list[str]:
     """The decoy station pairs where no lesion sits on either side."""
-    taken = {les.site[5:] for les in lesions if les.site.startswith("node:")}
-    taken |= {m for m in map(mirror_station, taken) if m}
+    taken = {les.site.removeprefix("node:") for les in lesions if les.site.startswith("node:")}
     return [s for s in DECOY_STATIONS if not taken & set(_sides(s))]
 
 
@@ -79,7 +97,7 @@ def symmetric_decoys(
     F = anat.frame
     s_mean = float(np.sqrt(F.sx * F.sz))
     d_lo, d_mid, d_hi = diameter_range(anat, min_spacing)
-    cap = 45.0 * max(s_mean, 0.7)  # a node's (lesions._place_wholebody)
+    cap = node_cap_mm(s_mean)
     free = free_pairs(lesions)
     n = min(int(rng.integers(pairs[0], pairs[1] + 1)), len(free))
     decoys: list[Lesion] = []

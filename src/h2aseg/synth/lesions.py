@@ -124,6 +124,11 @@ def diameter_range(anat: Anatomy, min_spacing: float) -> tuple[float, float, flo
     return d_lo, min(max(d_lo + 2.0, 12.0), d_hi), d_hi
 
 
+def node_cap_mm(s_mean: float) -> float:
+    """The largest diameter of a node (lesion or decoy) in a body of mean scale ``s_mean``."""
+    return 45.0 * max(s_mean, 0.7)
+
+
 def _place_wholebody(
     rng: np.random.Generator,
     anat: Anatomy,
@@ -138,7 +143,7 @@ def _place_wholebody(
     if site == "node":
         name = str(rng.choice([n for n in sorted(NODE_STATIONS) if n not in avoid]))
         c = F.p(*NODE_STATIONS[name]) + rng.normal(0, 5 * s_mean, 3)
-        return f"node:{name}", c, min(diam, 45.0 * max(s_mean, 0.7))
+        return f"node:{name}", c, min(diam, node_cap_mm(s_mean))
     if site == "lung":
         e = anat.organs[str(rng.choice(["lung_r", "lung_l"]))]
         return site, inside_point(rng, e, 0.6), min(diam, 0.9 * float(e.r.min()))
@@ -168,8 +173,9 @@ def wholebody_lesions(
         site = str(rng.choice(["node", "lung", "liver", "bone"], p=[0.45, 0.2, 0.2, 0.15]))
         diam = lesion_diameter(rng, d_lo, d_mid, d_hi)
         site, c, diam = _place_wholebody(rng, anat, site, diam, s_mean, frozenset(avoid))
-        if one_side and site.startswith("node:"):
-            avoid.add(mirror_station(site[5:]) or "")
+        mirror = mirror_station(site[5:]) if one_side and site.startswith("node:") else None
+        if mirror:
+            avoid.add(mirror)
         diam = max(diam, d_lo)
         suv = wholebody_suv(rng)
         necrosis = float(rng.uniform(0.25, 0.5)) if diam > 30 and rng.random() < 0.4 else 1.0

@@ -11,7 +11,7 @@ import numpy as np
 
 from h2aseg.synth.anatomy import Anatomy, Frame, build_anatomy, rasterise
 from h2aseg.synth.ct import render_ct
-from h2aseg.synth.decoys import MAX_PAIRS, decoy_stream, symmetric_decoys
+from h2aseg.synth.decoys import check_decoys, decoy_stream, station_of, symmetric_decoys
 from h2aseg.synth.errors import PhantomError
 from h2aseg.synth.lesion_changes import Followup, evolve
 from h2aseg.synth.lesions import (
@@ -172,15 +172,6 @@ def _physiology(
     return apply_uptake(suvs, draws.uptake), physics
 
 
-def _check_decoys(pairs: tuple[int, int], kind: str, followup: Followup | None) -> None:
-    lo, hi = pairs
-    if not 0 <= lo <= hi <= MAX_PAIRS:
-        raise PhantomError(f"symmetric_decoys {pairs}: give (LO, HI) with 0 <= LO <= HI <= {MAX_PAIRS}")
-    if pairs != (0, 0) and (kind != "wholebody" or followup is not None):
-        what = "follow-up studies" if followup is not None else f"{kind!r} studies"
-        raise PhantomError(f"symmetric decoys are for whole-body single studies, not {what}")
-
-
 def _decoys(
     pairs: tuple[int, int],
     seed: int,
@@ -194,9 +185,11 @@ def _decoys(
     if pairs == (0, 0):
         return [], []
     drawn = symmetric_decoys(decoy_stream(seed), anat, pairs, lesions, min_spacing)
-    voxels = {id(d): int(m.sum()) for d, _, m in body_masks(grid, tissue, drawn)}
-    kept = [(i, d) for i, d in enumerate(drawn) if voxels.get(id(d), 0) > 0]
-    return [d for _, d in kept], [{**d.meta(), "pair": i // 2, "voxels": voxels[id(d)]} for i, d in kept]
+    kept = [(d, int(m.sum())) for d, _, m in body_masks(grid, tissue, drawn) if m.any()]
+    stations = sorted({station_of(d.site) for d in drawn})  # the pair index: the station's rank in the study
+    return [d for d, _ in kept], [
+        {**d.meta(), "pair": stations.index(station_of(d.site)), "voxels": n} for d, n in kept
+    ]
 
 
 def synth_case(
@@ -239,7 +232,7 @@ def synth_case(
         raise PhantomError(f"unknown phantom kind {kind!r}; choose one of {', '.join(KINDS)}")
     if followup is not None and kind != "wholebody":
         raise PhantomError(f"follow-up studies are whole-body only, not {kind!r}")
-    _check_decoys(symmetric_decoys, kind, followup)
+    symmetric_decoys = check_decoys(symmetric_decoys, kind, followup is not None)
     shp, sp = check_shape_spacing(shape, DEFAULT_SPACING[kind] if spacing is None else spacing)
     pseed = int(seed if patient_seed is None else patient_seed)
     if followup is not None and followup.patient_seed != pseed:
