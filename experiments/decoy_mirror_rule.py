@@ -24,7 +24,9 @@ import numpy as np
 
 from h2aseg.data.io import read_volume
 from h2aseg.data.layouts import discover
-from h2aseg.synth.decoys import DECOY_STATIONS
+from h2aseg.evaluation.decoys import ball
+from h2aseg.synth.cohort import LesionSite, phantom_sites
+from h2aseg.synth.decoys import DECOY_STATIONS, station_of
 
 TOLERANCE_MM = 10.0
 HALFWAY = 0.5
@@ -32,41 +34,30 @@ HALFWAY = 0.5
 
 def ball_max(image: np.ndarray, affine: np.ndarray, center: np.ndarray, radius: float) -> float:
     """The largest value of ``image`` at voxel centres within ``radius`` mm of ``center`` (0 outside)."""
-    ijk = np.linalg.solve(affine, [*center, 1.0])[:3]
-    reach = radius / np.linalg.norm(affine[:3, :3], axis=0)
-    lo = np.maximum(np.floor(ijk - reach).astype(int), 0)
-    hi = np.minimum(np.ceil(ijk + reach).astype(int) + 1, np.asarray(image.shape))
-    if np.any(hi <= lo):
-        return 0.0
-    idx = np.stack(np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi, strict=True)], indexing="ij"), -1)
-    world = idx.reshape(-1, 3) @ affine[:3, :3].T + affine[:3, 3]
-    inside = np.linalg.norm(world - center, axis=1) <= radius
-    window = image[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]].reshape(-1)
-    return float(window[inside].max()) if inside.any() else 0.0
+    found = ball(image.shape, affine, center, radius)
+    return 0.0 if found is None else float(np.asarray(image[found[0]])[found[1]].max())
 
 
-def spots(record: dict) -> list[tuple[str, np.ndarray, float]]:
+def spots(lesions: list[LesionSite], decoys: list[LesionSite]) -> list[tuple[str, np.ndarray, float]]:
     """``(kind, centre, radius)`` of the decoys and of the node lesions at decoy stations."""
-    out = [("decoy", np.asarray(d["center_mm"]), d["diameter_mm"] / 2) for d in record.get("decoys", [])]
-    for les in record["lesions"]:
-        station = les["site"].removeprefix("node:")[:-2]
-        if les["site"].startswith("node:") and station in DECOY_STATIONS:
-            out.append(("lesion", np.asarray(les["center_mm"]), les["diameter_mm"] / 2))
-    return out
+    nodes = [s for s in lesions if s.site.startswith("node:") and station_of(s.site) in DECOY_STATIONS]
+    return [
+        (kind, np.asarray(s.center_mm), s.diameter_mm / 2)
+        for kind, group in (("decoy", decoys), ("lesion", nodes))
+        for s in group
+    ]
 
 
 def ratios(root: Path, case_ids: set[str] | None) -> list[tuple[str, float]]:
-    doc = json.loads((root / "phantom.json").read_text(encoding="utf-8"))
-    cases = {c.case_id: c for c in discover(root)}
+    lesions, decoys = phantom_sites(root)
     out = []
-    for record in doc["cases"]:
-        cid = record["case_id"]
-        if case_ids is not None and cid not in case_ids:
+    for case in discover(root):
+        if case_ids is not None and case.case_id not in case_ids:
             continue
-        pet, ct = read_volume(cases[cid].pet), read_volume(cases[cid].ct)
+        pet, ct = read_volume(case.pet), read_volume(case.ct)
         body = np.argwhere(ct.array > -500)
         mid_x = float((body @ ct.affine[:3, :3].T + ct.affine[:3, 3])[:, 0].mean())
-        for kind, c, r in spots(record):
+        for kind, c, r in spots(lesions.get(case.case_id, []), decoys.get(case.case_id, [])):
             own = ball_max(pet.array, pet.affine, c, r + TOLERANCE_MM)
             across = np.array([2 * mid_x - c[0], c[1], c[2]])
             mirror = ball_max(pet.array, pet.affine, across, r + TOLERANCE_MM)

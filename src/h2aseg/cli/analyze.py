@@ -280,7 +280,7 @@ def detection(
     from h2aseg.data.layouts import discover
     from h2aseg.evaluation.decoys import method_decoys, write_decoys
     from h2aseg.evaluation.detection import method_lesions, parse_edges, predicted_cases, write_detection
-    from h2aseg.synth.cohort import decoy_sites, lesion_sites
+    from h2aseg.synth.cohort import phantom_sites
 
     try:
         dirs = dict(parse_pred(p) for p in preds)
@@ -289,7 +289,7 @@ def detection(
         suv = parse_edges(suv_edges, "--suv-edges", "SUVmax")
         vol = parse_edges(volume_edges, "--volume-edges", "volume")
         cases = predicted_cases(discover(data, layout), list(dirs.values()))
-        sites = lesion_sites(data if sites_file is None else sites_file)
+        sites, decoys = phantom_sites(data if sites_file is None else sites_file)
         rows = []
         with progress_bar("Lesions", progress, console=err_console) as bar:
             for label, folder in dirs.items():
@@ -304,7 +304,6 @@ def detection(
                     on_case=lambda _cid, task=task: bar.update(task, advance=1),
                 )
         paths = write_detection(rows, list(dirs), out, suv_edges=suv, volume_edges_ml=vol)
-        decoys = decoy_sites(data if sites_file is None else sites_file)
         if decoys:  # a cohort with symmetric decoys (h2aseg synth --symmetric-decoys)
             marks = [r for label, folder in dirs.items() for r in method_decoys(label, folder, decoys)]
             paths += write_decoys(marks, list(dirs), out)

@@ -18,7 +18,7 @@ sides of every pair (docs/phantom.md, "Symmetric decoys").
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -48,21 +48,28 @@ class DecoyMark:
         return self.site.removeprefix("decoy:")[:-2]
 
 
-def marked_voxels(pred: np.ndarray, affine: np.ndarray, center_mm: Sequence[float], radius_mm: float) -> int:
-    """Predicted voxels (``pred > 0``) whose centres lie within ``radius_mm`` of ``center_mm`` (world mm)."""
+def ball(
+    shape: Sequence[int], affine: np.ndarray, center_mm: Sequence[float], radius_mm: float
+) -> tuple[tuple[slice, ...], np.ndarray] | None:
+    """The voxels of a grid (``shape``, ``affine``) whose centres lie within ``radius_mm`` of ``center_mm``
+    (world mm): the slices of their bounding window and a boolean mask over it; ``None`` when none do."""
     affine = np.asarray(affine, dtype=np.float64)
     ijk = np.linalg.solve(affine, [*center_mm, 1.0])[:3]
     reach = radius_mm / np.linalg.norm(affine[:3, :3], axis=0)  # voxels along each axis
     lo = np.maximum(np.floor(ijk - reach).astype(int), 0)
-    hi = np.minimum(np.ceil(ijk + reach).astype(int) + 1, np.asarray(pred.shape))
+    hi = np.minimum(np.ceil(ijk + reach).astype(int) + 1, np.asarray(shape))
     if np.any(hi <= lo):
-        return 0
-    window = np.asarray(pred[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]) > 0
-    if not window.any():
-        return 0
-    idx = np.argwhere(window) + lo
+        return None
+    idx = np.stack(np.meshgrid(*map(np.arange, lo, hi), indexing="ij"), axis=-1)
     world = idx @ affine[:3, :3].T + affine[:3, 3]
-    return int(np.count_nonzero(np.linalg.norm(world - np.asarray(center_mm), axis=1) <= radius_mm))
+    inside = np.linalg.norm(world - np.asarray(center_mm), axis=-1) <= radius_mm
+    return (tuple(slice(a, b) for a, b in zip(lo, hi, strict=True)), inside) if inside.any() else None
+
+
+def marked_voxels(pred: np.ndarray, affine: np.ndarray, center_mm: Sequence[float], radius_mm: float) -> int:
+    """Predicted voxels (``pred > 0``) whose centres lie within ``radius_mm`` of ``center_mm`` (world mm)."""
+    found = ball(pred.shape, affine, center_mm, radius_mm)
+    return 0 if found is None else int(np.count_nonzero(np.asarray(pred[found[0]])[found[1]] > 0))
 
 
 def case_decoys(
@@ -80,8 +87,6 @@ def method_decoys(
     method: str,
     pred_dir: Path,
     decoys: Mapping[str, Sequence[SiteHint]],
-    *,
-    on_case: Callable[[str], None] | None = None,
 ) -> list[DecoyMark]:
     """The decoys of every study that ``pred_dir`` holds a mask for (by case id); studies without a mask
     are not scored. A folder that predicts none of the studies with decoys raises, naming it."""
@@ -98,8 +103,6 @@ def method_decoys(
         except ImageError as e:
             raise EvaluationError(str(e)) from e
         rows += case_decoys(cid, np.asarray(vol.array), vol.affine, decoys[cid], method=method)
-        if on_case is not None:
-            on_case(cid)
     return rows
 
 

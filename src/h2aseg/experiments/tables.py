@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from h2aseg.data.layouts import Case
 from h2aseg.evaluation.report import (
@@ -45,6 +45,9 @@ from h2aseg.experiments.paired import write_paired
 from h2aseg.experiments.plan import PART_SUFFIX, Layout, Run, plan_runs, read_done
 from h2aseg.experiments.spec import Ablation, ExperimentSpec, MethodSpec
 from h2aseg.files import atomic_write_text, read_json
+
+if TYPE_CHECKING:
+    from h2aseg.synth.cohort import LesionSite
 
 ABLATION_ORDER = (Ablation(False, False), Ablation(True, False), Ablation(False, True), Ablation(True, True))
 Cells = dict[str, dict[str, Any]]
@@ -336,17 +339,7 @@ def write_figures(
         paths.append(method_comparison(chosen, dirs, layout.out / "fig3.png", title=f"{spec.name}: Fig. 3"))
     except Exception as e:  # a figure is never worth failing the experiment over
         log(f"fig3.png not drawn ({type(e).__name__}: {e})")
-    try:
-        paths += _detection(spec, dirs, cases, layout.out / "detection")
-    except Exception as e:
-        log(f"detection tables not written ({type(e).__name__}: {e})")
-    val_dirs = {k: d.with_name("predictions" + PART_SUFFIX["validation"]) for k, d in dirs.items()}
-    val_dirs = {k: d for k, d in val_dirs.items() if _has_masks(d)}
-    if validation and val_dirs:
-        try:
-            paths += _detection(spec, val_dirs, validation, layout.out / "detection-val")
-        except Exception as e:
-            log(f"validation detection tables not written ({type(e).__name__}: {e})")
+    paths += _detection_tables(spec, layout, dirs, cases, validation, log)
     tamw = [
         run
         for run in firsts
@@ -381,17 +374,51 @@ def _has_masks(folder: Path) -> bool:
     return folder.is_dir() and any(p.name.endswith((".nii.gz", ".nii")) for p in folder.iterdir())
 
 
-def _detection(spec: ExperimentSpec, dirs: dict[str, Path], cases: list[Case], out: Path) -> list[Path]:
+def _detection_tables(
+    spec: ExperimentSpec,
+    layout: Layout,
+    dirs: dict[str, Path],
+    cases: list[Case],
+    validation: list[Case] | None,
+    log: Callable[[str], None],
+) -> list[Path]:
+    """``detection/`` from the test predictions ``dirs``; ``detection-val/`` from the same runs' validation
+    predictions when ``validation`` is given and they are here. Problems are logged, not raised."""
+    from h2aseg.synth.cohort import phantom_sites
+
+    val_dirs = {k: d.with_name("predictions" + PART_SUFFIX["validation"]) for k, d in dirs.items()}
+    val_dirs = {k: d for k, d in val_dirs.items() if _has_masks(d)}
+    parts = [("detection", dirs, cases)]
+    if validation and val_dirs:
+        parts.append(("detection-val", val_dirs, validation))
+    try:  # a synthetic cohort's record, read once: lesion sites and decoys
+        sites = phantom_sites(spec.dataset.root) if spec.dataset.root.is_dir() else ({}, {})
+    except Exception as e:
+        log(f"detection tables not written ({type(e).__name__}: {e})")
+        return []
+    paths: list[Path] = []
+    for folder, part_dirs, part_cases in parts:
+        try:
+            paths += _detection(part_dirs, part_cases, layout.out / folder, *sites)
+        except Exception as e:
+            log(f"{folder}/ tables not written ({type(e).__name__}: {e})")
+    return paths
+
+
+def _detection(
+    dirs: dict[str, Path],
+    cases: list[Case],
+    out: Path,
+    sites: dict[str, list[LesionSite]],
+    decoys: dict[str, list[LesionSite]],
+) -> list[Path]:
+    """``analyze detection``'s tables of ``dirs`` on ``cases`` (and the decoys marked, for a decoy cohort)."""
     from h2aseg.evaluation.decoys import method_decoys, write_decoys
     from h2aseg.evaluation.detection import method_lesions, write_detection
-    from h2aseg.synth.cohort import decoy_sites, lesion_sites
 
-    root = spec.dataset.root if spec.dataset.root.is_dir() else None
-    sites = lesion_sites(root) if root else {}
     rows = [les for name, d in dirs.items() for les in method_lesions(name, d, cases, sites=sites)]
     paths = write_detection(rows, list(dirs), out)
-    decoys = decoy_sites(root) if root else {}
-    if decoys:  # a cohort with symmetric decoys: which of them each method outlines
+    if decoys:
         marks = [r for name, d in dirs.items() for r in method_decoys(name, d, decoys)]
         paths += write_decoys(marks, list(dirs), out)
     return paths
