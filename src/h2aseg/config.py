@@ -164,6 +164,13 @@ class DataConfig:
     split_seed: int = field(default=12345, metadata=NON_NEGATIVE.meta)
     split_file: str | None = None  # reuse a saved split
     num_workers: int = field(default=0, metadata=NON_NEGATIVE.meta)
+    # ours, a control (docs/results.md, step (e)): the PET mirrored across the body's midline as a third
+    # input channel (h2aseg.data.mirror); H2ASeg only, whose PET branch then takes two channels
+    mirror_pet: bool = False
+
+    def input_channels(self) -> int:
+        """How many channels the network's input has: CT and PET, and the mirrored PET with ``mirror_pet``."""
+        return 3 if self.mirror_pet else 2
 
 
 @dataclass

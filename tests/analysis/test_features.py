@@ -46,10 +46,10 @@ def test_top_channels_order() -> None:
 
 def test_capture_level2_matches_the_encoder_and_tamw(tmp_path: Path) -> None:
     loaded = load_model(write_checkpoint(tmp_path / "m.pt"))
-    image = np.random.default_rng(0).random((2, 32, 32, 24), dtype=np.float32)
+    image = torch.from_numpy(np.random.default_rng(0).random((2, 32, 32, 24), dtype=np.float32))
     f_ct, f_pet, w = capture_level2(loaded, image)
     with torch.no_grad():
-        feats = loaded.model.encoder(*torch.from_numpy(image)[None].split(1, dim=1))
+        feats = loaded.model.encoder(*image[None].split(1, dim=1))
     np.testing.assert_allclose(f_ct, feats[1][0][0].numpy(), rtol=1e-5, atol=1e-6)  # F_ct^2 (after MCSA)
     np.testing.assert_allclose(f_pet, feats[1][1][0].numpy(), rtol=1e-5, atol=1e-6)
     assert f_ct.shape == (CHANNELS[1], 16, 16, 12) and w.shape == (2 * CHANNELS[1] + 2 * CHANNELS[2],)

@@ -146,8 +146,8 @@ def test_validation_and_prediction_share_the_input() -> None:
     from h2aseg.inference.predictor import Predictor
     from h2aseg.training.loop import validate
 
-    assert "model_input(pc)" in inspect.getsource(validate)
-    assert "model_input(pc)" in inspect.getsource(Predictor.probabilities)
+    assert "model_input(pc, cfg.data)" in inspect.getsource(validate)
+    assert "model_input(pc, self.cfg.data)" in inspect.getsource(Predictor.probabilities)
 
 
 def test_augment_modes_turn_off_what_the_paper_does_not_state() -> None:

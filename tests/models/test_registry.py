@@ -133,7 +133,7 @@ def test_eval_returns_finest_train_returns_five() -> None:
         ({"variant": "v2"}, "variant"),
         ({"mcsa_levels": (0, 2)}, "mcsa_levels"),
         ({"dropout": 1.0}, "dropout"),
-        ({"in_channels": 3}, "in_channels"),
+        ({"in_channels": 4}, "in_channels"),
         ({"attention": "flash"}, "attention"),
     ],
 )

@@ -79,13 +79,14 @@ def crop_box(shape: Sequence[int], centre: Sequence[int], size: Sequence[int]) -
     return tuple(out)  # type: ignore[return-value]
 
 
-def capture_level2(loaded: LoadedModel, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``F_ct^2, F_pet^2`` (each ``(C, x, y, z)``) and depth-2 ``W_fore`` for one window ``(2, X, Y, Z)``."""
+def capture_level2(loaded: LoadedModel, image: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``F_ct^2, F_pet^2`` (each ``(C, x, y, z)``) and depth-2 ``W_fore`` for one window ``(C, X, Y, Z)`` (the
+    network's input channels, :func:`~h2aseg.data.transforms.model_input`)."""
     tamw2 = tamw_modules(loaded.model, str(loaded.path))[FEATURE_DEPTH]
     kept: list[torch.Tensor] = []
     handle = tamw2.register_forward_hook(lambda _m, args, _out: kept.extend(a.detach() for a in args[:2]))
     device = loaded.predictor.device
-    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None].to(device)
+    x = image[None].to(device)
     try:
         with TamwRecorder(loaded.model, str(loaded.path)) as rec, torch.no_grad():
             with autocast_context(loaded.predictor.cfg.infer.amp, device, "infer.amp"):
@@ -100,12 +101,13 @@ def capture_level2(loaded: LoadedModel, image: np.ndarray) -> tuple[np.ndarray, 
 def case_features(loaded: LoadedModel, case: Any, title: str) -> LevelTwoFeatures:
     """Preprocess ``case`` with the model's settings, crop the window around its lesion, capture."""
     from h2aseg.data.preprocess import preprocess_case
+    from h2aseg.data.transforms import model_input
 
     data = loaded.predictor.cfg.data
     pc = preprocess_case(case, data)
     box = crop_box(pc.suv.shape, lesion_centre(pc.label, pc.suv), loaded.predictor.roi_size)
     image = pc.image[(slice(None), *box)]
-    f_ct, f_pet, w = capture_level2(loaded, image)
+    f_ct, f_pet, w = capture_level2(loaded, model_input(pc, data)[(slice(None), *box)].contiguous())
     sl = modality_slices(tamw_order(loaded.model, str(loaded.path)), f_ct.shape[0], w.shape[0])
     lo, hi = data.ct_window
     ct_range = tuple(float(np.clip((v - lo) / (hi - lo), 0.0, 1.0)) for v in CT_DISPLAY_HU)

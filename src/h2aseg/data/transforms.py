@@ -1,7 +1,9 @@
 """MONAI dictionary pipelines for training, validation and inference.
 
 Input: ``{"image": float32 (2, X, Y, Z), "label": uint8 (1, X, Y, Z)}`` channel-first on the preprocessed
-grid, with **channel 0 = CT** and **channel 1 = PET**, both scaled to [0, 1] (see :func:`case_to_dict`).
+grid, with **channel 0 = CT** and **channel 1 = PET**, both scaled to [0, 1] (see :func:`case_to_dict`);
+with ``cfg.mirror_pet`` a third channel, the PET mirrored across the body's midline, is added to the whole
+volume first (:mod:`h2aseg.data.mirror`, :class:`MirroredPETd`), so every crop carries it.
 Outputs are plain torch tensors (no metadata tracking, for speed): image float32, label uint8.
 
 Training (:func:`train_transforms`): crop to the body (CT above -500 HU, when ``cfg.crop_to_body``), pad to
@@ -44,6 +46,7 @@ from monai.transforms import (
 )
 
 from h2aseg.config import ConfigError, DataConfig
+from h2aseg.data.mirror import with_mirrored_pet
 from h2aseg.data.preprocess import PreprocessedCase
 
 KEYS = ("image", "label")
@@ -259,6 +262,19 @@ class SingleThreadCompose(Compose):
             torch.set_num_threads(n)
 
 
+class MirroredPETd(MapTransform):
+    """Append the PET mirrored across the body's midline to ``image`` (``data.mirror_pet``, a control)."""
+
+    def __init__(self, body_threshold: float) -> None:
+        MapTransform.__init__(self, keys=("image",))
+        self.body_threshold = float(body_threshold)
+
+    def __call__(self, data: Any) -> Any:
+        d = dict(data)
+        d["image"] = with_mirrored_pet(torch.as_tensor(d["image"]), self.body_threshold)
+        return d
+
+
 def body_threshold(cfg: DataConfig) -> float:
     """The normalised CT value corresponding to ``BODY_HU`` under ``cfg.ct_window``."""
     lo, hi = cfg.ct_window
@@ -325,6 +341,8 @@ def train_transforms(cfg: DataConfig) -> Compose:
     patch = tuple(int(v) for v in cfg.patch_size)
     aug = augmentation(cfg)
     t: list[Any] = _pre(cfg)
+    if cfg.mirror_pet:  # before any crop: the midline is the whole body's
+        t.append(MirroredPETd(body_threshold(cfg)))
     if aug.crop_to_body:
         t.append(
             CropForegroundd(
@@ -367,10 +385,14 @@ def train_transforms(cfg: DataConfig) -> Compose:
     return SingleThreadCompose(t)
 
 
-def model_input(pc: PreprocessedCase) -> torch.Tensor:
-    """The whole preprocessed volume as the network's input: float32 ``(2, X, Y, Z)`` [CT, PET], C-contiguous.
+def model_input(pc: PreprocessedCase, cfg: DataConfig | None = None) -> torch.Tensor:
+    """The whole preprocessed volume as the network's input: float32 ``(2, X, Y, Z)`` [CT, PET], C-contiguous;
+    ``(3, X, Y, Z)`` with the mirrored PET when ``cfg.mirror_pet``.
 
-    Validation (``training.loop.validate``) and prediction (``inference.Predictor``) both build their input
-    here, so what a validation Dice measures is what ``h2aseg predict`` runs.
+    Validation (``training.loop.validate``), prediction (``inference.Predictor``) and the feature analysis
+    build their input here, so what a validation Dice measures is what ``h2aseg predict`` runs.
     """
-    return torch.from_numpy(np.ascontiguousarray(pc.image, dtype=np.float32))
+    image = torch.from_numpy(np.ascontiguousarray(pc.image, dtype=np.float32))
+    if cfg is not None and cfg.mirror_pet:
+        return with_mirrored_pet(image, body_threshold(cfg))
+    return image

@@ -91,12 +91,14 @@ def _reset_peak_rss() -> bool:
     return True
 
 
-def forward_gflop(model: torch.nn.Module, patch: tuple[int, ...], device: torch.device) -> float:
-    """GFLOP of one eval forward of a ``(1, 2, *patch)`` input (FlopCounterMode)."""
+def forward_gflop(
+    model: torch.nn.Module, patch: tuple[int, ...], device: torch.device, channels: int = 2
+) -> float:
+    """GFLOP of one eval forward of a ``(1, channels, *patch)`` input (FlopCounterMode)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     model.eval()
-    x = torch.zeros(1, 2, *patch, device=device)
+    x = torch.zeros(1, channels, *patch, device=device)
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
         model(x)
@@ -112,7 +114,7 @@ def train_step_seconds(model: torch.nn.Module, cfg: Config, device: torch.device
     t = cfg.train
     n = t.batch_size * cfg.data.crops_per_case
     patch = tuple(int(v) for v in cfg.data.patch_size)
-    x = torch.randn(n, 2, *patch, device=device)
+    x = torch.randn(n, cfg.data.input_channels(), *patch, device=device)
     y = (torch.rand(n, 1, *patch, device=device) > 0.98).long()
     loss_fn = DeepSupervisedDiceCE(resolved_out_channels(cfg.model))
     opt_cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
@@ -166,10 +168,10 @@ def _measure(cfg: Config, device: torch.device) -> dict[str, Any]:
     probe = MemoryProbe(device)
     probe.start()
     torch.manual_seed(0)
-    model = build_from_config(cfg.model).to(device)
+    model = build_from_config(cfg.model, in_channels=cfg.data.input_channels()).to(device)
     patch = tuple(int(v) for v in cfg.data.patch_size)
     params = sum(p.numel() for p in model.parameters())
-    gflop = forward_gflop(model, patch, device)
+    gflop = forward_gflop(model, patch, device, cfg.data.input_channels())
     step_s = train_step_seconds(model, cfg, device)
     peak = probe.stop()
     del model

@@ -85,7 +85,9 @@ class Predictor:
         if cfg_overrides:
             cfg = cfg.override(cfg_overrides)
         check_infer_config(cfg.infer)  # before any case is read
-        model = build_from_config(cfg.model, patch_size=cfg.data.patch_size)  # the training patch
+        model = build_from_config(
+            cfg.model, cfg.data.patch_size, cfg.data.input_channels()
+        )  # the training patch
         model.load_state_dict(payload["model"], strict=True)
         if cfg.infer.mcsa_knockout and not knock_out(model):
             raise ConfigError(
@@ -108,7 +110,7 @@ class Predictor:
 
     def probabilities(self, pc: PreprocessedCase) -> torch.Tensor:
         """``(C, X, Y, Z)`` class probabilities on the preprocessed grid."""
-        return predict_probabilities(self.model, model_input(pc), *self._window_args())
+        return predict_probabilities(self.model, model_input(pc, self.cfg.data), *self._window_args())
 
     def _window_args(self) -> tuple[Any, ...]:
         return (
@@ -124,7 +126,9 @@ class Predictor:
         self._check_scale(pc)
         bits = None
         if keep_probability:
-            probs, bits = predict_with_flip_masks(self.model, model_input(pc), *self._window_args())
+            probs, bits = predict_with_flip_masks(
+                self.model, model_input(pc, self.cfg.data), *self._window_args()
+            )
         else:
             probs = self.probabilities(pc)
         mask = probabilities_to_mask(probs, self.cfg.infer.threshold).numpy()

@@ -116,8 +116,10 @@ def _predict(
     *,
     flip_masks: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    if image.ndim != 4 or image.shape[0] != 2:
-        raise ValueError(f"expected image (2, X, Y, Z) with CT then PET, got {tuple(image.shape)}")
+    if image.ndim != 4 or image.shape[0] < 2:
+        raise ValueError(
+            f"expected image (C, X, Y, Z) with CT, PET (and any further channels), got {tuple(image.shape)}"
+        )
     check_infer_config(cfg)
     bits = flip_masks and cfg.tta_flips
     box = None

@@ -14,12 +14,21 @@ from h2aseg.models import registry
 from h2aseg.models.registry import build_network
 
 
-def network_kwargs(cfg: ModelConfig) -> dict[str, Any]:
+def network_kwargs(cfg: ModelConfig, in_channels: int = 2) -> dict[str, Any]:
     """Constructor keywords for ``cfg.name``: H2ASeg gets its own fields, other networks
-    ``out_channels`` plus ``cfg.extra``. ``out_channels=None`` is left out: the network's default."""
+    ``out_channels`` plus ``cfg.extra``. ``out_channels=None`` is left out: the network's default.
+    ``in_channels`` (the data's, :meth:`~h2aseg.config.DataConfig.input_channels`) is passed when it is not
+    the usual 2; only H2ASeg takes another number (3: ``data.mirror_pet``)."""
     out = {} if cfg.out_channels is None else {"out_channels": cfg.out_channels}
+    if in_channels != 2 and cfg.name != "h2aseg":
+        raise ConfigError(
+            f"data.mirror_pet: only network 'h2aseg' takes the mirrored PET as a further input channel, "
+            f"not {cfg.name!r}"
+        )
     if cfg.name != "h2aseg":
         return {**out, **cfg.extra}
+    if in_channels != 2:
+        out["in_channels"] = in_channels
     kwargs: dict[str, Any] = {
         "variant": cfg.variant,
         "channels": tuple(cfg.channels),
@@ -74,8 +83,11 @@ def _check_name(cfg: ModelConfig) -> None:
         )
 
 
-def build_from_config(cfg: ModelConfig, patch_size: Sequence[int] | None = None) -> nn.Module:
-    """The registered network ``cfg.name`` built with :func:`network_kwargs`.
+def build_from_config(
+    cfg: ModelConfig, patch_size: Sequence[int] | None = None, in_channels: int = 2
+) -> nn.Module:
+    """The registered network ``cfg.name`` built with :func:`network_kwargs` (``in_channels``: the data's,
+    ``cfg.data.input_channels()``).
 
     ``patch_size`` (the training patch, ``data.patch_size``) becomes ``img_size=tuple(patch_size)`` for a
     network whose constructor takes an ``img_size`` parameter (e.g. UNETR, whose position embeddings fix
@@ -85,7 +97,7 @@ def build_from_config(cfg: ModelConfig, patch_size: Sequence[int] | None = None)
     a :class:`~h2aseg.config.ConfigError` naming the section and the network.
     """
     _check_name(cfg)
-    kwargs = network_kwargs(cfg)
+    kwargs = network_kwargs(cfg, in_channels)
     if patch_size is not None and "img_size" not in kwargs and accepts_keyword(cfg.name, "img_size"):
         kwargs["img_size"] = tuple(int(v) for v in patch_size)
     try:

@@ -1,7 +1,9 @@
 """H2ASeg: a dual-branch 3D ResUNet with MCSA in the encoder and TAMW in the decoder (MICCAI 2024).
 
 Input ``(B, 2, X, Y, Z)`` with channel 0 = CT and channel 1 = PET (or ``model(ct, pet)``, each
-``(B, 1, X, Y, Z)``, as in the authors' code). Any spatial size works (odd sizes included).
+``(B, 1, X, Y, Z)``, as in the authors' code). Any spatial size works (odd sizes included). With
+``in_channels=3`` (ours, a control: ``data.mirror_pet``) channel 2 is the PET mirrored across the body's
+midline, and the PET branch takes channels 1-2.
 Output: in training mode a list of 5 logit maps ``P^1 .. P^5``, finest first, each at the input size
 (deep supervision, paper eq. 5, computed by :mod:`h2aseg.training.losses`); in eval mode the finest map
 only, unless ``return_all=True``.
@@ -88,8 +90,11 @@ def _validate(
         raise ValueError(f"mcsa_levels must be levels among 1..5, got {list(mcsa_levels)}")
     if not isinstance(out_channels, int) or out_channels < 1:
         raise ValueError(f"out_channels must be a positive integer, got {out_channels!r}")
-    if in_channels != 2:
-        raise ValueError(f"H2ASeg takes 2 input channels (CT, PET), got in_channels={in_channels}")
+    if in_channels not in (2, 3):
+        raise ValueError(
+            "H2ASeg takes 2 input channels (CT, PET), or 3 with the mirrored PET, "
+            f"got in_channels={in_channels}"
+        )
     for name, p in dropouts.items():
         if not 0.0 <= p < 1.0:
             raise ValueError(f"{name} must be in [0, 1), got {p}")
@@ -122,12 +127,13 @@ class DualEncoder(nn.Module):
         channels: Sequence[int],
         attention_modules: dict[int, nn.Module],
         dropout: float,
+        pet_channels: int = 1,
     ) -> None:
         super().__init__()
-        for mod in ("ct", "pet"):
+        for mod, first in (("ct", 1), ("pet", pet_channels)):
             prev = 1
             for k, c in enumerate(channels, start=1):
-                block = InputResBlock(1, c, dropout) if k == 1 else PreActResBlock(prev, c, 2, dropout)
+                block = InputResBlock(first, c, dropout) if k == 1 else PreActResBlock(prev, c, 2, dropout)
                 setattr(self, f"conv{k}_{mod}", block)
                 prev = c
         for k, module in attention_modules.items():
@@ -213,6 +219,8 @@ class H2ASeg(nn.Module):
         mcsa_levels: levels followed by MCSA (paper default 1..5; released: 2, 3 with global BDSA at 4, 5).
         use_mcsa, use_tamw: ablation switches (both off = dual-branch ResUNet-3D baseline).
         out_channels: 1 (sigmoid, the paper's BCE), 2 (softmax, released), or more classes.
+        in_channels: 2 (CT, PET), or 3 (ours, a control): the PET branch also takes the PET mirrored
+            across the body's midline (:mod:`h2aseg.data.mirror`; set by ``data.mirror_pet``).
         attn_dropout, dropout: attention-weight dropout and encoder/decoder Dropout3d probability
             (paper default 0, released 0.5).
         qk_reduction: queries/keys have ``C // qk_reduction`` channels (paper 1, released 4 in MCSA).
@@ -304,7 +312,7 @@ class H2ASeg(nn.Module):
                         attn_dropout=attn_dropout,
                         dropout=attn_dropout,
                     )
-        self.encoder = DualEncoder(channels, attn, dropout)
+        self.encoder = DualEncoder(channels, attn, dropout, pet_channels=in_channels - 1)
         self.decoder = Decoder(
             channels,
             out_channels,
@@ -314,6 +322,7 @@ class H2ASeg(nn.Module):
             align_corners=released,
         )
         self.variant = variant
+        self.in_channels = in_channels
         self.out_channels = out_channels
         self.align_corners = released
         self.set_attention_impl(attention)
@@ -367,14 +376,23 @@ class H2ASeg(nn.Module):
         self, x: torch.Tensor, pet: torch.Tensor | None = None, *, return_all: bool | None = None
     ) -> torch.Tensor | list[torch.Tensor]:
         if pet is None:
-            if x.ndim != 5 or x.shape[1] != 2:
-                raise ValueError(f"expected input (B, 2, X, Y, Z) with CT then PET, got {tuple(x.shape)}")
+            if x.ndim != 5 or x.shape[1] != self.in_channels:
+                what = "CT then PET" + (" then the mirrored PET" if self.in_channels == 3 else "")
+                raise ValueError(
+                    f"expected input (B, {self.in_channels}, X, Y, Z) with {what}, got {tuple(x.shape)}"
+                )
             ct, pet = x[:, :1], x[:, 1:]
         else:
-            ct = x
-            if ct.shape != pet.shape or ct.ndim != 5 or ct.shape[1] != 1:
+            ct, p = x, self.in_channels - 1
+            if (
+                ct.shape[2:] != pet.shape[2:]
+                or ct.ndim != 5
+                or ct.shape[1] != 1
+                or pet.shape[:2] != (ct.shape[0], p)
+            ):
                 raise ValueError(
-                    f"expected ct and pet of shape (B, 1, X, Y, Z), got {tuple(ct.shape)}, {tuple(pet.shape)}"
+                    f"expected ct of shape (B, 1, X, Y, Z) and pet of shape (B, {p}, X, Y, Z), got "
+                    f"{tuple(ct.shape)}, {tuple(pet.shape)}"
                 )
         size = ct.shape[2:]
         deepest = [(s + 15) // 16 for s in size]

@@ -124,7 +124,7 @@ def validate(
         if pc.label is None or not pc.label.any():
             continue
         probs = predict_probabilities(
-            model, model_input(pc), cfg.infer, roi, device, body_threshold=body_threshold(cfg.data)
+            model, model_input(pc, cfg.data), cfg.infer, roi, device, body_threshold=body_threshold(cfg.data)
         )
         d = dice(probabilities_to_mask(probs, cfg.infer.threshold).numpy() > 0, pc.label > 0)
         total, total_sq, count = total + d, total_sq + d * d, count + 1
