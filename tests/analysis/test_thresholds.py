@@ -90,6 +90,29 @@ def test_each_threshold_scores_the_masks_it_implies(predictions: tuple[Path, Pat
     assert (out / "eval-t0.5" / "per_case.csv").is_file()
 
 
+def test_each_ground_truth_is_read_once_and_scores_as_one_folder_at_a_time(
+    predictions: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from h2aseg.evaluation import matching
+    from h2aseg.evaluation.pipeline import evaluate_folder_sets, evaluate_folders
+
+    pred, gt = predictions
+    reads: list[Path] = []
+    read_mask = matching._read_mask
+    monkeypatch.setattr(
+        matching, "_read_mask", lambda path, role: reads.append(Path(path)) or read_mask(path, role)
+    )
+    sweep_thresholds(pred, gt, [0.5, 0.3, 0.2], tmp_path / "out")
+    gt_reads = [r for r in reads if r.parent == gt]
+    assert sorted(r.name for r in gt_reads) == ["a.nii.gz", "b.nii.gz", "c.nii.gz"]  # once each, not 3x
+    assert len(reads) == 3 + 3 * 3  # and each thresholded mask once
+    folders = [tmp_path / "out" / f"masks-t{t}" for t in (0.2, 0.5)]
+    together = evaluate_folder_sets(folders, gt, jobs=2)
+    for folder, res in zip(folders, together, strict=True):
+        alone = evaluate_folders(folder, gt)
+        assert repr(res.rows) == repr(alone.rows) and repr(res.summary) == repr(alone.summary)  # NaN HD95s
+
+
 def test_masks_predicted_elsewhere_are_reported_not_hidden(
     predictions: tuple[Path, Path], tmp_path: Path
 ) -> None:

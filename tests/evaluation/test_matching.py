@@ -14,6 +14,7 @@ from h2aseg.evaluation.matching import (
     EvaluationError,
     ground_truth_masks,
     load_pair,
+    load_pairs,
     mask_folder,
     match_cases,
 )
@@ -143,3 +144,13 @@ def test_evaluate_folders_end_to_end(tmp_path):
     assert res.summary["metrics"]["dice"]["n"] == 1  # the lesion-free case stays out of the Dice mean
     assert neg["fp_volume_ml"] == pytest.approx(2 * 2 * 3 * 12 / 1000)
     assert res.summary["metrics"]["fp_volume_ml"]["n"] == 2
+
+
+def test_load_pairs_reads_one_ground_truth_for_several_predictions(tmp_path):
+    gt = _mask(tmp_path / "gt" / "c.nii.gz", _blob())
+    pred = _mask(tmp_path / "pred" / "c.nii.gz", _blob(lo=4))
+    both = load_pairs([CasePair("c", gt, pred), CasePair("c", gt, None)])
+    assert both[0].pred.sum() == _blob(lo=4).sum() and both[1].pred.sum() == 0
+    assert all(np.array_equal(lp.gt, _blob()) for lp in both)
+    with pytest.raises(ValueError, match="same ground truth"):
+        load_pairs([CasePair("c", gt, pred), CasePair("c", pred, gt)])

@@ -3,9 +3,10 @@
 ``h2aseg predict --probabilities`` writes ``<case>_probability.nii.gz`` (the foreground probability on the
 study's CT grid) beside each mask. Thresholding those maps at several values ``T`` gives the masks a
 ``--set infer.threshold=T`` prediction would give, without running the network again; each set of masks is
-scored against the ground truth with :func:`h2aseg.evaluation.pipeline.evaluate_folders`, and the table lists
-Dice, lesions found and false-positive lesions per threshold (``docs/analysis.md``). Choose a threshold on
-validation studies, never on the test studies you report.
+scored against the ground truth with :func:`h2aseg.evaluation.pipeline.evaluate_folder_sets` (each
+ground-truth mask read once for all thresholds), and the table lists Dice, lesions found and false-positive
+lesions per threshold (``docs/analysis.md``). Choose a threshold on validation studies, never on the test
+studies you report.
 
 The rule is ``mask = probability >= T``, as :func:`h2aseg.inference.sliding.probabilities_to_mask`. Where a
 study was predicted on its own grid the map and the mask share it and the rule reproduces predict's masks
@@ -27,7 +28,7 @@ from h2aseg.data.io import ImageError, probability_path, read_volume, write_volu
 from h2aseg.errors import InputError
 from h2aseg.evaluation.matching import mask_folder
 from h2aseg.evaluation.paired import SideSummary, side_summary
-from h2aseg.evaluation.pipeline import evaluate_folders
+from h2aseg.evaluation.pipeline import evaluate_folder_sets
 from h2aseg.evaluation.quantify import check_probability, csv_text
 from h2aseg.evaluation.report import write_evaluation
 from h2aseg.files import atomic_write_text
@@ -161,9 +162,9 @@ def sweep_thresholds(
     checks = write_threshold_masks(maps, thresholds, out, reference=reference, on_case=on_case)
     table: list[ThresholdRow] = []
     paths: list[Path] = []
-    for t in thresholds:
-        masks = threshold_folder(out, t, "masks")
-        res = evaluate_folders(masks, gt_root, protocol=protocol, gt_layout=gt_layout, jobs=jobs)
+    folders = [threshold_folder(out, t, "masks") for t in thresholds]
+    results = evaluate_folder_sets(folders, gt_root, protocol=protocol, gt_layout=gt_layout, jobs=jobs)
+    for t, masks, res in zip(thresholds, folders, results, strict=True):  # each ground truth read once
         paths += write_evaluation(threshold_folder(out, t, "eval"), res.rows, res.summary).values()
         fp_ml = float(np.mean([float(r["fp_volume_ml"]) for r in res.rows]))
         table.append(ThresholdRow(t, len(res.rows), side_summary(f"t{t:g}", masks, res.rows), fp_ml))

@@ -262,11 +262,34 @@ def load_pair(
     Different grids raise :class:`EvaluationError` unless ``resample`` (prediction -> GT grid, nearest
     neighbour). A missing prediction (``pair.pred is None``) becomes an empty mask.
     """
+    return load_pairs([pair], resample=resample, allowed_labels=allowed_labels, label_map=label_map)[0]
+
+
+def load_pairs(
+    pairs: Sequence[CasePair],
+    *,
+    resample: bool = False,
+    allowed_labels: Sequence[int] | None = None,
+    label_map: Mapping[int, int] | None = None,
+) -> list[LoadedPair]:
+    """:func:`load_pair` for several predictions of one case (every pair names the same ground truth),
+    which is read once (a threshold sweep scores many masks against it)."""
+    if len({pair.gt for pair in pairs}) > 1:
+        raise ValueError(
+            "load_pairs takes predictions of one case: every pair must name the same ground truth"
+        )
     try:
-        gt = _read_labels(pair.gt, "ground-truth", allowed_labels, label_map)
-        pred = None if pair.pred is None else _read_labels(pair.pred, "prediction", allowed_labels, label_map)
+        gt = _read_labels(pairs[0].gt, "ground-truth", allowed_labels, label_map)
+        preds = [
+            None if pair.pred is None else _read_labels(pair.pred, "prediction", allowed_labels, label_map)
+            for pair in pairs
+        ]
     except ImageError as e:
         raise EvaluationError(str(e)) from e
+    return [_on_gt_grid(pair, pred, gt, resample) for pair, pred in zip(pairs, preds, strict=True)]
+
+
+def _on_gt_grid(pair: CasePair, pred: Volume | None, gt: Volume, resample: bool) -> LoadedPair:
     resampled = False
     if pred is None:
         p = np.zeros(gt.shape, dtype=np.uint8)

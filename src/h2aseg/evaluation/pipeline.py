@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +12,7 @@ from h2aseg.evaluation.matching import (
     CasePair,
     Matching,
     ground_truth_masks,
-    load_pair,
+    load_pairs,
     mask_folder,
     match_cases,
     rename_cases,
@@ -49,23 +49,50 @@ def score_pair(
     ``label_map`` (``{value: label}``) is applied to both masks before they are checked against
     :data:`PROTOCOL_LABELS` and scored.
     """
-    hecktor = protocol == "hecktor"
-    loaded = load_pair(pair, resample=resample, allowed_labels=PROTOCOL_LABELS[protocol], label_map=label_map)
-    row = evaluate_case(
-        loaded.pred,
-        loaded.gt,
-        loaded.spacing,
-        voxel_ml=loaded.voxel_ml,
-        hd95_convention=hd95_convention,  # type: ignore[arg-type]
+    return score_pairs(
+        [pair],
+        protocol=protocol,
+        hd95_convention=hd95_convention,
         hd95_empty_penalty=hd95_empty_penalty,
-        classes=HECKTOR_CLASSES if hecktor else None,
+        resample=resample,
+        label_map=label_map,
+    )[0]
+
+
+def score_pairs(
+    pairs: Sequence[CasePair],
+    *,
+    protocol: str = "paper",
+    hd95_convention: str = "medpy",
+    hd95_empty_penalty: float | None = None,
+    resample: bool = False,
+    label_map: Mapping[int, int] | None = None,
+) -> list[dict[str, Any]]:
+    """:func:`score_pair` for several predictions of one case, its ground truth read once."""
+    hecktor = protocol == "hecktor"
+    loaded = load_pairs(
+        pairs, resample=resample, allowed_labels=PROTOCOL_LABELS[protocol], label_map=label_map
     )
-    return {
-        "case_id": pair.case_id,
-        **row,
-        "prediction_missing": int(pair.pred is None),
-        "resampled": int(loaded.resampled),
-    }
+    rows = []
+    for pair, one in zip(pairs, loaded, strict=True):
+        row = evaluate_case(
+            one.pred,
+            one.gt,
+            one.spacing,
+            voxel_ml=one.voxel_ml,
+            hd95_convention=hd95_convention,  # type: ignore[arg-type]
+            hd95_empty_penalty=hd95_empty_penalty,
+            classes=HECKTOR_CLASSES if hecktor else None,
+        )
+        rows.append(
+            {
+                "case_id": pair.case_id,
+                **row,
+                "prediction_missing": int(pair.pred is None),
+                "resampled": int(one.resampled),
+            }
+        )
+    return rows
 
 
 def evaluate_folders(
@@ -95,6 +122,42 @@ def evaluate_folders(
 
     Raises :class:`h2aseg.evaluation.matching.EvaluationError` (one-line message) on any input problem.
     """
+    return evaluate_folder_sets(
+        [pred_dir],
+        gt_root,
+        protocol=protocol,
+        gt_layout=gt_layout,
+        hd95_convention=hd95_convention,
+        hd95_empty_penalty=hd95_empty_penalty,
+        resample=resample,
+        allow_missing=allow_missing,
+        label_map=label_map,
+        case_ids=case_ids,
+        only_cases=only_cases,
+        jobs=jobs,
+        on_case=on_case,
+    )[0]
+
+
+def evaluate_folder_sets(
+    pred_dirs: Sequence[str | Path],
+    gt_root: str | Path,
+    *,
+    protocol: str = "paper",
+    gt_layout: str = "auto",
+    hd95_convention: str = "medpy",
+    hd95_empty_penalty: float | None = None,
+    resample: bool = False,
+    allow_missing: bool = False,
+    label_map: Mapping[int, int] | None = None,
+    case_ids: Mapping[str, str] | None = None,
+    only_cases: Collection[str] | None = None,
+    jobs: int = 1,
+    on_case: Callable[[str, int, int], None] | None = None,
+) -> list[EvaluationResult]:
+    """:func:`evaluate_folders` for several prediction folders of the same cases (e.g. one per threshold),
+    one result per folder; each ground-truth mask is read once for all of them. Every folder is matched
+    before any case is scored, so a folder with a missing case fails first."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r} (choose from {', '.join(PROTOCOLS)})")
     if hd95_convention not in HD95_CONVENTIONS:
@@ -103,7 +166,10 @@ def evaluate_folders(
     gt = rename_cases(ground_truth_masks(gt_root, gt_layout), ids)
     if only_cases is not None:
         gt = select_cases(gt, only_cases, gt_root)
-    matching = match_cases(rename_cases(mask_folder(pred_dir), ids), gt, allow_missing=allow_missing)
+    matchings = [
+        match_cases(rename_cases(mask_folder(d), ids), gt, allow_missing=allow_missing) for d in pred_dirs
+    ]
+    per_case = [list(pairs) for pairs in zip(*(m.pairs for m in matchings), strict=True)]  # GT order
     kw = dict(
         protocol=protocol,
         hd95_convention=hd95_convention,
@@ -111,31 +177,35 @@ def evaluate_folders(
         resample=resample,
         label_map=dict(label_map or {}),
     )
-    rows: list[dict[str, Any]] = []
-    if jobs > 1 and len(matching.pairs) > 1:
+    scored: list[list[dict[str, Any]]] = []
+    if jobs > 1 and len(per_case) > 1:
         with ProcessPoolExecutor(max_workers=jobs) as ex:
-            futures = [ex.submit(score_pair, p, **kw) for p in matching.pairs]  # type: ignore[arg-type]
-            for p, fut in zip(matching.pairs, futures, strict=True):
-                rows.append(fut.result())
+            futures = [ex.submit(score_pairs, pairs, **kw) for pairs in per_case]  # type: ignore[arg-type]
+            for pairs, fut in zip(per_case, futures, strict=True):
+                scored.append(fut.result())
                 if on_case:
-                    on_case(p.case_id, len(rows), len(matching.pairs))
+                    on_case(pairs[0].case_id, len(scored), len(per_case))
     else:
-        for p in matching.pairs:
-            rows.append(score_pair(p, **kw))  # type: ignore[arg-type]
+        for pairs in per_case:
+            scored.append(score_pairs(pairs, **kw))  # type: ignore[arg-type]
             if on_case:
-                on_case(p.case_id, len(rows), len(matching.pairs))
-    summary = summarize(
-        rows,
-        protocol=protocol,
-        hd95_convention=hd95_convention,
-        hd95_empty_penalty=hd95_empty_penalty,
-        extra={
-            "pred_dir": str(pred_dir),
-            "gt": str(gt_root),
-            "missing_predictions": matching.missing,
-            "extra_predictions": matching.extra,
-            "resampled_cases": [r["case_id"] for r in rows if r["resampled"]],
-            "label_map": {str(k): v for k, v in sorted((label_map or {}).items())},
-        },
-    )
-    return EvaluationResult(rows=rows, summary=summary, matching=matching)
+                on_case(pairs[0].case_id, len(scored), len(per_case))
+    results = []
+    for i, (pred_dir, matching) in enumerate(zip(pred_dirs, matchings, strict=True)):
+        rows = [case_rows[i] for case_rows in scored]
+        summary = summarize(
+            rows,
+            protocol=protocol,
+            hd95_convention=hd95_convention,
+            hd95_empty_penalty=hd95_empty_penalty,
+            extra={
+                "pred_dir": str(pred_dir),
+                "gt": str(gt_root),
+                "missing_predictions": matching.missing,
+                "extra_predictions": matching.extra,
+                "resampled_cases": [r["case_id"] for r in rows if r["resampled"]],
+                "label_map": {str(k): v for k, v in sorted((label_map or {}).items())},
+            },
+        )
+        results.append(EvaluationResult(rows=rows, summary=summary, matching=matching))
+    return results
