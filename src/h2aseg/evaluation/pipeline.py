@@ -95,48 +95,10 @@ def score_pairs(
     return rows
 
 
-def evaluate_folders(
-    pred_dir: str | Path,
-    gt_root: str | Path,
-    *,
-    protocol: str = "paper",
-    gt_layout: str = "auto",
-    hd95_convention: str = "medpy",
-    hd95_empty_penalty: float | None = None,
-    resample: bool = False,
-    allow_missing: bool = False,
-    label_map: Mapping[int, int] | None = None,
-    case_ids: Mapping[str, str] | None = None,
-    only_cases: Collection[str] | None = None,
-    jobs: int = 1,
-    on_case: Callable[[str, int, int], None] | None = None,
-) -> EvaluationResult:
-    """Score every ground-truth case against ``pred_dir/<case_id>.<ext>``.
-
-    ``on_case(case_id, done, total)`` is called after each case (for progress display). Masks may hold only
-    the protocol's :data:`PROTOCOL_LABELS` once ``label_map`` is applied. ``case_ids`` renames mask files on
-    both sides before matching (file name -> case id; e.g. nnU-Net identifiers from export-nnunet's
-    ``h2aseg_cases.json``, :func:`h2aseg.data.nnunet_export.load_case_map`); other names stay.
-    ``only_cases`` keeps the ground-truth cases with those ids (e.g. one part of a split, as ``h2aseg
-    predict --split`` predicts it); the others are not scored and not missed.
-
-    Raises :class:`h2aseg.evaluation.matching.EvaluationError` (one-line message) on any input problem.
-    """
-    return evaluate_folder_sets(
-        [pred_dir],
-        gt_root,
-        protocol=protocol,
-        gt_layout=gt_layout,
-        hd95_convention=hd95_convention,
-        hd95_empty_penalty=hd95_empty_penalty,
-        resample=resample,
-        allow_missing=allow_missing,
-        label_map=label_map,
-        case_ids=case_ids,
-        only_cases=only_cases,
-        jobs=jobs,
-        on_case=on_case,
-    )[0]
+def evaluate_folders(pred_dir: str | Path, gt_root: str | Path, **options: Any) -> EvaluationResult:
+    """Score every ground-truth case against ``pred_dir/<case_id>.<ext>``: :func:`evaluate_folder_sets`
+    for one folder (``options``: its keywords)."""
+    return evaluate_folder_sets([pred_dir], gt_root, **options)[0]
 
 
 def evaluate_folder_sets(
@@ -155,9 +117,19 @@ def evaluate_folder_sets(
     jobs: int = 1,
     on_case: Callable[[str, int, int], None] | None = None,
 ) -> list[EvaluationResult]:
-    """:func:`evaluate_folders` for several prediction folders of the same cases (e.g. one per threshold),
-    one result per folder; each ground-truth mask is read once for all of them. Every folder is matched
-    before any case is scored, so a folder with a missing case fails first."""
+    """Score every ground-truth case against ``<pred_dir>/<case_id>.<ext>`` of each of ``pred_dirs`` (e.g.
+    one folder per threshold), one result per folder; each ground-truth mask is read once for all of them.
+    Every folder is matched before any case is scored, so a folder with a missing case fails first.
+
+    ``on_case(case_id, done, total)`` is called after each case (for progress display). Masks may hold only
+    the protocol's :data:`PROTOCOL_LABELS` once ``label_map`` is applied. ``case_ids`` renames mask files on
+    both sides before matching (file name -> case id; e.g. nnU-Net identifiers from export-nnunet's
+    ``h2aseg_cases.json``, :func:`h2aseg.data.nnunet_export.load_case_map`); other names stay.
+    ``only_cases`` keeps the ground-truth cases with those ids (e.g. one part of a split, as ``h2aseg
+    predict --split`` predicts it); the others are not scored and not missed.
+
+    Raises :class:`h2aseg.evaluation.matching.EvaluationError` (one-line message) on any input problem.
+    """
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r} (choose from {', '.join(PROTOCOLS)})")
     if hd95_convention not in HD95_CONVENTIONS:
