@@ -125,10 +125,12 @@ def check_settings(cfg: Config) -> None:
     """Settings that would stop the run only later (at the first patch or validation), checked up front:
     a :class:`~h2aseg.config.ConfigError` naming the field before any case is read."""
     from h2aseg.data.transforms import train_transforms
+    from h2aseg.models.factory import network_kwargs
 
     check_data_config(cfg.data)
     train_transforms(cfg.data)  # data.pos_fraction, crops_per_case, augment, hot_suv
     check_infer_config(cfg.infer)  # validation's sliding window
+    network_kwargs(cfg.model, cfg.data.input_channels())  # data.mirror_pet: H2ASeg only
 
 
 def _open_run_dir(cfg: Config, run_dir: Path, dd: DistInfo, *, resume: bool, force: bool) -> dict | None:
