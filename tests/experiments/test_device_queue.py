@@ -22,8 +22,8 @@ import sys
 from pathlib import Path
 
 args = sys.argv[1:]
-log = Path(__file__).with_name("calls.txt")
-log.write_text(log.read_text() + " ".join(args) + "\n" if log.exists() else " ".join(args) + "\n")
+with Path(__file__).with_name("calls.txt").open("a") as log:  # appended: queue.sh runs several at once
+    log.write(" ".join(args) + "\n")
 if args[0] == "synth":
     out = Path(args[args.index("--out") + 1])
     out.mkdir(parents=True, exist_ok="--overwrite" in args)
