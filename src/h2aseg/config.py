@@ -118,6 +118,8 @@ UNIT = Bounds(ge=0, le=1)  # a probability or a share
 BELOW_1 = Bounds(ge=0, lt=1)  # a share that must leave something (dropout, window overlap)
 LEVEL = Bounds(ge=1, le=5)  # an H2ASeg resolution level
 WINDOW = Bounds(increasing=True)  # an intensity window (low, high)
+#: the input channels ``data.body_coords`` appends (h2aseg.data.body_frame): position in the body's frame
+BODY_COORDS = ("body_dx", "body_dy", "body_dz")
 
 
 @dataclass
@@ -167,10 +169,24 @@ class DataConfig:
     # ours, a control (docs/results.md, step (e)): the PET mirrored across the body's midline as a third
     # input channel (h2aseg.data.mirror); H2ASeg only, whose PET branch then takes two channels
     mirror_pet: bool = False
+    # ours, step (e) of the MCSA study: position in body coordinates as three more input channels for both
+    # of H2ASeg's branches (h2aseg.data.body_frame): the unsigned left-right distance to the body's midline
+    # and the anterior-posterior and cranio-caudal offsets from the body's centre, in units of 100 mm
+    body_coords: bool = False
+
+    def input_layout(self) -> tuple[str, ...]:
+        """The network input's channels by name, in order: ``ct``, ``pet``, then ``mirrored_pet`` with
+        ``mirror_pet`` and ``body_dx``, ``body_dy``, ``body_dz`` with ``body_coords``."""
+        layout = ("ct", "pet")
+        if self.mirror_pet:
+            layout += ("mirrored_pet",)
+        if self.body_coords:
+            layout += BODY_COORDS
+        return layout
 
     def input_channels(self) -> int:
-        """How many channels the network's input has: CT and PET, and the mirrored PET with ``mirror_pet``."""
-        return 3 if self.mirror_pet else 2
+        """How many channels the network's input has (:meth:`input_layout`)."""
+        return len(self.input_layout())
 
 
 @dataclass

@@ -99,7 +99,8 @@ def test_training_crops_carry_the_whole_volumes_mirror() -> None:
 
 
 def test_h2aseg_with_the_mirrored_pet_takes_three_channels() -> None:
-    model = build_from_config(ModelConfig(channels=(2, 4, 4, 8, 8), window_size=(4, 4, 2)), in_channels=3)
+    layout = DataConfig(mirror_pet=True).input_layout()
+    model = build_from_config(ModelConfig(channels=(2, 4, 4, 8, 8), window_size=(4, 4, 2)), layout=layout)
     assert (
         model.encoder.conv1_pet.conv1.in_channels == 2 and model.encoder.conv1_pet.skip_conv.in_channels == 2
     )
@@ -111,10 +112,10 @@ def test_h2aseg_with_the_mirrored_pet_takes_three_channels() -> None:
         assert torch.equal(model(x), model(x[:, :1], x[:, 1:]))
     with pytest.raises(ValueError, match=r"\(B, 3, X, Y, Z\) with CT then PET then the mirrored PET"):
         model(x[:, :2])
-    with pytest.raises(ValueError, match="or 3 with the mirrored PET"):
-        build_from_config(ModelConfig(channels=(2, 4, 4, 8, 8)), in_channels=4)
+    with pytest.raises(ConfigError, match="input channels must be CT, PET and any of"):
+        build_from_config(ModelConfig(channels=(2, 4, 4, 8, 8)), layout=("ct", "pet", "dose"))
 
 
 def test_other_networks_refuse_the_mirrored_pet() -> None:
     with pytest.raises(ConfigError, match=r"data\.mirror_pet: only network 'h2aseg'.*'unet3d'"):
-        build_from_config(ModelConfig(name="unet3d"), in_channels=3)
+        build_from_config(ModelConfig(name="unet3d"), layout=DataConfig(mirror_pet=True).input_layout())

@@ -133,7 +133,8 @@ def test_eval_returns_finest_train_returns_five() -> None:
         ({"variant": "v2"}, "variant"),
         ({"mcsa_levels": (0, 2)}, "mcsa_levels"),
         ({"dropout": 1.0}, "dropout"),
-        ({"in_channels": 4}, "in_channels"),
+        ({"in_channels": 1}, "in_channels"),
+        ({"in_channels": 3, "branch_inputs": ((0,), (1, 5))}, "branch_inputs: the PET branch"),
         ({"attention": "flash"}, "attention"),
     ],
 )

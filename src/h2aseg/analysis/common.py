@@ -109,7 +109,7 @@ def load_model(
 
         cfg = predictor.cfg
         torch.manual_seed(cfg.train.seed)
-        fresh = build_from_config(cfg.model, cfg.data.patch_size, cfg.data.input_channels())
+        fresh = build_from_config(cfg.model, cfg.data.patch_size, cfg.data.input_layout())
         predictor.model.load_state_dict(fresh.state_dict())
     return LoadedModel(path, predictor)
 

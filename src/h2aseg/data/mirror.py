@@ -9,28 +9,21 @@ must find it across the body (MCSA) is judged against. H2ASeg's PET branch takes
 image as two channels (``in_channels=3``).
 
 The midline is the mean left-right (axis 0 of the RAS working grid) index of the body's voxels (CT channel
-above the body threshold, as for the training crop), over the whole volume, so it is computed before any
-crop; mirroring moves voxels by whole steps (no interpolation) and fills what comes from outside the
-volume with 0 (no uptake).
+above the body threshold, as for the training crop; :func:`h2aseg.data.body_frame.body_midline`), over the
+whole volume, so it is computed before any crop; mirroring moves voxels by whole steps (no
+interpolation) and fills what comes from outside the volume with 0 (no uptake).
 """
 
 from __future__ import annotations
 
 import torch
 
+from h2aseg.data.body_frame import body_midline
+
+__all__ = ["CT", "MIRRORED_PET", "PET", "body_midline", "mirror_across", "with_mirrored_pet"]
+
 #: the image channels the networks take: CT, PET, and with ``data.mirror_pet`` the mirrored PET
 CT, PET, MIRRORED_PET = 0, 1, 2
-
-
-def body_midline(ct: torch.Tensor, threshold: float) -> float:
-    """The mean index along axis 0 of the voxels of ``ct`` ``(X, Y, Z)`` above ``threshold`` (the volume's
-    centre when none is)."""
-    counts = (ct > threshold).sum(dim=(1, 2)).to(torch.float64)
-    total = float(counts.sum())
-    if total == 0:
-        return (ct.shape[0] - 1) / 2
-    index = torch.arange(ct.shape[0], dtype=torch.float64)
-    return float((counts * index).sum()) / total
 
 
 def mirror_across(volume: torch.Tensor, midline: float) -> torch.Tensor:

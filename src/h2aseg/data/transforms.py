@@ -3,7 +3,9 @@
 Input: ``{"image": float32 (2, X, Y, Z), "label": uint8 (1, X, Y, Z)}`` channel-first on the preprocessed
 grid, with **channel 0 = CT** and **channel 1 = PET**, both scaled to [0, 1] (see :func:`case_to_dict`);
 with ``cfg.mirror_pet`` a third channel, the PET mirrored across the body's midline, is added to the whole
-volume first (:mod:`h2aseg.data.mirror`, :class:`MirroredPETd`), so every crop carries it.
+volume first (:mod:`h2aseg.data.mirror`, :class:`MirroredPETd`), so every crop carries it; with
+``cfg.body_coords`` three channels of position in the body's frame follow, computed the same way
+(:mod:`h2aseg.data.body_frame`, :class:`BodyCoordinatesd`).
 Outputs are plain torch tensors (no metadata tracking, for speed): image float32, label uint8.
 
 Training (:func:`train_transforms`): crop to the body (CT above -500 HU, when ``cfg.crop_to_body``), pad to
@@ -46,6 +48,7 @@ from monai.transforms import (
 )
 
 from h2aseg.config import ConfigError, DataConfig
+from h2aseg.data.body_frame import grid_spacing, with_body_coordinates
 from h2aseg.data.mirror import with_mirrored_pet
 from h2aseg.data.preprocess import PreprocessedCase
 
@@ -57,7 +60,8 @@ FLIP_AXES = (0, 1, 2)
 
 
 def case_to_dict(pc: PreprocessedCase) -> dict[str, Any]:
-    """``{"image": (2,X,Y,Z) float32 [CT, PET], "label": (1,X,Y,Z) uint8, "case_id": str}``.
+    """``{"image": (2,X,Y,Z) float32 [CT, PET], "label": (1,X,Y,Z) uint8, "case_id": str}``, and the
+    working grid's voxel size in mm (``"spacing"``, for :class:`BodyCoordinatesd`).
 
     A case without label gets an all-zero label (lesion-free for cropping); ``has_label`` says which. The
     arrays are copies, so transforms (crops are views) can never alter a cached case.
@@ -68,6 +72,7 @@ def case_to_dict(pc: PreprocessedCase) -> dict[str, Any]:
         "label": np.array(label[None], dtype=np.uint8, order="C", copy=True),
         "case_id": pc.case_id,
         "has_label": pc.label is not None,
+        "spacing": grid_spacing(pc.geometry.grid_affine),
     }
 
 
@@ -275,6 +280,23 @@ class MirroredPETd(MapTransform):
         return d
 
 
+class BodyCoordinatesd(MapTransform):
+    """Append position in the body's frame (:func:`~h2aseg.data.body_frame.with_body_coordinates`) to
+    ``image``, on the grid of voxel size ``data["spacing"]`` (``data.body_coords``)."""
+
+    def __init__(self, body_threshold: float) -> None:
+        MapTransform.__init__(self, keys=("image",))
+        self.body_threshold = float(body_threshold)
+
+    def __call__(self, data: Any) -> Any:
+        d = dict(data)
+        if "spacing" not in d:
+            raise ValueError("data.body_coords needs the case's voxel size ('spacing', from case_to_dict)")
+        image = torch.as_tensor(d["image"])
+        d["image"] = with_body_coordinates(image, self.body_threshold, d["spacing"])
+        return d
+
+
 def body_threshold(cfg: DataConfig) -> float:
     """The normalised CT value corresponding to ``BODY_HU`` under ``cfg.ct_window``."""
     lo, hi = cfg.ct_window
@@ -343,6 +365,8 @@ def train_transforms(cfg: DataConfig) -> Compose:
     t: list[Any] = _pre(cfg)
     if cfg.mirror_pet:  # before any crop: the midline is the whole body's
         t.append(MirroredPETd(body_threshold(cfg)))
+    if cfg.body_coords:  # the same: the body's centre
+        t.append(BodyCoordinatesd(body_threshold(cfg)))
     if aug.crop_to_body:
         t.append(
             CropForegroundd(
@@ -387,12 +411,17 @@ def train_transforms(cfg: DataConfig) -> Compose:
 
 def model_input(pc: PreprocessedCase, cfg: DataConfig | None = None) -> torch.Tensor:
     """The whole preprocessed volume as the network's input: float32 ``(2, X, Y, Z)`` [CT, PET], C-contiguous;
-    ``(3, X, Y, Z)`` with the mirrored PET when ``cfg.mirror_pet``.
+    ``(3, X, Y, Z)`` with the mirrored PET when ``cfg.mirror_pet``; the channels of
+    :meth:`~h2aseg.config.DataConfig.input_layout` in general (``cfg.body_coords``: three more).
 
     Validation (``training.loop.validate``), prediction (``inference.Predictor``) and the feature analysis
     build their input here, so what a validation Dice measures is what ``h2aseg predict`` runs.
     """
     image = torch.from_numpy(np.ascontiguousarray(pc.image, dtype=np.float32))
-    if cfg is not None and cfg.mirror_pet:
-        return with_mirrored_pet(image, body_threshold(cfg))
+    if cfg is None:
+        return image
+    if cfg.mirror_pet:
+        image = with_mirrored_pet(image, body_threshold(cfg))
+    if cfg.body_coords:
+        image = with_body_coordinates(image, body_threshold(cfg), grid_spacing(pc.geometry.grid_affine))
     return image

@@ -168,7 +168,7 @@ def _measure(cfg: Config, device: torch.device) -> dict[str, Any]:
     probe = MemoryProbe(device)
     probe.start()
     torch.manual_seed(0)
-    model = build_from_config(cfg.model, in_channels=cfg.data.input_channels()).to(device)
+    model = build_from_config(cfg.model, layout=cfg.data.input_layout()).to(device)
     patch = tuple(int(v) for v in cfg.data.patch_size)
     params = sum(p.numel() for p in model.parameters())
     gflop = forward_gflop(model, patch, device, cfg.data.input_channels())

@@ -86,7 +86,7 @@ class Predictor:
             cfg = cfg.override(cfg_overrides)
         check_infer_config(cfg.infer)  # before any case is read
         model = build_from_config(
-            cfg.model, cfg.data.patch_size, cfg.data.input_channels()
+            cfg.model, cfg.data.patch_size, cfg.data.input_layout()
         )  # the training patch
         model.load_state_dict(payload["model"], strict=True)
         if cfg.infer.mcsa_knockout and not knock_out(model):

@@ -8,27 +8,46 @@ from typing import Any
 
 import torch.nn as nn
 
-from h2aseg.config import ConfigError, ModelConfig
+from h2aseg.config import BODY_COORDS, ConfigError, ModelConfig
 from h2aseg.errors import H2ASegError
 from h2aseg.models import registry
 from h2aseg.models.registry import build_network
 
+#: the input every network takes
+CT_PET = ("ct", "pet")
+#: which data setting adds which further input channel (:meth:`~h2aseg.config.DataConfig.input_layout`)
+_SETTING = {"mirrored_pet": "data.mirror_pet", **dict.fromkeys(BODY_COORDS, "data.body_coords")}
 
-def network_kwargs(cfg: ModelConfig, in_channels: int = 2) -> dict[str, Any]:
+
+def branch_inputs(layout: Sequence[str]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The input channels of ``layout`` that H2ASeg's CT and PET branches take: the CT branch the CT,
+    the PET branch the PET and the mirrored PET, both the body-frame coordinates."""
+    ct = tuple(i for i, name in enumerate(layout) if name == "ct" or name in BODY_COORDS)
+    pet = tuple(i for i, name in enumerate(layout) if name in ("pet", "mirrored_pet") or name in BODY_COORDS)
+    return ct, pet
+
+
+def network_kwargs(cfg: ModelConfig, layout: Sequence[str] = CT_PET) -> dict[str, Any]:
     """Constructor keywords for ``cfg.name``: H2ASeg gets its own fields, other networks
     ``out_channels`` plus ``cfg.extra``. ``out_channels=None`` is left out: the network's default.
-    ``in_channels`` (the data's, :meth:`~h2aseg.config.DataConfig.input_channels`) is passed when it is not
-    the usual 2; only H2ASeg takes another number (3: ``data.mirror_pet``)."""
+    ``layout`` (the data's input channels by name, :meth:`~h2aseg.config.DataConfig.input_layout`) sets
+    H2ASeg's ``in_channels`` and ``branch_inputs`` when it is more than CT and PET; only H2ASeg takes more
+    (``data.mirror_pet``, ``data.body_coords``)."""
+    layout = tuple(layout)
+    if layout[:2] != CT_PET or any(name not in _SETTING for name in layout[2:]):
+        raise ConfigError(f"input channels must be CT, PET and any of {', '.join(_SETTING)}, got {layout}")
     out = {} if cfg.out_channels is None else {"out_channels": cfg.out_channels}
-    if in_channels != 2 and cfg.name != "h2aseg":
+    if layout != CT_PET and cfg.name != "h2aseg":
+        settings = ", ".join(dict.fromkeys(_SETTING[name] for name in layout[2:]))
         raise ConfigError(
-            f"data.mirror_pet: only network 'h2aseg' takes the mirrored PET as a further input channel, "
-            f"not {cfg.name!r}"
+            f"{settings}: only network 'h2aseg' takes further input channels (CT and PET only for "
+            f"{cfg.name!r})"
         )
     if cfg.name != "h2aseg":
         return {**out, **cfg.extra}
-    if in_channels != 2:
-        out["in_channels"] = in_channels
+    if layout != CT_PET:
+        out["in_channels"] = len(layout)
+        out["branch_inputs"] = branch_inputs(layout)
     kwargs: dict[str, Any] = {
         "variant": cfg.variant,
         "channels": tuple(cfg.channels),
@@ -84,10 +103,10 @@ def _check_name(cfg: ModelConfig) -> None:
 
 
 def build_from_config(
-    cfg: ModelConfig, patch_size: Sequence[int] | None = None, in_channels: int = 2
+    cfg: ModelConfig, patch_size: Sequence[int] | None = None, layout: Sequence[str] = CT_PET
 ) -> nn.Module:
-    """The registered network ``cfg.name`` built with :func:`network_kwargs` (``in_channels``: the data's,
-    ``cfg.data.input_channels()``).
+    """The registered network ``cfg.name`` built with :func:`network_kwargs` (``layout``: the data's input
+    channels, ``cfg.data.input_layout()``).
 
     ``patch_size`` (the training patch, ``data.patch_size``) becomes ``img_size=tuple(patch_size)`` for a
     network whose constructor takes an ``img_size`` parameter (e.g. UNETR, whose position embeddings fix
@@ -97,7 +116,7 @@ def build_from_config(
     a :class:`~h2aseg.config.ConfigError` naming the section and the network.
     """
     _check_name(cfg)
-    kwargs = network_kwargs(cfg, in_channels)
+    kwargs = network_kwargs(cfg, layout)
     if patch_size is not None and "img_size" not in kwargs and accepts_keyword(cfg.name, "img_size"):
         kwargs["img_size"] = tuple(int(v) for v in patch_size)
     try:

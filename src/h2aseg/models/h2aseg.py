@@ -3,7 +3,8 @@
 Input ``(B, 2, X, Y, Z)`` with channel 0 = CT and channel 1 = PET (or ``model(ct, pet)``, each
 ``(B, 1, X, Y, Z)``, as in the authors' code). Any spatial size works (odd sizes included). With
 ``in_channels=3`` (ours, a control: ``data.mirror_pet``) channel 2 is the PET mirrored across the body's
-midline, and the PET branch takes channels 1-2.
+midline, and the PET branch takes channels 1-2; ``branch_inputs`` gives each branch any channels (ours:
+``data.body_coords`` gives both branches three channels of position in the body's frame).
 Output: in training mode a list of 5 logit maps ``P^1 .. P^5``, finest first, each at the input size
 (deep supervision, paper eq. 5, computed by :mod:`h2aseg.training.losses`); in eval mode the finest map
 only, unless ``return_all=True``.
@@ -76,6 +77,7 @@ def _validate(
     mcsa_levels: Sequence[int],
     out_channels: int,
     in_channels: int,
+    branch_inputs: tuple[tuple[int, ...], tuple[int, ...]],
     dropouts: dict[str, float],
     attention: str,
 ) -> None:
@@ -90,11 +92,14 @@ def _validate(
         raise ValueError(f"mcsa_levels must be levels among 1..5, got {list(mcsa_levels)}")
     if not isinstance(out_channels, int) or out_channels < 1:
         raise ValueError(f"out_channels must be a positive integer, got {out_channels!r}")
-    if in_channels not in (2, 3):
-        raise ValueError(
-            "H2ASeg takes 2 input channels (CT, PET), or 3 with the mirrored PET, "
-            f"got in_channels={in_channels}"
-        )
+    if not isinstance(in_channels, int) or in_channels < 2:
+        raise ValueError(f"H2ASeg takes at least 2 input channels (CT, PET), got in_channels={in_channels}")
+    for name, idx in zip(("CT", "PET"), branch_inputs, strict=True):
+        if not idx or len(set(idx)) != len(idx) or not all(0 <= i < in_channels for i in idx):
+            raise ValueError(
+                f"branch_inputs: the {name} branch must take distinct channels among 0..{in_channels - 1}, "
+                f"got {list(idx)}"
+            )
     for name, p in dropouts.items():
         if not 0.0 <= p < 1.0:
             raise ValueError(f"{name} must be in [0, 1), got {p}")
@@ -108,6 +113,13 @@ def _attention_impl(impl: str) -> str:
         return resolve_attention_impl(impl, stacklevel=3)
     except ValueError:
         raise ValueError(f"attention must be one of {ATTENTION_IMPLS}, got {impl!r}") from None
+
+
+def _channels(x: torch.Tensor, idx: tuple[int, ...]) -> torch.Tensor:
+    """Channels ``idx`` of ``x`` ``(B, C, ...)``: a view when they are consecutive, else a copy."""
+    if idx == tuple(range(idx[0], idx[0] + len(idx))):
+        return x[:, idx[0] : idx[0] + len(idx)]
+    return x[:, list(idx)]
 
 
 def run_block(module: nn.Module, *args: torch.Tensor, checkpointed: bool = False) -> object:
@@ -128,9 +140,10 @@ class DualEncoder(nn.Module):
         attention_modules: dict[int, nn.Module],
         dropout: float,
         pet_channels: int = 1,
+        ct_channels: int = 1,
     ) -> None:
         super().__init__()
-        for mod, first in (("ct", 1), ("pet", pet_channels)):
+        for mod, first in (("ct", ct_channels), ("pet", pet_channels)):
             prev = 1
             for k, c in enumerate(channels, start=1):
                 block = InputResBlock(first, c, dropout) if k == 1 else PreActResBlock(prev, c, 2, dropout)
@@ -220,7 +233,11 @@ class H2ASeg(nn.Module):
         use_mcsa, use_tamw: ablation switches (both off = dual-branch ResUNet-3D baseline).
         out_channels: 1 (sigmoid, the paper's BCE), 2 (softmax, released), or more classes.
         in_channels: 2 (CT, PET), or 3 (ours, a control): the PET branch also takes the PET mirrored
-            across the body's midline (:mod:`h2aseg.data.mirror`; set by ``data.mirror_pet``).
+            across the body's midline (:mod:`h2aseg.data.mirror`; set by ``data.mirror_pet``), or more.
+        branch_inputs: the input channels each branch takes, ``(ct_branch, pet_branch)``; default: channel 0
+            for the CT branch, channels 1 .. ``in_channels - 1`` for the PET branch. ``data.body_coords``
+            (ours, :mod:`h2aseg.data.body_frame`) gives both branches the three coordinate channels
+            (:func:`h2aseg.models.factory.branch_inputs`).
         attn_dropout, dropout: attention-weight dropout and encoder/decoder Dropout3d probability
             (paper default 0, released 0.5).
         qk_reduction: queries/keys have ``C // qk_reduction`` channels (paper 1, released 4 in MCSA).
@@ -253,6 +270,7 @@ class H2ASeg(nn.Module):
         use_tamw: bool = True,
         out_channels: int | None = None,
         in_channels: int = 2,
+        branch_inputs: tuple[Sequence[int], Sequence[int]] | None = None,
         attn_dropout: float | None = None,
         dropout: float | None = None,
         qk_reduction: int | None = None,
@@ -271,6 +289,9 @@ class H2ASeg(nn.Module):
         dropout = (0.5 if released else 0.0) if dropout is None else dropout
         windows = self._windows(window_size)
         attention = _attention_impl(attention)
+        if branch_inputs is None:
+            branch_inputs = ((0,), tuple(range(1, in_channels)) if isinstance(in_channels, int) else ())
+        inputs = (tuple(int(i) for i in branch_inputs[0]), tuple(int(i) for i in branch_inputs[1]))
         _validate(
             variant,
             list(channels),
@@ -278,6 +299,7 @@ class H2ASeg(nn.Module):
             list(mcsa_levels),
             out_channels,
             in_channels,
+            inputs,
             {"attn_dropout": attn_dropout, "dropout": dropout},
             attention,
         )
@@ -312,7 +334,9 @@ class H2ASeg(nn.Module):
                         attn_dropout=attn_dropout,
                         dropout=attn_dropout,
                     )
-        self.encoder = DualEncoder(channels, attn, dropout, pet_channels=in_channels - 1)
+        self.encoder = DualEncoder(
+            channels, attn, dropout, pet_channels=len(inputs[1]), ct_channels=len(inputs[0])
+        )
         self.decoder = Decoder(
             channels,
             out_channels,
@@ -323,6 +347,7 @@ class H2ASeg(nn.Module):
         )
         self.variant = variant
         self.in_channels = in_channels
+        self.branch_inputs = inputs
         self.out_channels = out_channels
         self.align_corners = released
         self.set_attention_impl(attention)
@@ -381,17 +406,17 @@ class H2ASeg(nn.Module):
                 raise ValueError(
                     f"expected input (B, {self.in_channels}, X, Y, Z) with {what}, got {tuple(x.shape)}"
                 )
-            ct, pet = x[:, :1], x[:, 1:]
+            ct, pet = (_channels(x, idx) for idx in self.branch_inputs)
         else:
-            ct, p = x, self.in_channels - 1
+            ct, (c, p) = x, (len(idx) for idx in self.branch_inputs)
             if (
                 ct.shape[2:] != pet.shape[2:]
                 or ct.ndim != 5
-                or ct.shape[1] != 1
+                or ct.shape[1] != c
                 or pet.shape[:2] != (ct.shape[0], p)
             ):
                 raise ValueError(
-                    f"expected ct of shape (B, 1, X, Y, Z) and pet of shape (B, {p}, X, Y, Z), got "
+                    f"expected ct of shape (B, {c}, X, Y, Z) and pet of shape (B, {p}, X, Y, Z), got "
                     f"{tuple(ct.shape)}, {tuple(pet.shape)}"
                 )
         size = ct.shape[2:]

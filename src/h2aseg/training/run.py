@@ -130,7 +130,7 @@ def check_settings(cfg: Config) -> None:
     check_data_config(cfg.data)
     train_transforms(cfg.data)  # data.pos_fraction, crops_per_case, augment, hot_suv
     check_infer_config(cfg.infer)  # validation's sliding window
-    network_kwargs(cfg.model, cfg.data.input_channels())  # data.mirror_pet: H2ASeg only
+    network_kwargs(cfg.model, cfg.data.input_layout())  # data.mirror_pet, body_coords: H2ASeg only
 
 
 def _open_run_dir(cfg: Config, run_dir: Path, dd: DistInfo, *, resume: bool, force: bool) -> dict | None:

@@ -151,9 +151,9 @@ def build_model_and_optim(run: TrainingRun) -> Engine:
     if device.type == "cuda" and cfg.train.deterministic:
         torch.backends.cudnn.benchmark = False
         torch.use_deterministic_algorithms(True, warn_only=True)
-    model = build_from_config(
-        cfg.model, patch_size=cfg.data.patch_size, in_channels=cfg.data.input_channels()
-    ).to(device)
+    model = build_from_config(cfg.model, patch_size=cfg.data.patch_size, layout=cfg.data.input_layout()).to(
+        device
+    )
     fresh: tuple[str, ...] = ()
     if cfg.train.init_checkpoint and run.state is None:
         fresh = load_weights(model, cfg.train.init_checkpoint, partial=cfg.train.init_partial)

@@ -1,0 +1,105 @@
+"""The body's own frame: its centre, its left-right midline, and position in it as input channels.
+
+Ours, for step (e) of the MCSA study (docs/results.md). MCSA has no positional encoding: between windows it
+attends by content alone, so it cannot ask for "the voxel at my mirror image across the body", which is
+what tells an unlabelled symmetric decoy from a node lesion on a cohort written with ``h2aseg synth
+--symmetric-decoys``. ``data.body_coords`` gives both of H2ASeg's branches three channels that locate each
+voxel in the body, computed on the whole volume before any crop:
+
+- ``body_dx``: the **unsigned** left-right distance to the body's midline, ``|x - m_x|`` (unsigned, so that
+  a voxel and its mirror image share it, whatever flips the augmentation applies);
+- ``body_dy``, ``body_dz``: the anterior-posterior and cranio-caudal offsets from the body's centre,
+  ``y - m_y`` and ``z - m_z`` (a voxel and its mirror image share both);
+
+each in units of 100 mm of the working grid (``spacing``). A voxel and its mirror partner then carry equal
+coordinates and other voxels different ones, which dot-product attention can match (``-(a - b)^2`` expands
+into terms of the query alone, the key alone and their product). The augmentation moves the channels with
+the image (crops, rotations and flips keep each voxel's coordinates), and its intensity jitter scales and
+shifts them as it does every channel (one draw per channel and crop: equal values stay equal in a crop).
+
+The centre is the mean index of the body's voxels (CT channel above the body threshold, as for the
+training crop) along each axis; :func:`body_midline` is its left-right part (also the mirror of
+:mod:`h2aseg.data.mirror`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from h2aseg.config import BODY_COORDS
+
+__all__ = [
+    "BODY_COORDS",
+    "UNIT_MM",
+    "body_centre",
+    "body_coordinates",
+    "body_midline",
+    "with_body_coordinates",
+]
+
+#: millimetres per unit of the coordinate channels
+UNIT_MM = 100.0
+
+
+def body_centre(ct: torch.Tensor, threshold: float) -> tuple[float, float, float]:
+    """The mean index along each axis of the voxels of ``ct`` ``(X, Y, Z)`` above ``threshold`` (the
+    volume's centre when none is)."""
+    if ct.ndim != 3:
+        raise ValueError(f"expected a CT volume (X, Y, Z), got {tuple(ct.shape)}")
+    body = ct > threshold
+    total = float(body.sum())
+    centre = []
+    for axis in range(3):
+        n = ct.shape[axis]
+        if total == 0:
+            centre.append((n - 1) / 2)
+            continue
+        others = tuple(a for a in range(3) if a != axis)
+        counts = body.sum(dim=others).to(torch.float64)
+        centre.append(float((counts * torch.arange(n, dtype=torch.float64)).sum()) / total)
+    return centre[0], centre[1], centre[2]
+
+
+def body_midline(ct: torch.Tensor, threshold: float) -> float:
+    """The body's left-right midline: the mean index along axis 0 (RAS: left-right) of the voxels of
+    ``ct`` ``(X, Y, Z)`` above ``threshold`` (the volume's centre when none is)."""
+    return body_centre(ct, threshold)[0]
+
+
+def body_coordinates(shape: Sequence[int], centre: Sequence[float], spacing: Sequence[float]) -> torch.Tensor:
+    """float32 ``(3, X, Y, Z)``: ``|x - c_x|``, ``y - c_y``, ``z - c_z`` in units of 100 mm for a grid of
+    ``shape`` voxels of ``spacing`` mm whose body centre is at index ``centre``."""
+    if len(shape) != 3 or len(centre) != 3 or len(spacing) != 3:
+        raise ValueError(f"expected 3-D shape, centre and spacing, got {shape}, {centre}, {spacing}")
+    if any(float(s) <= 0 for s in spacing):
+        raise ValueError(f"voxel spacing must be positive, got {tuple(spacing)}")
+    axes = [
+        (torch.arange(n, dtype=torch.float64) - c) * (float(s) / UNIT_MM)
+        for n, c, s in zip(shape, centre, spacing, strict=True)
+    ]
+    axes[0] = axes[0].abs()
+    grids = torch.meshgrid(*axes, indexing="ij")
+    return torch.stack(grids).to(torch.float32)
+
+
+def with_body_coordinates(
+    image: torch.Tensor, body_threshold: float, spacing: Sequence[float]
+) -> torch.Tensor:
+    """``image`` ``(C, X, Y, Z)`` (channel 0 the CT) with :func:`body_coordinates` appended:
+    ``(C + 3, X, Y, Z)``."""
+    if image.ndim != 4 or image.shape[0] < 2:
+        raise ValueError(f"expected image (C, X, Y, Z) with CT first and C >= 2, got {tuple(image.shape)}")
+    centre = body_centre(image[0], body_threshold)
+    coords = body_coordinates(image.shape[1:], centre, spacing).to(image.dtype)
+    return torch.cat([image, coords], dim=0)
+
+
+def grid_spacing(grid_affine: torch.Tensor | Sequence[Sequence[float]]) -> tuple[float, float, float]:
+    """The voxel size (mm) along each axis of a grid with this 4x4 affine (its columns' lengths)."""
+    a = torch.as_tensor(grid_affine, dtype=torch.float64)
+    if a.shape != (4, 4):
+        raise ValueError(f"expected a 4x4 affine, got shape {tuple(a.shape)}")
+    s = torch.linalg.vector_norm(a[:3, :3], dim=0)
+    return float(s[0]), float(s[1]), float(s[2])
