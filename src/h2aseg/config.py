@@ -173,6 +173,9 @@ class DataConfig:
     # of H2ASeg's branches (h2aseg.data.body_frame): the unsigned left-right distance to the body's midline
     # and the anterior-posterior and cranio-caudal offsets from the body's centre, in units of 100 mm
     body_coords: bool = False
+    # millimetres per unit of those channels: 100 gives values of up to about 5 (whole body), which the
+    # level-1 shortcut (an unnormalised conv) carries into the features; 1000 keeps them under 1
+    body_coords_unit_mm: float = field(default=100.0, metadata=POSITIVE.meta)
 
     def input_layout(self) -> tuple[str, ...]:
         """The network input's channels by name, in order: ``ct``, ``pet``, then ``mirrored_pet`` with

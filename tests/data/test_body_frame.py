@@ -142,3 +142,21 @@ def test_h2aseg_checks_its_branch_inputs() -> None:
 def test_other_networks_refuse_the_coordinates() -> None:
     with pytest.raises(ConfigError, match=r"data\.body_coords: only network 'h2aseg'.*'swinunetr'"):
         network_kwargs(ModelConfig(name="swinunetr"), DataConfig(body_coords=True).input_layout())
+
+
+def test_the_unit_scales_the_channels_everywhere() -> None:
+    """``data.body_coords_unit_mm``: 1000 mm per unit gives a tenth of the default's values, in
+    prediction's input and in training's crops alike."""
+    pc = _case(_image())
+    base = dataclasses.replace(DataConfig(), body_coords=True, patch_size=(8, 8, 8), augment="paper")
+    metres = dataclasses.replace(base, body_coords_unit_mm=1000.0)
+    assert torch.allclose(model_input(pc, metres)[2:], model_input(pc, base)[2:] / 10, atol=1e-7)
+    assert torch.allclose(
+        body_coordinates(SHAPE, (9.0, 5.5, 3.5), SPACING, unit_mm=1000.0),
+        body_coordinates(SHAPE, (9.0, 5.5, 3.5), SPACING) / 10,
+        atol=1e-7,
+    )
+    crops = train_transforms(metres)(case_to_dict(pc))
+    assert max(float(c["image"][2:].abs().max()) for c in crops) < 0.1  # the body: within 100 mm
+    with pytest.raises(ValueError, match="unit must be positive"):
+        body_coordinates(SHAPE, (9.0, 5.5, 3.5), SPACING, unit_mm=0.0)

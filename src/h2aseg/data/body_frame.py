@@ -11,7 +11,8 @@ voxel in the body, computed on the whole volume before any crop:
 - ``body_dy``, ``body_dz``: the anterior-posterior and cranio-caudal offsets from the body's centre,
   ``y - m_y`` and ``z - m_z`` (a voxel and its mirror image share both);
 
-each in units of 100 mm of the working grid (``spacing``). A voxel and its mirror partner then carry equal
+each in units of ``unit_mm`` millimetres of the working grid (``spacing``; ``data.body_coords_unit_mm``,
+default 100). A voxel and its mirror partner then carry equal
 coordinates and other voxels different ones, which dot-product attention can match (``-(a - b)^2`` expands
 into terms of the query alone, the key alone and their product). The augmentation moves the channels with
 the image (crops, rotations and flips keep each voxel's coordinates), and its intensity jitter scales and
@@ -39,7 +40,7 @@ __all__ = [
     "with_body_coordinates",
 ]
 
-#: millimetres per unit of the coordinate channels
+#: millimetres per unit of the coordinate channels, by default
 UNIT_MM = 100.0
 
 
@@ -68,15 +69,19 @@ def body_midline(ct: torch.Tensor, threshold: float) -> float:
     return body_centre(ct, threshold)[0]
 
 
-def body_coordinates(shape: Sequence[int], centre: Sequence[float], spacing: Sequence[float]) -> torch.Tensor:
-    """float32 ``(3, X, Y, Z)``: ``|x - c_x|``, ``y - c_y``, ``z - c_z`` in units of 100 mm for a grid of
-    ``shape`` voxels of ``spacing`` mm whose body centre is at index ``centre``."""
+def body_coordinates(
+    shape: Sequence[int], centre: Sequence[float], spacing: Sequence[float], unit_mm: float = UNIT_MM
+) -> torch.Tensor:
+    """float32 ``(3, X, Y, Z)``: ``|x - c_x|``, ``y - c_y``, ``z - c_z`` in units of ``unit_mm`` for a grid
+    of ``shape`` voxels of ``spacing`` mm whose body centre is at index ``centre``."""
     if len(shape) != 3 or len(centre) != 3 or len(spacing) != 3:
         raise ValueError(f"expected 3-D shape, centre and spacing, got {shape}, {centre}, {spacing}")
     if any(float(s) <= 0 for s in spacing):
         raise ValueError(f"voxel spacing must be positive, got {tuple(spacing)}")
+    if unit_mm <= 0:
+        raise ValueError(f"the coordinates' unit must be positive, got {unit_mm} mm")
     axes = [
-        (torch.arange(n, dtype=torch.float64) - c) * (float(s) / UNIT_MM)
+        (torch.arange(n, dtype=torch.float64) - c) * (float(s) / unit_mm)
         for n, c, s in zip(shape, centre, spacing, strict=True)
     ]
     axes[0] = axes[0].abs()
@@ -85,14 +90,14 @@ def body_coordinates(shape: Sequence[int], centre: Sequence[float], spacing: Seq
 
 
 def with_body_coordinates(
-    image: torch.Tensor, body_threshold: float, spacing: Sequence[float]
+    image: torch.Tensor, body_threshold: float, spacing: Sequence[float], unit_mm: float = UNIT_MM
 ) -> torch.Tensor:
     """``image`` ``(C, X, Y, Z)`` (channel 0 the CT) with :func:`body_coordinates` appended:
     ``(C + 3, X, Y, Z)``."""
     if image.ndim != 4 or image.shape[0] < 2:
         raise ValueError(f"expected image (C, X, Y, Z) with CT first and C >= 2, got {tuple(image.shape)}")
     centre = body_centre(image[0], body_threshold)
-    coords = body_coordinates(image.shape[1:], centre, spacing).to(image.dtype)
+    coords = body_coordinates(image.shape[1:], centre, spacing, unit_mm).to(image.dtype)
     return torch.cat([image, coords], dim=0)
 
 

@@ -48,7 +48,7 @@ from monai.transforms import (
 )
 
 from h2aseg.config import ConfigError, DataConfig
-from h2aseg.data.body_frame import grid_spacing, with_body_coordinates
+from h2aseg.data.body_frame import UNIT_MM, grid_spacing, with_body_coordinates
 from h2aseg.data.mirror import with_mirrored_pet
 from h2aseg.data.preprocess import PreprocessedCase
 
@@ -284,16 +284,17 @@ class BodyCoordinatesd(MapTransform):
     """Append position in the body's frame (:func:`~h2aseg.data.body_frame.with_body_coordinates`) to
     ``image``, on the grid of voxel size ``data["spacing"]`` (``data.body_coords``)."""
 
-    def __init__(self, body_threshold: float) -> None:
+    def __init__(self, body_threshold: float, unit_mm: float = UNIT_MM) -> None:
         MapTransform.__init__(self, keys=("image",))
         self.body_threshold = float(body_threshold)
+        self.unit_mm = float(unit_mm)
 
     def __call__(self, data: Any) -> Any:
         d = dict(data)
         if "spacing" not in d:
             raise ValueError("data.body_coords needs the case's voxel size ('spacing', from case_to_dict)")
         image = torch.as_tensor(d["image"])
-        d["image"] = with_body_coordinates(image, self.body_threshold, d["spacing"])
+        d["image"] = with_body_coordinates(image, self.body_threshold, d["spacing"], self.unit_mm)
         return d
 
 
@@ -366,7 +367,7 @@ def train_transforms(cfg: DataConfig) -> Compose:
     if cfg.mirror_pet:  # before any crop: the midline is the whole body's
         t.append(MirroredPETd(body_threshold(cfg)))
     if cfg.body_coords:  # the same: the body's centre
-        t.append(BodyCoordinatesd(body_threshold(cfg)))
+        t.append(BodyCoordinatesd(body_threshold(cfg), cfg.body_coords_unit_mm))
     if aug.crop_to_body:
         t.append(
             CropForegroundd(
@@ -423,5 +424,6 @@ def model_input(pc: PreprocessedCase, cfg: DataConfig | None = None) -> torch.Te
     if cfg.mirror_pet:
         image = with_mirrored_pet(image, body_threshold(cfg))
     if cfg.body_coords:
-        image = with_body_coordinates(image, body_threshold(cfg), grid_spacing(pc.geometry.grid_affine))
+        spacing = grid_spacing(pc.geometry.grid_affine)
+        image = with_body_coordinates(image, body_threshold(cfg), spacing, cfg.body_coords_unit_mm)
     return image
