@@ -28,14 +28,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from monai.data.utils import dense_patch_slices
 
 from h2aseg.config import load_config
 from h2aseg.data.layouts import discover
 from h2aseg.data.preprocess import preprocess_case
 from h2aseg.data.transforms import body_threshold
 from h2aseg.inference.sliding import body_box
-from h2aseg.synth.cohort import phantom_sites
-from h2aseg.synth.decoys import station_of
+from h2aseg.synth.cohort import LesionSite, phantom_sites
 
 #: (kind, ROI, overlap): the preset's prediction, a larger overlap, a window as wide as the body, crops
 SETTINGS = (
@@ -48,16 +48,14 @@ SETTINGS = (
 
 
 def starts(length: int, roi: int, overlap: float | None) -> np.ndarray:
-    """Window starts along one axis of ``length`` voxels: MONAI's sliding grid (step ``roi * (1 -
-    overlap)``, the last window flush with the end), or every placement (``overlap=None``)."""
-    roi = min(roi, length)  # a window wider than the box is padded: it starts at 0
+    """Window starts along one axis of ``length`` voxels: MONAI's sliding grid (``dense_patch_slices`` at
+    the interval ``sliding_window_inference`` uses, ``roi * (1 - overlap)``), or every placement
+    (``overlap=None``). A window wider than the box is padded there: it starts at 0."""
+    roi = min(roi, length)
     if overlap is None:
         return np.arange(length - roi + 1)
-    step = max(1, int(roi * (1 - overlap)))
-    out = list(range(0, length - roi + 1, step))
-    if out[-1] != length - roi:
-        out.append(length - roi)
-    return np.asarray(out)
+    interval = max(1, int(roi * (1 - overlap))) if length > roi else roi
+    return np.asarray([s[0].start for s in dense_patch_slices((length,), (roi,), (interval,))])
 
 
 def partner_share(
@@ -76,15 +74,15 @@ def partner_share(
     return cover_both / cover_p if cover_p else float("nan")
 
 
-def pairs(decoys) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``(decoy, partner)`` centres in mm for every decoy whose partner (same station, other side) exists."""
-    by_site = {d.site.split(":", 1)[-1]: np.asarray(d.center_mm) for d in decoys}
-    out = []
-    for site, c in by_site.items():
-        other = f"{station_of('decoy:' + site)}_{'l' if site.endswith('_r') else 'r'}"
-        if other in by_site:
-            out.append((c, by_site[other]))
-    return out
+def pairs(decoys: list[LesionSite]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(decoy, partner)`` centres in mm for every decoy whose partner (``..._l`` for ``..._r``) exists."""
+    by_site = {d.site: np.asarray(d.center_mm) for d in decoys}
+    other_side = {"_r": "_l", "_l": "_r"}
+    return [
+        (c, by_site[site[:-2] + other_side[site[-2:]]])
+        for site, c in by_site.items()
+        if site[:-2] + other_side.get(site[-2:], "") in by_site
+    ]
 
 
 def shares(root: Path, case_ids: set[str]) -> dict[int, list[float]]:

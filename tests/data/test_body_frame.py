@@ -14,7 +14,6 @@ from h2aseg.data.body_frame import (
     body_centre,
     body_coordinates,
     body_midline,
-    grid_spacing,
     with_body_coordinates,
 )
 from h2aseg.data.preprocess import CaseGeometry, PreprocessedCase
@@ -79,13 +78,6 @@ def test_coordinates_commute_with_flips() -> None:
         if axis > 1:  # a flip along y or z negates that offset
             want[axis + 1] = -want[axis + 1]
         assert torch.allclose(flipped, want, atol=1e-6), axis
-
-
-def test_grid_spacing_reads_the_affine() -> None:
-    rot = np.array([[0.0, -2.0, 0.0, 1.0], [3.0, 0.0, 0.0, 2.0], [0.0, 0.0, 1.5, 3.0], [0, 0, 0, 1.0]])
-    assert grid_spacing(rot) == pytest.approx((3.0, 2.0, 1.5))
-    with pytest.raises(ValueError, match="4x4"):
-        grid_spacing(np.eye(3))
 
 
 def test_model_input_and_training_crops_carry_the_whole_volumes_coordinates() -> None:

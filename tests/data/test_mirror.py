@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from h2aseg.config import ConfigError, DataConfig, ModelConfig
-from h2aseg.data.mirror import body_midline, mirror_across, with_mirrored_pet
+from h2aseg.data.body_frame import body_midline
+from h2aseg.data.mirror import mirror_across, with_mirrored_pet
 from h2aseg.data.preprocess import CaseGeometry, PreprocessedCase
 from h2aseg.data.transforms import body_threshold, case_to_dict, model_input, train_transforms
 from h2aseg.models.factory import build_from_config

@@ -28,39 +28,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-
-from h2aseg.config import BODY_COORDS
-
-__all__ = [
-    "BODY_COORDS",
-    "UNIT_MM",
-    "body_centre",
-    "body_coordinates",
-    "body_midline",
-    "with_body_coordinates",
-]
+from scipy import ndimage
 
 #: millimetres per unit of the coordinate channels, by default
 UNIT_MM = 100.0
 
 
 def body_centre(ct: torch.Tensor, threshold: float) -> tuple[float, float, float]:
-    """The mean index along each axis of the voxels of ``ct`` ``(X, Y, Z)`` above ``threshold`` (the
-    volume's centre when none is)."""
+    """The mean index along each axis of the voxels of ``ct`` ``(X, Y, Z)`` above ``threshold`` (SciPy's
+    centre of mass of the body mask; the volume's centre when no voxel is above)."""
     if ct.ndim != 3:
         raise ValueError(f"expected a CT volume (X, Y, Z), got {tuple(ct.shape)}")
-    body = ct > threshold
-    total = float(body.sum())
-    centre = []
-    for axis in range(3):
-        n = ct.shape[axis]
-        if total == 0:
-            centre.append((n - 1) / 2)
-            continue
-        others = tuple(a for a in range(3) if a != axis)
-        counts = body.sum(dim=others).to(torch.float64)
-        centre.append(float((counts * torch.arange(n, dtype=torch.float64)).sum()) / total)
-    return centre[0], centre[1], centre[2]
+    body = (ct > threshold).cpu().numpy()
+    if not body.any():
+        return (ct.shape[0] - 1) / 2, (ct.shape[1] - 1) / 2, (ct.shape[2] - 1) / 2
+    x, y, z = ndimage.center_of_mass(body)
+    return float(x), float(y), float(z)
 
 
 def body_midline(ct: torch.Tensor, threshold: float) -> float:
@@ -99,12 +82,3 @@ def with_body_coordinates(
     centre = body_centre(image[0], body_threshold)
     coords = body_coordinates(image.shape[1:], centre, spacing, unit_mm).to(image.dtype)
     return torch.cat([image, coords], dim=0)
-
-
-def grid_spacing(grid_affine: torch.Tensor | Sequence[Sequence[float]]) -> tuple[float, float, float]:
-    """The voxel size (mm) along each axis of a grid with this 4x4 affine (its columns' lengths)."""
-    a = torch.as_tensor(grid_affine, dtype=torch.float64)
-    if a.shape != (4, 4):
-        raise ValueError(f"expected a 4x4 affine, got shape {tuple(a.shape)}")
-    s = torch.linalg.vector_norm(a[:3, :3], dim=0)
-    return float(s[0]), float(s[1]), float(s[2])

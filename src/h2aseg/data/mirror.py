@@ -20,8 +20,6 @@ import torch
 
 from h2aseg.data.body_frame import body_midline
 
-__all__ = ["CT", "MIRRORED_PET", "PET", "body_midline", "mirror_across", "with_mirrored_pet"]
-
 #: the image channels the networks take: CT, PET, and with ``data.mirror_pet`` the mirrored PET
 CT, PET, MIRRORED_PET = 0, 1, 2
 

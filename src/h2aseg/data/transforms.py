@@ -48,7 +48,7 @@ from monai.transforms import (
 )
 
 from h2aseg.config import ConfigError, DataConfig
-from h2aseg.data.body_frame import UNIT_MM, grid_spacing, with_body_coordinates
+from h2aseg.data.body_frame import UNIT_MM, with_body_coordinates
 from h2aseg.data.mirror import with_mirrored_pet
 from h2aseg.data.preprocess import PreprocessedCase
 
@@ -72,7 +72,7 @@ def case_to_dict(pc: PreprocessedCase) -> dict[str, Any]:
         "label": np.array(label[None], dtype=np.uint8, order="C", copy=True),
         "case_id": pc.case_id,
         "has_label": pc.label is not None,
-        "spacing": grid_spacing(pc.geometry.grid_affine),
+        "spacing": pc.geometry.spacing,
     }
 
 
@@ -424,6 +424,7 @@ def model_input(pc: PreprocessedCase, cfg: DataConfig | None = None) -> torch.Te
     if cfg.mirror_pet:
         image = with_mirrored_pet(image, body_threshold(cfg))
     if cfg.body_coords:
-        spacing = grid_spacing(pc.geometry.grid_affine)
-        image = with_body_coordinates(image, body_threshold(cfg), spacing, cfg.body_coords_unit_mm)
+        image = with_body_coordinates(
+            image, body_threshold(cfg), pc.geometry.spacing, cfg.body_coords_unit_mm
+        )
     return image
