@@ -161,6 +161,10 @@ class DataConfig:
     flip_prob: float = field(default=0.5, metadata=UNIT.meta)  # ours
     intensity_jitter: float = field(default=0.1, metadata=UNIT.meta)  # ours: x (1 +- j), then + (+- j/2)
     cache_dir: str | None = None  # default: <run>/cache
+    # GiB of preprocessed cases that a training process (and each of its data-loading workers) keeps in
+    # memory beside the disk cache, the least recently used dropped first; None: a quarter of the machine's
+    # memory shared by the processes that hold a copy (h2aseg.training.run.memory_cache_bytes); 0: none
+    memory_cache_gb: float | None = field(default=None, metadata=NON_NEGATIVE.meta)
     # train, val, test shares
     split_ratios: FloatTriple = field(default=(0.6, 0.2, 0.2), metadata=Bounds(ge=0, le=1, total=1).meta)
     split_seed: int = field(default=12345, metadata=NON_NEGATIVE.meta)

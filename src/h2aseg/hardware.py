@@ -69,6 +69,15 @@ def usable_cpus() -> int:
     return os.cpu_count() or 1
 
 
+def physical_memory_bytes() -> int | None:
+    """The machine's physical memory in bytes (POSIX ``sysconf``), or ``None`` where it cannot be read."""
+    try:
+        pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+    return int(pages * page_size) if pages > 0 and page_size > 0 else None
+
+
 @functools.cache
 def cpu_has_bf16() -> bool:
     """Whether this CPU computes bf16 natively (so that bf16 autocast speeds convolutions up)."""

@@ -86,6 +86,38 @@ def test_corrupt_entry_is_recomputed(case, counting, tmp_path: Path) -> None:
 
 
 def test_memory_cache(case, counting, tmp_path: Path) -> None:
-    cache = CaseCache(tmp_path, DataConfig(), memory=True)
+    cache = CaseCache(tmp_path, DataConfig(), memory_bytes=None)
     assert cache.get(case) is cache.get(case)
     assert len(counting) == 1
+
+
+@pytest.fixture(scope="module")
+def three_cases(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("lru") / "data"
+    return write_cohort(root, 3, "autopet", seed=3, shape=(20, 20, 24))
+
+
+def test_memory_cache_drops_the_least_recently_used_case_beyond_its_budget(three_cases, tmp_path) -> None:
+    a, b, c = three_cases
+    size = pre.case_nbytes(CaseCache(tmp_path, DataConfig()).get(a))  # fills the disk cache too
+    assert size > 0
+    cache = CaseCache(tmp_path, DataConfig(), memory_bytes=2 * size)
+    pa, pb = cache.get(a), cache.get(b)
+    assert cache.memory_used == 2 * size
+    assert cache.get(a) is pa  # a is now the most recently used
+    pc = cache.get(c)  # no room for three: b goes
+    assert cache.memory_used == 2 * size
+    assert cache.get(a) is pa and cache.get(c) is pc
+    again = cache.get(b)  # read from disk again: equal arrays, another object
+    assert again is not pb and np.array_equal(again.image, pb.image)
+    assert cache.memory_used <= 2 * size
+
+
+def test_memory_cache_off_and_too_small(three_cases, tmp_path) -> None:
+    a = three_cases[0]
+    off = CaseCache(tmp_path, DataConfig())
+    assert off.get(a) is not off.get(a) and off.memory_used == 0
+    tiny = CaseCache(tmp_path, DataConfig(), memory_bytes=10)  # a case larger than the budget is not kept
+    assert tiny.get(a) is not tiny.get(a) and tiny.memory_used == 0
+    with pytest.raises(ValueError, match="memory_bytes"):
+        CaseCache(tmp_path, DataConfig(), memory_bytes=-1)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,6 +119,12 @@ class PreprocessedCase:
     label: np.ndarray | None
     suv: np.ndarray
     geometry: CaseGeometry
+
+
+def case_nbytes(pc: PreprocessedCase) -> int:
+    """Bytes of the arrays of ``pc`` (image, SUV, label): what keeping it in memory costs."""
+    label = 0 if pc.label is None else pc.label.nbytes
+    return int(pc.image.nbytes + pc.suv.nbytes + label)
 
 
 def resampled_shape(
@@ -307,14 +314,23 @@ class CaseCache:
 
     The key hashes :func:`preprocess_settings` and each input file's (resolved path, size, mtime), so a
     changed setting or a replaced file never reads a stale entry. Entries are written atomically; an
-    unreadable entry is recomputed. ``memory=True`` also keeps loaded cases in this process.
+    unreadable entry is recomputed. ``memory_bytes`` > 0 also keeps loaded cases in this process, up to
+    that many bytes of arrays, dropping the least recently used case first (``None``: every case).
     """
 
-    def __init__(self, cache_dir: str | Path, cfg: DataConfig, *, memory: bool = False):
+    def __init__(self, cache_dir: str | Path, cfg: DataConfig, *, memory_bytes: int | None = 0):
+        if memory_bytes is not None and memory_bytes < 0:
+            raise ValueError(f"memory_bytes must be >= 0 or None, got {memory_bytes}")
         self.cache_dir = Path(cache_dir)
         self.cfg = cfg
-        self.memory = memory
-        self._mem: dict[str, PreprocessedCase] = {}
+        self.memory_bytes = memory_bytes
+        self._mem: OrderedDict[str, PreprocessedCase] = OrderedDict()
+        self._mem_used = 0
+
+    @property
+    def memory_used(self) -> int:
+        """Bytes of case arrays held in this process's memory."""
+        return self._mem_used
 
     def key(self, case: Case) -> str:
         """Hex digest identifying ``case`` preprocessed with this cache's settings."""
@@ -334,15 +350,28 @@ class CaseCache:
     def get(self, case: Case) -> PreprocessedCase:
         """The preprocessed case, from the cache when a valid entry exists, else computed and stored."""
         path = self.path(case)
-        if self.memory and str(path) in self._mem:
-            return self._mem[str(path)]
+        key = str(path)
+        if key in self._mem:
+            self._mem.move_to_end(key)
+            return self._mem[key]
         pc = self._load(path) if path.exists() else None
         if pc is None:
             pc = preprocess_case(case, self.cfg)
             self._save(path, pc)
-        if self.memory:
-            self._mem[str(path)] = pc
+        self._remember(key, pc)
         return pc
+
+    def _remember(self, key: str, pc: PreprocessedCase) -> None:
+        """Keep ``pc`` in memory if it fits the budget, dropping least recently used cases to make room."""
+        size = case_nbytes(pc)
+        limit = self.memory_bytes
+        if limit is not None and size > limit:
+            return
+        while limit is not None and self._mem and self._mem_used + size > limit:
+            _, old = self._mem.popitem(last=False)
+            self._mem_used -= case_nbytes(old)
+        self._mem[key] = pc
+        self._mem_used += size
 
     def _load(self, path: Path) -> PreprocessedCase | None:
         try:

@@ -133,8 +133,8 @@ def select_shard(runs: list[Run], shard: tuple[int, int]) -> list[Run]:
     return [r for k, r in enumerate(runs) if k % n == i]
 
 
-#: Config fields that do not change a run's result (where its files are, how many loader workers).
-NOT_RESULT = ("root", "split_file", "cache_dir", "num_workers")
+#: Config fields that do not change a run's result (where its files are, loader workers, memory kept).
+NOT_RESULT = ("root", "split_file", "cache_dir", "memory_cache_gb", "num_workers")
 
 
 def fingerprint(cfg: Config, method: MethodSpec) -> str:

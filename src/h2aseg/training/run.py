@@ -18,7 +18,7 @@ from h2aseg.data.layouts import Case, discover
 from h2aseg.data.preprocess import CaseCache, check_data_config
 from h2aseg.data.splits import Split, SplitError, load_split, make_split, save_split
 from h2aseg.errors import H2ASegError
-from h2aseg.hardware import resolve_device
+from h2aseg.hardware import physical_memory_bytes, resolve_device
 from h2aseg.inference.sliding import check_infer_config
 from h2aseg.progress import progress_bar
 
@@ -104,13 +104,36 @@ def setup_run(
     if dd.main:
         save_config(cfg, run_dir / "config.yaml")
         save_split(split, run_dir / "split.json")
-    cache = CaseCache(cfg.data.cache_dir or run_dir / "cache", cfg.data, memory=True)
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if dd.world > 1 else 1
+    memory = memory_cache_bytes(cfg.data.memory_cache_gb, cfg.data.num_workers, local_ranks)
+    cache = CaseCache(cfg.data.cache_dir or run_dir / "cache", cfg.data, memory_bytes=memory)
     grid = None
     if dd.main:  # preprocess once, on rank 0, before the others read the cache
         _preprocess_all(cache, train_cases + val_cases, progress)
         grid = training_grid_spacing(cache, train_cases)
     dd.barrier()
     return TrainingRun(cfg, run_dir, dd, device, split, train_cases, val_cases, cache, state, grid)
+
+
+#: the share of the machine's memory that ``data.memory_cache_gb: null`` gives the in-memory case caches
+AUTO_MEMORY_SHARE = 0.25
+
+
+def memory_cache_bytes(gb: float | None, num_workers: int, local_ranks: int = 1) -> int:
+    """Bytes of preprocessed cases each process of a training run keeps in memory (``data.memory_cache_gb``).
+
+    Every process that reads cases holds its own copy: the training process and each of its data-loading
+    workers, for every DDP rank on this machine. ``gb`` set: that many GiB per process. ``None``: a quarter
+    of the machine's memory split between those ``local_ranks x (1 + num_workers)`` processes (all of the
+    phantom's cases on a laptop; a bounded share of an AutoPET cohort, whose cases do not fit in memory),
+    or nothing where the machine's memory cannot be read.
+    """
+    if gb is not None:
+        return int(gb * 2**30)
+    total = physical_memory_bytes()
+    if total is None:
+        return 0
+    return int(total * AUTO_MEMORY_SHARE / (max(1, local_ranks) * (1 + num_workers)))
 
 
 def training_grid_spacing(cache: CaseCache, cases: list[Case]) -> tuple[float, float, float]:
