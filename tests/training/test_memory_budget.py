@@ -28,3 +28,15 @@ def test_the_setting_is_checked() -> None:
     assert cfg.data.memory_cache_gb == 2.5
     with pytest.raises(ConfigError, match="memory_cache_gb"):
         Config().override(["data.memory_cache_gb=-1"])
+
+
+def test_the_budget_does_not_change_a_runs_identity() -> None:
+    """A finished run stays done when the machine's memory or loader settings change."""
+    from h2aseg.experiments.plan import fingerprint
+    from h2aseg.experiments.spec import MethodSpec
+
+    method = MethodSpec(label="h2aseg", network="h2aseg", title="H2ASeg")
+    here = Config()
+    there = Config().override(["data.memory_cache_gb=1", "data.num_workers=3"])
+    assert fingerprint(here, method) == fingerprint(there, method)
+    assert fingerprint(here, method) != fingerprint(Config().override(["train.epochs=7"]), method)
