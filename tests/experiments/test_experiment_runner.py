@@ -176,6 +176,23 @@ def test_cost_table_has_a_row_per_network_method(story: Story) -> None:
     assert cost["params"] > 0 and cost["gflop"] > 0 and cost["patch"] == [32, 32, 32]
 
 
+def test_cost_notes_name_their_rows_when_rows_were_measured_differently(story: Story, tmp_path: Path) -> None:
+    from h2aseg.experiments.tables import cost_markdown
+
+    out = tmp_path / "out"
+    shutil.copytree(story.out, out)
+    probe = out / "cost" / "base.json"
+    cost = json.loads(probe.read_text())
+    probe.write_text(json.dumps({**cost, "device": "cpu (another machine, 64 threads)"}))
+    text = cost_markdown(story.spec, Layout(out), {})
+    notes = [n for n in text.splitlines() if n.startswith("- ") and "Train step" in n]
+    assert len(notes) == 2
+    assert sum(n.startswith("- Baseline: Forward:") and "64 threads" in n for n in notes) == 1
+    assert sum(n.startswith("- H2ASeg: Forward:") and "64 threads" not in n for n in notes) == 1
+    one = cost_markdown(story.spec, Layout(story.out), {})  # measured alike: one note, naming no row
+    assert [n[:10] for n in one.splitlines() if n.startswith("- ") and "Train step" in n] == ["- Forward:"]
+
+
 def test_dry_run_lists_every_run_as_done(story: Story) -> None:
     result = CliRunner().invoke(
         app,

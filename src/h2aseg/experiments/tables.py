@@ -197,7 +197,7 @@ def cost_markdown(spec: ExperimentSpec, layout: Layout, done: dict[str, list]) -
         "| Prediction (s/case) | Training (min/run) |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
-    notes: list[str] = []
+    notes: dict[str, list[str]] = {}
     for m in spec.methods:
         if m.training_free:
             continue
@@ -212,10 +212,10 @@ def cost_markdown(spec: ExperimentSpec, layout: Layout, done: dict[str, list]) -
             train,
         ]
         lines.append(f"| {m.title} | {m.network} | " + " | ".join(cells) + " |")
-        notes.append(_cost_note(m, cost))
+        notes.setdefault(_cost_note(m, cost), []).append(m.title)
     lines += [
         "",
-        *sorted(set(notes)),
+        *_grouped_notes(notes),
         "",
         "Prediction: seconds per whole test case (read, preprocess, "
         "sliding window, write), mean over the cases each run predicted (n). Training: wall-clock "
@@ -224,17 +224,25 @@ def cost_markdown(spec: ExperimentSpec, layout: Layout, done: dict[str, list]) -
     return "\n".join(lines) + "\n"
 
 
+def _grouped_notes(notes: dict[str, list[str]]) -> list[str]:
+    """The notes under the cost table; where the rows were measured differently (another thread count, a
+    probe that failed), each note names the rows it holds for."""
+    if len(notes) == 1:
+        return list(notes)
+    return [f"- {', '.join(titles)}: {note[2:]}" for note, titles in sorted(notes.items())]
+
+
 def _cost_note(m: MethodSpec, cost: dict[str, Any]) -> str:
     if m.nnunet is not None:
         return (
-            f"- {m.label}: nnU-Net's own network and patch (its plans): not probed here; prediction "
+            "- nnU-Net's own network and patch (its plans): not probed here; prediction "
             "time is nnU-Net's wall time over the cases (one process for all), training time its "
             "nnUNetv2_train wall time."
         )
     if not cost:
         return "- not measured yet: the cost probe runs before a method's first training run."
     if "error" in cost:
-        return f"- {m.label}: the cost probe failed ({cost['error']})."
+        return f"- the cost probe failed ({cost['error']})."
     patch = "x".join(str(v) for v in cost.get("patch", []))
     return (
         f"- Forward: one eval forward at {patch}, batch 1 (FlopCounterMode). Train step: batch "
