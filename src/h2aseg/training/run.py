@@ -109,8 +109,8 @@ def setup_run(
     cache = CaseCache(cfg.data.cache_dir or run_dir / "cache", cfg.data, memory_bytes=memory)
     grid = None
     if dd.main:  # preprocess once, on rank 0, before the others read the cache
-        _preprocess_all(cache, train_cases + val_cases, progress)
-        grid = training_grid_spacing(cache, train_cases)
+        spacing = _preprocess_all(cache, train_cases + val_cases, progress)
+        grid = training_grid_spacing([spacing[c.case_id] for c in train_cases])
     dd.barrier()
     return TrainingRun(cfg, run_dir, dd, device, split, train_cases, val_cases, cache, state, grid)
 
@@ -136,11 +136,10 @@ def memory_cache_bytes(gb: float | None, num_workers: int, local_ranks: int = 1)
     return int(total * AUTO_MEMORY_SHARE / (max(1, local_ranks) * (1 + num_workers)))
 
 
-def training_grid_spacing(cache: CaseCache, cases: list[Case]) -> tuple[float, float, float]:
+def training_grid_spacing(spacings: list[tuple[float, float, float]]) -> tuple[float, float, float]:
     """The median voxel size (mm, per axis) of the training cases on their working grid: what the network
     learns at; checkpoints record it so that prediction can warn about studies of another scale."""
-    spacings = np.array([cache.get(c).geometry.spacing for c in cases], dtype=np.float64)
-    x, y, z = (round(float(v), 4) for v in np.median(spacings, axis=0))
+    x, y, z = (round(float(v), 4) for v in np.median(np.asarray(spacings, dtype=np.float64), axis=0))
     return (x, y, z)
 
 
@@ -216,10 +215,16 @@ def _resolve_split(cfg: Config, cases: list[Case], run_dir: Path, stored: dict |
     return make_split(cases, tuple(cfg.data.split_ratios), cfg.data.split_seed)  # type: ignore[arg-type]
 
 
-def _preprocess_all(cache: CaseCache, cases: list[Case], progress: bool) -> None:
+def _preprocess_all(
+    cache: CaseCache, cases: list[Case], progress: bool
+) -> dict[str, tuple[float, float, float]]:
+    """Fill the disk cache (one read or preprocessing per case); each case's voxel size on its working
+    grid, so that nothing has to read the cases again for it."""
+    spacing: dict[str, tuple[float, float, float]] = {}
     bar = progress_bar("", progress, time="both")
     with bar:
         task = bar.add_task("preprocess", total=len(cases))
         for case in cases:
-            cache.get(case)
+            spacing[case.case_id] = cache.get(case).geometry.spacing
             bar.update(task, advance=1)
+    return spacing
